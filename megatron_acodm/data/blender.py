@@ -1,0 +1,224 @@
+"""DynamicBlender: the global batch of each step drawn from per-domain GPTDatasets by online weights.
+
+Megatron's BlendedDataset precomputes which dataset every sample of the run comes from, with the
+weights fixed at construction. Here each domain is its own megatron.core `GPTDataset` (one epoch of
+samples, so start-up does not depend on the run's length) walked in a shuffled order that is drawn
+anew every epoch, and `plan(step, weights)` decides the domains of one global batch at a time.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy
+
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.utils import Split
+
+from megatron_acodm.data.apportion import apportion
+from megatron_acodm.data.errors import DataError
+from megatron_acodm.data.indexed import open_indexed_dataset
+from megatron_acodm.data.manifest import Manifest, validate_weights
+from megatron_acodm.data.tokenizers import Tokenizer
+
+STATE_VERSION = 1
+_ORDER_STREAM = 0x0DE5  # keeps the batch-order stream apart from the domains' epoch streams
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One global batch: sample `sample_ids[i]` of domain `domain_ids[i]`, in batch order."""
+
+    step: int
+    domain_ids: numpy.ndarray
+    sample_ids: numpy.ndarray
+    counts: numpy.ndarray  # samples per domain in this batch
+
+
+class _EpochWalker:
+    """Walks 0..n-1 in a fresh seeded permutation each epoch; its position is its whole state."""
+
+    def __init__(self, size: int, seed: int, stream: int):
+        self.size, self.seed, self.stream = size, seed, stream
+        self.epoch, self.position = 0, 0
+        self._order: Optional[numpy.ndarray] = None
+
+    def _permutation(self) -> numpy.ndarray:
+        if self._order is None:
+            generator = numpy.random.Generator(
+                numpy.random.PCG64(numpy.random.SeedSequence([self.seed, self.stream, self.epoch]))
+            )
+            self._order = generator.permutation(self.size)
+        return self._order
+
+    def take(self, count: int) -> numpy.ndarray:
+        parts = []
+        while count > 0:
+            chunk = min(count, self.size - self.position)
+            parts.append(self._permutation()[self.position : self.position + chunk])
+            self.position += chunk
+            count -= chunk
+            if self.position == self.size:
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        return numpy.concatenate(parts) if parts else numpy.empty(0, dtype=numpy.int64)
+
+    def seek(self, epoch: int, position: int) -> None:
+        self.epoch, self.position, self._order = epoch, position, None
+
+
+class DynamicBlender:
+    """Plans global batches over K domains from weights that may change at every step."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        tokenizer: Tokenizer,
+        *,
+        seq_length: int,
+        global_batch_size: int,
+        seed: int = 1234,
+        split: str = "969,30,1",
+        data_cache_path: Optional[str] = None,
+        reset_position_ids: bool = False,
+        reset_attention_mask: bool = False,
+        eod_mask_loss: bool = False,
+        create_attention_mask: bool = True,
+    ):
+        if global_batch_size < 1:
+            raise ValueError(f"global batch size must be positive, got {global_batch_size}")
+        _check_tokenizer_matches(manifest, tokenizer)
+        self.manifest = manifest
+        self.names = manifest.names
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.initial_weights = numpy.array(manifest.initial_weights())
+        self.config = GPTDatasetConfig(
+            random_seed=seed,
+            sequence_length=seq_length,
+            blend=([domain.prefix for domain in manifest.domains], None),
+            split=split,
+            path_to_cache=data_cache_path,
+            tokenizer=tokenizer,
+            reset_position_ids=reset_position_ids,
+            reset_attention_mask=reset_attention_mask,
+            eod_mask_loss=eod_mask_loss,
+            create_attention_mask=create_attention_mask,
+        )
+        self._indexed = [
+            open_indexed_dataset(domain.prefix, tokenizer.vocab_size, domain.max_token_id)
+            for domain in manifest.domains
+        ]
+        self.train_datasets = [self._build(index, Split.train) for index in range(len(self.names))]
+        for domain, dataset in zip(manifest.domains, self.train_datasets):
+            if dataset is None or len(dataset) == 0:
+                raise DataError(
+                    f"{domain.prefix}.bin: domain {domain.name!r} has no training sample of "
+                    f"{seq_length + 1} tokens under --split {split}; give it more text, lower "
+                    f"--seq-length, or drop it from --data-path"
+                )
+        self._valid_datasets: dict[int, Optional[GPTDataset]] = {}
+        self._walkers = [
+            _EpochWalker(len(dataset), seed, zlib.crc32(name.encode()))
+            for name, dataset in zip(self.names, self.train_datasets)
+        ]
+        self._carry = numpy.zeros(len(self.names))
+        self.realised_counts = numpy.zeros(len(self.names), dtype=numpy.int64)
+        self.next_step = 0
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.names)
+
+    def _build(self, index: int, split: Split) -> Optional[GPTDataset]:
+        """A GPTDataset over this domain's documents in `split`, by Megatron's --split bookends."""
+        indexed = self._indexed[index]
+        elements = GPTDataset.numel_low_level_dataset(indexed)
+        start, end = (int(round(bound * float(elements))) for bound in self.config.split_matrix[split.value])
+        if end <= start:
+            return None
+        prefix = self.manifest.domains[index].prefix
+        documents = numpy.arange(start, end, dtype=numpy.int32)
+        return GPTDataset(indexed, prefix, documents, None, split, self.config)
+
+    def valid_dataset(self, domain_id: int) -> Optional[GPTDataset]:
+        """Held-out samples of one domain (None when --split leaves it no validation documents)."""
+        if domain_id not in self._valid_datasets:
+            self._valid_datasets[domain_id] = self._build(domain_id, Split.valid)
+        return self._valid_datasets[domain_id]
+
+    def plan(self, step: int, weights: Sequence[float]) -> StepPlan:
+        """The global batch of `step` under `weights`; steps are planned in order, each once."""
+        if step != self.next_step:
+            raise ValueError(f"the blender plans steps in order: expected step {self.next_step}, got {step}")
+        weights = numpy.asarray(weights, dtype=numpy.float64)
+        if weights.shape != (self.num_domains,):
+            raise ValueError(f"expected {self.num_domains} weights ({', '.join(self.names)}), got shape {weights.shape}")
+        weights = numpy.array(validate_weights(weights, source=f"mixture weights at step {step}"))
+        counts, self._carry = apportion(self._carry, weights, self.global_batch_size)
+        domain_ids = numpy.repeat(numpy.arange(self.num_domains), counts)
+        sample_ids = numpy.concatenate([walker.take(int(count)) for walker, count in zip(self._walkers, counts)])
+        # Shuffle the batch so every micro-batch (and data-parallel slice) sees the mixture.
+        order = numpy.random.Generator(
+            numpy.random.PCG64(numpy.random.SeedSequence([self.seed, _ORDER_STREAM, step]))
+        ).permutation(self.global_batch_size)
+        self.realised_counts += counts
+        self.next_step += 1
+        return StepPlan(step, domain_ids[order], sample_ids[order].astype(numpy.int64), counts)
+
+    def sample(self, domain_id: int, sample_id: int) -> dict:
+        """Megatron's GPT sample (tokens, labels, masks, position ids) tagged with its domain."""
+        item = self.train_datasets[domain_id][int(sample_id)]
+        item["domain_id"] = domain_id
+        return item
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "domains": list(self.names),
+            "samples_per_epoch": [walker.size for walker in self._walkers],
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "next_step": self.next_step,
+            "carry": self._carry.tolist(),
+            "epochs": [walker.epoch for walker in self._walkers],
+            "positions": [walker.position for walker in self._walkers],
+            "realised_counts": self.realised_counts.tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"blender state version {state.get('version')!r}, expected {STATE_VERSION}")
+        if state["domains"] != self.names:
+            raise ValueError(
+                f"the checkpoint's blender has domains {state['domains']}, this run has {self.names}; "
+                f"resume with the same --data-path"
+            )
+        sizes = [walker.size for walker in self._walkers]
+        if state["samples_per_epoch"] != sizes:
+            raise ValueError(
+                f"the checkpoint's domains have {state['samples_per_epoch']} samples per epoch, this run "
+                f"has {sizes}: the data, --seq-length or --split changed since the checkpoint"
+            )
+        if state["seed"] != self.seed or state["global_batch_size"] != self.global_batch_size:
+            raise ValueError(
+                f"the checkpoint's blender used seed {state['seed']} and global batch "
+                f"{state['global_batch_size']}, this run {self.seed} and {self.global_batch_size}"
+            )
+        self.next_step = int(state["next_step"])
+        self._carry = numpy.array(state["carry"], dtype=numpy.float64)
+        self.realised_counts = numpy.array(state["realised_counts"], dtype=numpy.int64)
+        for walker, epoch, position in zip(self._walkers, state["epochs"], state["positions"]):
+            walker.seek(int(epoch), int(position))
+
+
+def _check_tokenizer_matches(manifest: Manifest, tokenizer: Tokenizer) -> None:
+    recorded = manifest.tokenizer
+    if recorded and recorded.get("model_sha256") != tokenizer.identity.model_sha256:
+        raise DataError(
+            f"{manifest.path}: its domains were tokenized with a {recorded.get('type')} model of "
+            f"sha256 {str(recorded.get('model_sha256'))[:12]}... ({recorded.get('vocab_size')} ids), but "
+            f"--tokenizer-model {tokenizer.model} is {tokenizer.identity.model_sha256[:12]}...; pass the "
+            f"tokenizer the corpus was made with, or preprocess it again with this one"
+        )
