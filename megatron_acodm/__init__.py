@@ -4,6 +4,7 @@ import warnings
 
 __version__ = "0.1.0"
 
-# megatron.core repeats this four times at import on every machine without Transformer Engine or
-# apex (every CPU machine); which backends a run uses is logged once where it matters.
+# megatron.core repeats these at import and model build on every machine without Transformer
+# Engine or apex (every CPU machine); they say nothing a CPU user can act on.
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+warnings.filterwarnings("ignore", message="Apex is not installed")

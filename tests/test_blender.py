@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy
 import pytest
 import torch
 
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_acodm.data import DataError, DynamicBlender, Manifest, load_manifest, parse_data_path
 from megatron_acodm.data.manifest import Domain

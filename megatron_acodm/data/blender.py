@@ -131,6 +131,11 @@ class DynamicBlender:
     def num_domains(self) -> int:
         return len(self.names)
 
+    @property
+    def domain_tokens(self) -> numpy.ndarray:
+        """Tokens per domain in its whole indexed dataset (what a temperature blend weighs)."""
+        return numpy.array([int(indexed.sequence_lengths.sum(dtype=numpy.int64)) for indexed in self._indexed])
+
     def _build(self, index: int, split: Split) -> Optional[GPTDataset]:
         """A GPTDataset over this domain's documents in `split`, by Megatron's --split bookends."""
         indexed = self._indexed[index]
@@ -168,10 +173,12 @@ class DynamicBlender:
         return StepPlan(step, domain_ids[order], sample_ids[order].astype(numpy.int64), counts)
 
     def sample(self, domain_id: int, sample_id: int) -> dict:
-        """Megatron's GPT sample (tokens, labels, masks, position ids) tagged with its domain."""
-        item = self.train_datasets[domain_id][int(sample_id)]
-        item["domain_id"] = domain_id
-        return item
+        """Megatron's GPT training sample (tokens, labels, masks, position ids) tagged with its domain."""
+        return _tagged(self.train_datasets[domain_id], domain_id, int(sample_id))
+
+    def valid_sample(self, domain_id: int, sample_id: Optional[int]) -> dict:
+        """A held-out sample; `None` gives Megatron's padding sample, whose loss mask is all zero."""
+        return _tagged(self.valid_dataset(domain_id), domain_id, None if sample_id is None else int(sample_id))
 
     def state_dict(self) -> dict:
         return {
@@ -211,6 +218,12 @@ class DynamicBlender:
         self.realised_counts = numpy.array(state["realised_counts"], dtype=numpy.int64)
         for walker, epoch, position in zip(self._walkers, state["epochs"], state["positions"]):
             walker.seek(int(epoch), int(position))
+
+
+def _tagged(dataset: GPTDataset, domain_id: int, sample_id: Optional[int]) -> dict:
+    item = dataset[sample_id]
+    item["domain_id"] = domain_id
+    return item
 
 
 def _check_tokenizer_matches(manifest: Manifest, tokenizer: Tokenizer) -> None:

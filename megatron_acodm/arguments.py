@@ -1,0 +1,162 @@
+"""Command-line arguments: Megatron-LM's names and meanings for what this trainer supports, plus mixing.
+
+Unknown arguments and contradictions fail at start with argparse's `error:` message and exit code 2,
+before any process group or dataset is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional, Sequence
+
+from megatron_acodm.mixing import add_mixer_arguments
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--num-layers", type=int, default=2)
+    group.add_argument("--hidden-size", type=int, default=128)
+    group.add_argument("--ffn-hidden-size", type=int, default=None, help="default 4h, or 8h/3 rounded to 64 with --swiglu")
+    group.add_argument("--num-attention-heads", type=int, default=4)
+    group.add_argument("--num-query-groups", type=int, default=None, help="grouped-query attention; default: one per head")
+    group.add_argument("--seq-length", type=int, default=256)
+    group.add_argument("--max-position-embeddings", type=int, default=None, help="default --seq-length")
+    group.add_argument("--position-embedding-type", choices=["learned_absolute", "rope"], default="learned_absolute")
+    group.add_argument("--rotary-base", type=int, default=10000)
+    group.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default="LayerNorm")
+    group.add_argument("--swiglu", action="store_true")
+    group.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    group.add_argument("--init-method-std", type=float, default=0.02)
+    group.add_argument("--hidden-dropout", type=float, default=0.1)
+    group.add_argument("--attention-dropout", type=float, default=0.1)
+    group.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    group.add_argument("--bf16", action="store_true")
+    group.add_argument("--fp16", action="store_true")
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--micro-batch-size", type=int, default=4)
+    group.add_argument("--global-batch-size", type=int, default=None, help="default: micro batch x data-parallel size")
+    group.add_argument("--train-iters", type=int, required=True)
+    group.add_argument("--lr", type=float, default=3e-4)
+    group.add_argument("--min-lr", type=float, default=0.0)
+    group.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine", "inverse-square-root"], default="cosine")
+    group.add_argument("--lr-decay-iters", type=int, default=None, help="default --train-iters")
+    group.add_argument("--lr-warmup-iters", type=int, default=0)
+    group.add_argument("--weight-decay", type=float, default=0.01)
+    group.add_argument("--adam-beta1", type=float, default=0.9)
+    group.add_argument("--adam-beta2", type=float, default=0.999)
+    group.add_argument("--adam-eps", type=float, default=1e-8)
+    group.add_argument("--clip-grad", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=1234)
+
+
+def _add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parallelism")
+    group.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    group.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    group.add_argument("--use-distributed-optimizer", action="store_true")
+    group.add_argument("--sequence-parallel", action="store_true")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-path", nargs="+", required=True, help="a domains.json, or [w1] prefix1 [w2] prefix2 ...")
+    group.add_argument("--split", default="969,30,1", help="train,valid,test document shares per domain")
+    group.add_argument("--data-cache-path", default=None)
+    group.add_argument("--tokenizer-type", default="SentencePieceTokenizer")
+    group.add_argument("--tokenizer-model", default=None)
+    group.add_argument("--vocab-size", type=int, default=None, help="check the tokenizer's vocabulary has this size")
+    group.add_argument("--reset-position-ids", action="store_true")
+    group.add_argument("--reset-attention-mask", action="store_true")
+    group.add_argument("--eod-mask-loss", action="store_true")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("checkpoints and logging")
+    group.add_argument("--save", default=None, help="checkpoint folder")
+    group.add_argument("--load", default=None, help="resume from this checkpoint folder (its latest checkpoint)")
+    group.add_argument("--save-interval", type=int, default=None)
+    group.add_argument("--exit-interval", type=int, default=None, help="exit after the iteration divisible by this")
+    group.add_argument("--remap-domains", action="store_true", help="resume although the domain set differs: mixer and blender restart")
+    group.add_argument("--eval-interval", type=int, default=1000)
+    group.add_argument("--eval-iters", type=int, default=10, help="global batches of held-out samples per evaluation")
+    group.add_argument("--log-interval", type=int, default=100)
+    group.add_argument("--tensorboard-dir", default=None)
+    group.add_argument("--metrics-path", default=None, help="JSONL of every log record; default <save>/metrics.jsonl or runs/metrics.jsonl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pretrain_acodm.py",
+        description="Megatron-Core GPT pretraining whose data mixture is decided online.",
+        allow_abbrev=False,
+    )
+    _add_model_arguments(parser)
+    _add_training_arguments(parser)
+    _add_parallel_arguments(parser)
+    _add_data_arguments(parser)
+    _add_run_arguments(parser)
+    add_mixer_arguments(parser)
+    return parser
+
+
+def _fill_defaults(args: argparse.Namespace, world_size: int) -> None:
+    args.world_size = world_size
+    model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+    args.data_parallel_size = world_size // model_parallel if world_size % model_parallel == 0 else 0
+    if args.ffn_hidden_size is None:
+        args.ffn_hidden_size = int(4 * args.hidden_size * 2 / 3 / 64) * 64 if args.swiglu else 4 * args.hidden_size
+    if args.num_query_groups is None:
+        args.num_query_groups = args.num_attention_heads
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    if args.global_batch_size is None:
+        args.global_batch_size = args.micro_batch_size * max(args.data_parallel_size, 1)
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.metrics_path is None:
+        args.metrics_path = os.path.join(args.save or "runs", "metrics.jsonl")
+    args.params_dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+def _contradictions(args: argparse.Namespace) -> Optional[str]:
+    """The first contradiction among the arguments, as a Megatron-style message, or None."""
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    checks = [
+        (args.bf16 and args.fp16, "--bf16 and --fp16 are mutually exclusive"),
+        (tp < 1 or pp < 1, "--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1"),
+        (args.data_parallel_size == 0, f"world size ({args.world_size}) is not divisible by tensor ({tp}) x pipeline ({pp}) parallel size"),
+        (args.num_layers % pp != 0, f"--num-layers ({args.num_layers}) must be divisible by --pipeline-model-parallel-size ({pp})"),
+        (args.num_attention_heads % tp != 0, f"--num-attention-heads ({args.num_attention_heads}) must be divisible by --tensor-model-parallel-size ({tp})"),
+        (args.num_query_groups % tp != 0, f"--num-query-groups ({args.num_query_groups}) must be divisible by --tensor-model-parallel-size ({tp})"),
+        (args.num_attention_heads % args.num_query_groups != 0, f"--num-attention-heads ({args.num_attention_heads}) must be divisible by --num-query-groups ({args.num_query_groups})"),
+        (args.hidden_size % args.num_attention_heads != 0, f"--hidden-size ({args.hidden_size}) must be divisible by --num-attention-heads ({args.num_attention_heads})"),
+        (args.position_embedding_type == "learned_absolute" and args.seq_length > args.max_position_embeddings,
+         f"--seq-length ({args.seq_length}) exceeds --max-position-embeddings ({args.max_position_embeddings})"),
+        (args.global_batch_size % (args.micro_batch_size * max(args.data_parallel_size, 1)) != 0,
+         f"--global-batch-size ({args.global_batch_size}) must be divisible by --micro-batch-size ({args.micro_batch_size}) "
+         f"x data-parallel size ({args.data_parallel_size})"),
+        (args.train_iters < 1, "--train-iters must be >= 1"),
+        (0 < args.lr_decay_iters <= args.lr_warmup_iters, f"--lr-warmup-iters ({args.lr_warmup_iters}) must be below --lr-decay-iters ({args.lr_decay_iters})"),
+        (args.min_lr > args.lr, f"--min-lr ({args.min_lr}) exceeds --lr ({args.lr})"),
+        (args.save_interval is not None and args.save is None, "--save-interval needs --save"),
+        (args.save_interval is not None and args.save_interval < 1, "--save-interval must be >= 1"),
+        (args.eval_interval < 1 or args.log_interval < 1, "--eval-interval and --log-interval must be >= 1"),
+        (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
+        (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),
+    ]
+    return next((message for failed, message in checks if failed), None)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None) -> argparse.Namespace:
+    """Parse and check the arguments; `world_size` defaults to torchrun's WORLD_SIZE (1 without torchrun)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _fill_defaults(args, world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1")))
+    message = _contradictions(args)
+    if message:
+        parser.error(message)
+    return args

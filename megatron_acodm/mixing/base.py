@@ -1,0 +1,142 @@
+"""The mixer protocol: what a step tells a mixer, and what a mixer answers.
+
+Every global step the trainer calls `weights()` for the mixture of the step it is about to plan,
+trains it, then calls `observe(signals)` with what the step produced. `weights()` depends only on
+the mixer's state, so `observe` is the only call that changes it.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy
+
+from megatron_acodm.data.manifest import validate_weights
+
+# Signals a mixer may declare in `needs`, so the step computes only what some mixer reads.
+# Realised counts come with every step: they cost nothing.
+DOMAIN_LOSSES = "domain_losses"
+
+
+@dataclass
+class StepSignals:
+    """What one trained global step showed, per domain, already reduced over data-parallel ranks."""
+
+    step: int  # the step just trained, 0-based
+    domain_loss_sum: numpy.ndarray  # [K] sum of the LM loss over the step's loss-mask tokens
+    domain_tokens: numpy.ndarray  # [K] loss-mask token counts
+    realised_counts: numpy.ndarray  # [K] samples per domain in the step's global batch
+
+    def __post_init__(self) -> None:
+        self.domain_loss_sum = numpy.asarray(self.domain_loss_sum, dtype=numpy.float64)
+        self.domain_tokens = numpy.asarray(self.domain_tokens, dtype=numpy.float64)
+        self.realised_counts = numpy.asarray(self.realised_counts, dtype=numpy.int64)
+
+    @property
+    def domain_loss(self) -> numpy.ndarray:
+        """Mean loss per token of each domain; NaN where the step gave a domain no tokens."""
+        loss = numpy.full(self.domain_loss_sum.shape, numpy.nan)
+        seen = self.domain_tokens > 0
+        loss[seen] = self.domain_loss_sum[seen] / self.domain_tokens[seen]
+        return loss
+
+
+class Mixer(abc.ABC):
+    """Decides the domain weights of each step from what the previous steps showed.
+
+    Subclasses give `_policy()` (a K-simplex) and, when they learn, `_update`, `_state` and
+    `_load_state`. The base class checks signals, keeps non-finite ones out of the update, applies
+    the uniform floor, and guards `load_state_dict` against a state for other domains.
+    """
+
+    needs: frozenset[str] = frozenset()
+
+    @classmethod
+    @abc.abstractmethod
+    def from_args(
+        cls,
+        *,
+        names: Sequence[str],
+        initial_weights: Sequence[float],
+        domain_tokens: Optional[Sequence[float]],
+        args: argparse.Namespace,
+    ) -> Mixer:
+        """Build from the command line's options (see `add_arguments`)."""
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Add this mixer's own command-line options; most mixers have none."""
+
+    def __init__(self, names: Sequence[str], initial_weights: Sequence[float], floor: float = 0.0):
+        self.names = list(names)
+        if len(initial_weights) != len(self.names):
+            raise ValueError(f"{len(initial_weights)} initial weights for {len(self.names)} domains {self.names}")
+        if not 0.0 <= floor <= 1.0 / len(self.names):
+            raise ValueError(f"--mixing-floor must be in [0, 1/K] = [0, {1.0 / len(self.names):.4g}], got {floor}")
+        self.initial_weights = numpy.array(validate_weights(initial_weights, source="initial mixture weights"))
+        self.floor = floor
+        self._warned = False
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.names)
+
+    def weights(self) -> numpy.ndarray:
+        """The weights of the next step to plan: float64, sums to one, each entry >= the floor."""
+        return (1.0 - self.num_domains * self.floor) * self._policy() + self.floor
+
+    def observe(self, signals: StepSignals) -> None:
+        """Learn from one trained step; a step with a non-finite signal leaves the mixer unchanged."""
+        for field in ("domain_loss_sum", "domain_tokens", "realised_counts"):
+            shape = getattr(signals, field).shape
+            if shape != (self.num_domains,):
+                raise ValueError(f"{field} has shape {shape}, expected ({self.num_domains},) for {self.names}")
+        bad = self._non_finite_domains(signals)
+        if bad:
+            if not self._warned:
+                warnings.warn(
+                    f"{type(self).__name__}: step {signals.step} gave a non-finite loss for {bad}; "
+                    f"keeping the last weights (this warning is shown once)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._warned = True
+            return
+        self._update(signals)
+
+    def _non_finite_domains(self, signals: StepSignals) -> list[str]:
+        if DOMAIN_LOSSES not in self.needs:
+            return []
+        bad = (signals.domain_tokens > 0) & ~numpy.isfinite(signals.domain_loss)
+        return [name for name, is_bad in zip(self.names, bad) if is_bad]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python values only, for a checkpoint or a JSON file."""
+        return {"mixer": type(self).__name__, "names": list(self.names), **self._state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        names = state.get("names")
+        if names != self.names:
+            raise ValueError(
+                f"the mixer state is for domains {names}, this run has {self.names}; resume with the same --data-path"
+            )
+        if state.get("mixer") != type(self).__name__:
+            raise ValueError(f"the mixer state is from {state.get('mixer')}, this run uses {type(self).__name__}")
+        self._load_state(state)
+
+    @abc.abstractmethod
+    def _policy(self) -> numpy.ndarray:
+        """The mixture before the floor: a K-simplex in float64."""
+
+    def _update(self, signals: StepSignals) -> None:
+        """Learn from finite signals; mixers that do not learn ignore them."""
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `_state` saved; `state` is already checked to be for these domains."""

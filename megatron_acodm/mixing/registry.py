@@ -1,0 +1,56 @@
+"""`--mixer NAME`: the mixers a run can use, their command-line options, and building one by name."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional, Sequence
+
+from megatron_acodm.mixing.base import Mixer
+from megatron_acodm.mixing.odm import ODMMixer
+from megatron_acodm.mixing.static import StaticMixer, TemperatureMixer, UniformMixer
+
+# A new mixer is one entry: its class brings its own options (`add_arguments`) and builder (`from_args`).
+MIXERS: dict[str, type[Mixer]] = {
+    "static": StaticMixer,
+    "uniform": UniformMixer,
+    "temperature": TemperatureMixer,
+    "odm": ODMMixer,
+}
+
+
+def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add `--mixer` and every mixer's options; returns the parser, as Megatron's extra_args_provider does."""
+    group = parser.add_argument_group(title="data mixing")
+    group.add_argument(
+        "--mixer",
+        choices=list(MIXERS),
+        default="static",
+        help="how the domain weights of each step are decided; static keeps the --data-path weights",
+    )
+    group.add_argument(
+        "--mixing-floor",
+        type=float,
+        default=0.0,
+        help="every domain's weight is at least this: w <- (1 - K f) w + f over K domains; in [0, 1/K]",
+    )
+    for mixer in MIXERS.values():
+        mixer.add_arguments(group)
+    return parser
+
+
+def build_mixer(
+    name: str,
+    *,
+    names: Sequence[str],
+    initial_weights: Sequence[float],
+    domain_tokens: Optional[Sequence[float]] = None,
+    args: Optional[Any] = None,
+) -> Mixer:
+    """The mixer `name` for these domains; options `args` lacks take their command-line defaults."""
+    if name not in MIXERS:
+        raise ValueError(f"unknown mixer {name!r}; choose one of: {', '.join(MIXERS)}")
+    defaults = add_mixer_arguments(argparse.ArgumentParser()).parse_args([])
+    options = argparse.Namespace(**{**vars(defaults), **vars(args if args is not None else argparse.Namespace())})
+    return MIXERS[name].from_args(
+        names=names, initial_weights=initial_weights, domain_tokens=domain_tokens, args=options
+    )

@@ -1,0 +1,1 @@
+"""Training: the global step, the train loop, evaluation, checkpoints, logging and plots."""

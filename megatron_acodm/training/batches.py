@@ -1,0 +1,36 @@
+"""From a step's plan to this rank's micro-batches, each sequence tagged with its domain id.
+
+Every rank reads its own samples from the memory-mapped `.bin` files (the plan is the same on all
+ranks, and a read is cheap), so no tensor-parallel broadcast of data is needed and the domain ids
+cannot be lost on the way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+_FIELDS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+def data_parallel_slice(domain_ids, sample_ids, rank: int, size: int) -> tuple:
+    """This data-parallel rank's contiguous share of a global batch: (domain_ids, sample_ids)."""
+    per_rank = len(domain_ids) // size
+    window = slice(rank * per_rank, (rank + 1) * per_rank)
+    return domain_ids[window], sample_ids[window]
+
+
+def micro_batches(read_sample: Callable[[int, Optional[int]], dict], domain_ids, sample_ids, micro_batch_size: int) -> list[dict]:
+    """Collate samples (`read_sample(domain, sample)`, e.g. `blender.sample`) into micro-batches of
+    Megatron's GPT fields plus `domain_ids`."""
+    batches = []
+    for start in range(0, len(domain_ids), micro_batch_size):
+        window = slice(start, start + micro_batch_size)
+        samples = [read_sample(int(domain), sample) for domain, sample in zip(domain_ids[window], sample_ids[window])]
+        batch = {field: torch.stack([sample[field] for sample in samples]) for field in _FIELDS}
+        if "attention_mask" in samples[0]:
+            batch["attention_mask"] = torch.stack([sample["attention_mask"] for sample in samples])
+        batch["domain_ids"] = torch.tensor([sample["domain_id"] for sample in samples], dtype=torch.long)
+        batches.append(batch)
+    return batches

@@ -1,0 +1,185 @@
+"""The training loop: ask the mixer, plan the batch, run the step, let the mixer observe; log,
+evaluate and checkpoint at their intervals; resume exactly from the latest checkpoint."""
+
+from __future__ import annotations
+
+import time
+from argparse import Namespace
+from dataclasses import dataclass, field
+
+import numpy
+import torch
+
+from megatron.core import parallel_state
+
+from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
+from megatron_acodm.mixing import StepSignals, build_mixer
+from megatron_acodm.model import pad_vocab_size
+from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+from megatron_acodm.training.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
+from megatron_acodm.training.evaluation import evaluate, evaluation_batches
+from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord
+from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
+from megatron_acodm.training.step import StepOutcome, run_step
+
+
+def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
+    """The blender on every rank; rank 0 first, so it alone writes megatron's index cache."""
+
+    def build() -> DynamicBlender:
+        return DynamicBlender(
+            parse_data_path(args.data_path),
+            tokenizer,
+            seq_length=args.seq_length,
+            global_batch_size=args.global_batch_size,
+            seed=args.seed,
+            split=args.split,
+            data_cache_path=args.data_cache_path,
+            reset_position_ids=args.reset_position_ids,
+            reset_attention_mask=args.reset_attention_mask,
+            eod_mask_loss=args.eod_mask_loss,
+        )
+
+    blender = build() if torch.distributed.get_rank() == 0 else None
+    torch.distributed.barrier()
+    return blender or build()
+
+
+@dataclass
+class _Interval:
+    """What the steps since the last log line add up to."""
+
+    num_domains: int
+    steps: int = 0
+    seconds: float = 0.0
+    sums: numpy.ndarray = field(default=None)
+    counts: numpy.ndarray = field(default=None)
+
+    def __post_init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps, self.seconds = 0, 0.0
+        self.sums = numpy.zeros((self.num_domains, 2))
+        self.counts = numpy.zeros(self.num_domains)
+
+    def add(self, outcome: StepOutcome, counts: numpy.ndarray, seconds: float) -> None:
+        self.steps += 1
+        self.seconds += seconds
+        self.sums += outcome.domain_sums
+        self.counts += counts
+
+
+def _domain_means(sums: numpy.ndarray) -> list:
+    return [float(loss / tokens) if tokens > 0 else None for loss, tokens in sums]
+
+
+def _run_state(iteration: int, args: Namespace, scheduler, mixer, blender: DynamicBlender) -> dict:
+    return {
+        "iteration": iteration,
+        "domains": list(blender.names),
+        "mixer_name": args.mixer,
+        "mixer": mixer.state_dict(),
+        "blender": blender.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "args": {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool, list, type(None)))},
+    }
+
+
+def _restore(run_state: dict, args: Namespace, scheduler, mixer, blender: DynamicBlender, log) -> int:
+    """Bring the scheduler, mixer and blender to the checkpoint's state; return its iteration."""
+    scheduler.load_state_dict(run_state["scheduler"])
+    if run_state["domains"] != blender.names:
+        if not args.remap_domains:
+            raise SystemExit(
+                f"error: the checkpoint in {args.load} was trained on domains {run_state['domains']}, "
+                f"this run has {blender.names}; resume with the same --data-path, or pass --remap-domains "
+                f"to keep the model and optimizer and restart the mixer and blender on the new domains"
+            )
+        log(f"--remap-domains: the mixer and blender start afresh on {blender.names}")
+        blender.next_step = run_state["iteration"]
+        return run_state["iteration"]
+    blender.load_state_dict(run_state["blender"])
+    if run_state["mixer_name"] == args.mixer:
+        mixer.load_state_dict(run_state["mixer"])
+    else:
+        log(f"the checkpoint's mixer was {run_state['mixer_name']}; --mixer {args.mixer} starts afresh")
+    return run_state["iteration"]
+
+
+def pretrain(args: Namespace) -> None:
+    initialize(args)
+    rank = torch.distributed.get_rank()
+    log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda message: None)
+    run_device = device()
+    tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
+    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
+        raise SystemExit(f"error: --vocab-size {args.vocab_size} but the tokenizer has {tokenizer.vocab_size} ids")
+    args.vocab_size = tokenizer.vocab_size
+    args.padded_vocab_size = pad_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    blender = build_blender(args, tokenizer)
+    mixer = build_mixer(args.mixer, names=blender.names, initial_weights=blender.initial_weights, domain_tokens=blender.domain_tokens, args=args)
+    model = build_model(args)
+    optimizer, scheduler = build_optimizer(args, model)
+
+    start = 0
+    if args.load and latest_iteration(args.load) is not None:
+        start = _restore(load_checkpoint(args.load, model, optimizer, args.use_distributed_optimizer), args, scheduler, mixer, blender, log)
+        log(f"resumed from {args.load} at iteration {start}")
+    if start >= args.train_iters:
+        log(f"nothing to do: the checkpoint is at iteration {start}, --train-iters is {args.train_iters}")
+        return
+
+    logger = MetricsLogger(
+        blender.names,
+        jsonl_path=args.metrics_path,
+        tensorboard_dir=args.tensorboard_dir,
+        train_iters=args.train_iters,
+        is_logging_rank=rank == 0,
+    )
+    logger.log_run(vars(args), start_iteration=start)
+    eval_batches = evaluation_batches(blender, args.eval_iters, args.global_batch_size)
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    interval = _Interval(blender.num_domains)
+    run_started = time.perf_counter()
+    for iteration in range(start, args.train_iters):
+        step_started = time.perf_counter()
+        weights = mixer.weights()
+        plan = blender.plan(iteration, weights)
+        batch = micro_batches(blender.sample, *data_parallel_slice(plan.domain_ids, plan.sample_ids, dp_rank, dp_size), args.micro_batch_size)
+        outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler)
+        mixer.observe(StepSignals(step=iteration, domain_loss_sum=outcome.domain_sums[:, 0], domain_tokens=outcome.domain_sums[:, 1], realised_counts=plan.counts))
+        interval.add(outcome, plan.counts, time.perf_counter() - step_started)
+        done = iteration + 1
+        logger.advance(1)
+        if done % args.log_interval == 0 or done == args.train_iters:
+            logger.log_train(
+                TrainRecord(
+                    iteration=done,
+                    train_iters=args.train_iters,
+                    consumed_samples=done * args.global_batch_size,
+                    elapsed_s=time.perf_counter() - run_started,
+                    iteration_ms=1000.0 * interval.seconds / interval.steps,
+                    lr=scheduler.get_lr(optimizer.param_groups[0]),
+                    lm_loss=float(interval.sums[:, 0].sum() / max(interval.sums[:, 1].sum(), 1.0)),
+                    grad_norm=outcome.grad_norm,
+                    tokens_per_s=float(interval.sums[:, 1].sum() / max(interval.seconds, 1e-9)),
+                    global_batch_size=args.global_batch_size,
+                    domain_loss=_domain_means(interval.sums),
+                    domain_weight=[float(weight) for weight in weights],
+                    domain_share=(interval.counts / interval.counts.sum()).tolist(),
+                )
+            )
+            interval.reset()
+        if eval_batches and (done % args.eval_interval == 0 or done == args.train_iters):
+            sums = evaluate(model, blender, eval_batches, args, dp_rank, dp_size, run_device)
+            logger.log_eval(EvalRecord(iteration=done, domain_loss=_domain_means(sums), domain_tokens=sums[:, 1].tolist()))
+        exiting = args.exit_interval is not None and done % args.exit_interval == 0
+        if args.save and ((args.save_interval and done % args.save_interval == 0) or exiting or done == args.train_iters):
+            path = save_checkpoint(args.save, done, model, optimizer, _run_state(done, args, scheduler, mixer, blender), args.use_distributed_optimizer)
+            log(f"saved checkpoint {path}")
+        if exiting:
+            log(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
+            break
+    logger.close()
+    torch.distributed.barrier()

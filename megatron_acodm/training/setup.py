@@ -1,0 +1,104 @@
+"""Build a run's megatron.core parts from the arguments: process groups, model, optimizer, LR schedule.
+
+This is megatron.core used as on GPUs; on a CPU machine `compat.activate_cpu_compat()` (called by
+`initialize`) makes the same calls work on gloo.
+"""
+
+from __future__ import annotations
+
+import random
+from argparse import Namespace
+
+import numpy
+import torch
+
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer.module import Float16Module
+
+from megatron_acodm import compat
+from megatron_acodm.model import gpt_model_provider, transformer_config_from_args
+
+
+def initialize(args: Namespace) -> None:
+    """Process groups (NCCL on GPUs, gloo on CPU), model-parallel groups and every seed."""
+    compat.activate_cpu_compat()
+    compat.init_distributed()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+    )
+    seed_everything(args.seed)
+
+
+def seed_everything(seed: int) -> None:
+    # Megatron offsets the seed per pipeline stage so stages do not draw the same dropout masks.
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    numpy.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
+
+
+def device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_model(args: Namespace) -> list[DistributedDataParallel]:
+    """This rank's GPTModel stage wrapped in megatron.core's DDP (one chunk: no virtual stages)."""
+    model = gpt_model_provider(
+        args,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+    ).to(device())
+    if args.bf16 or args.fp16:
+        # As Megatron-LM: casts inputs and norms to half precision, returns fp32 at the last stage.
+        model = Float16Module(model.config, model)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+    )
+    return [DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)]
+
+
+def build_optimizer(args: Namespace, model: list[DistributedDataParallel]):
+    """megatron.core's Adam (distributed when asked) and its LR/weight-decay schedule."""
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=args.lr,
+            min_lr=args.min_lr,
+            weight_decay=args.weight_decay,
+            adam_beta1=args.adam_beta1,
+            adam_beta2=args.adam_beta2,
+            adam_eps=args.adam_eps,
+            clip_grad=args.clip_grad,
+            bf16=args.bf16,
+            fp16=args.fp16,
+            params_dtype=transformer_config_from_args(args).params_dtype,
+            use_distributed_optimizer=args.use_distributed_optimizer,
+        ),
+        model,
+    )
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if args.lr_warmup_iters > 0 else args.lr,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters,
+        lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=args.train_iters,
+        wd_incr_style="constant",
+    )
+    # What Megatron's schedules expect to find on the model config.
+    config = model[0].config
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = model[0].no_sync
+    return optimizer, scheduler

@@ -1,0 +1,237 @@
+"""The mixer protocol, the registry, the fixed mixers and ODM, on hand-made step signals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import warnings
+
+import numpy
+import pytest
+
+from megatron_acodm.mixing import (
+    DOMAIN_LOSSES,
+    MIXERS,
+    ODMMixer,
+    StaticMixer,
+    StepSignals,
+    TemperatureMixer,
+    add_mixer_arguments,
+    build_mixer,
+)
+
+NAMES = ["prose", "code", "maths"]
+INITIAL = [0.5, 0.25, 0.25]
+TOKENS = [1e6, 4e6, 9e6]
+
+
+def signals(step: int, losses: list[float], counts: list[int], tokens_per_sample: int = 50) -> StepSignals:
+    """A step whose domain k had counts[k] samples of `tokens_per_sample` tokens at mean loss losses[k]."""
+    tokens = numpy.array(counts, dtype=float) * tokens_per_sample
+    loss_sum = numpy.where(tokens > 0, numpy.array(losses, dtype=float) * tokens, 0.0)
+    return StepSignals(step=step, domain_loss_sum=loss_sum, domain_tokens=tokens, realised_counts=counts)
+
+
+# Four steps; `maths` is not sampled in step 1. With K = 3, e_t = min(1/3, sqrt(ln 3 / (3 t))) is
+# 1/3 for t <= 3 (sqrt(ln 3 / 9) = 0.349), so the first three policies are uniform and the fourth is not.
+HAND_STEPS = [
+    ([2.0, 3.0, 1.0], [2, 1, 1]),
+    ([1.0, 2.0, math.nan], [3, 1, 0]),
+    ([1.5, 1.0, 2.5], [1, 2, 1]),
+    ([0.5, 4.0, 1.0], [1, 1, 2]),
+]
+E4 = math.sqrt(math.log(3) / (3 * 4))
+
+
+def run_hand_steps(mixer: ODMMixer) -> list[numpy.ndarray]:
+    weights = []
+    for step, (losses, counts) in enumerate(HAND_STEPS):
+        mixer.observe(signals(step, losses, counts))
+        weights.append(mixer.weights())
+    return weights
+
+
+@pytest.mark.filterwarnings("error")  # an unsampled domain's missing loss is no warning
+def test_odm_matches_hand_computed_updates():
+    mixer = ODMMixer(NAMES, INITIAL, smoothing=0.5)
+    assert numpy.array_equal(mixer.weights(), INITIAL)  # no update yet
+    weights = run_hand_steps(mixer)
+    for uniform in weights[:3]:
+        assert numpy.allclose(uniform, [1 / 3] * 3, rtol=0, atol=1e-15)
+    # R starts at 1; each step that samples a domain: R <- 0.5 R + 0.5 exp(L).
+    exp = math.exp
+    r_prose = 0.5 * (0.5 * (0.5 * (0.5 * 1 + 0.5 * exp(2.0)) + 0.5 * exp(1.0)) + 0.5 * exp(1.5)) + 0.5 * exp(0.5)
+    r_code = 0.5 * (0.5 * (0.5 * (0.5 * 1 + 0.5 * exp(3.0)) + 0.5 * exp(2.0)) + 0.5 * exp(1.0)) + 0.5 * exp(4.0)
+    r_maths = 0.5 * (0.5 * (0.5 * 1 + 0.5 * exp(1.0)) + 0.5 * exp(2.5)) + 0.5 * exp(1.0)  # not sampled in step 1
+    total = r_prose + r_code + r_maths
+    expected = [(1 - 3 * E4) * r / total + E4 for r in (r_prose, r_code, r_maths)]
+    assert numpy.allclose(weights[3], expected, rtol=1e-12, atol=0)
+    assert weights[3][1] > weights[3][2] > weights[3][0]  # the hardest domain gets the most
+
+
+@pytest.mark.filterwarnings("error")
+def test_odm_importance_weighted_matches_hand_computed_updates():
+    mixer = ODMMixer(NAMES, INITIAL, smoothing=0.5, importance_weighting=True)
+    weights = run_hand_steps(mixer)
+    for uniform in weights[:3]:
+        assert numpy.allclose(uniform, [1 / 3] * 3, rtol=0, atol=1e-15)
+    # R starts at 0; R <- 0.5 R + 0.5 L / pi with pi the step's weights: INITIAL in step 0, then 1/3.
+    r_prose = 0.5 * (0.5 * (0.5 * (0.5 * 0 + 0.5 * 2.0 / 0.5) + 0.5 * 1.0 * 3) + 0.5 * 1.5 * 3) + 0.5 * 0.5 * 3
+    r_code = 0.5 * (0.5 * (0.5 * (0.5 * 0 + 0.5 * 3.0 / 0.25) + 0.5 * 2.0 * 3) + 0.5 * 1.0 * 3) + 0.5 * 4.0 * 3
+    r_maths = 0.5 * (0.5 * (0.5 * 0 + 0.5 * 1.0 / 0.25) + 0.5 * 2.5 * 3) + 0.5 * 1.0 * 3  # not sampled in step 1
+    assert (r_prose, r_code, r_maths) == pytest.approx((2.5, 8.25, 3.875), rel=1e-12)
+    # pi = (1 - K e_4) softmax(e_3 R) + e_4, with e_3 = 1/3.
+    exponentials = [math.exp(r / 3) for r in (r_prose, r_code, r_maths)]
+    expected = [(1 - 3 * E4) * x / sum(exponentials) + E4 for x in exponentials]
+    assert numpy.allclose(weights[3], expected, rtol=1e-12, atol=0)
+
+
+def test_odm_warmup_returns_initial_weights_while_rewards_accumulate():
+    warm = ODMMixer(NAMES, INITIAL, warmup_steps=4)
+    cold = ODMMixer(NAMES, INITIAL)
+    assert numpy.array_equal(warm.weights(), numpy.array(INITIAL))  # step 0
+    warm_weights, cold_weights = run_hand_steps(warm), run_hand_steps(cold)
+    for weights in warm_weights[:3]:  # the weights of steps 1, 2 and 3
+        assert numpy.array_equal(weights, numpy.array(INITIAL))
+    assert numpy.array_equal(warm_weights[3], cold_weights[3])
+
+
+def test_odm_survives_losses_that_would_overflow_exp():
+    for importance_weighting in (False, True):
+        mixer = ODMMixer(NAMES, INITIAL, importance_weighting=importance_weighting)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for step in range(10):
+                mixer.observe(signals(step, [1000.0, 0.0, 30.0], [1, 1, 1]))
+        weights = mixer.weights()
+        assert numpy.all(numpy.isfinite(weights)) and abs(weights.sum() - 1) <= 1e-12
+        assert weights.argmax() == 0 and weights.min() > 0
+
+
+def random_signals(rng: numpy.random.Generator, step: int, weights: numpy.ndarray) -> StepSignals:
+    counts = rng.multinomial(16, weights)
+    losses = rng.uniform(0.0, 30.0, size=len(weights))
+    return signals(step, losses.tolist(), counts.tolist(), tokens_per_sample=int(rng.integers(1, 100)))
+
+
+CONFIGS = {
+    "static": {},
+    "uniform": {},
+    "temperature": {"mixing_temperature": 0.5},
+    "odm": {},
+    "odm-iw": {"odm_importance_weighting": True, "odm_smoothing": 0.9, "odm_warmup_steps": 5},
+    "odm-floor": {"mixing_floor": 0.05, "odm_smoothing": 0.0},
+}
+
+
+def build(config: str) -> object:
+    return build_mixer(
+        config.split("-")[0],
+        names=NAMES,
+        initial_weights=INITIAL,
+        domain_tokens=TOKENS,
+        args=argparse.Namespace(**CONFIGS[config]),
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_weights_stay_on_the_simplex(config):
+    mixer = build(config)
+    rng = numpy.random.default_rng(0)
+    for step in range(200):
+        weights = mixer.weights()
+        assert weights.dtype == numpy.float64 and weights.shape == (3,)
+        assert numpy.all(numpy.isfinite(weights))
+        assert numpy.all(weights >= CONFIGS[config].get("mixing_floor", 0.0))
+        assert abs(weights.sum() - 1.0) <= 1e-12
+        mixer.observe(random_signals(rng, step, weights))
+
+
+def test_fixed_mixers_keep_their_weights():
+    static = build("static")
+    for step in range(3):
+        static.observe(signals(step, [1.0, 2.0, 3.0], [1, 1, 1]))
+    assert numpy.array_equal(static.weights(), INITIAL)
+    assert numpy.array_equal(build("uniform").weights(), [1 / 3] * 3)
+    floored = build_mixer("static", names=NAMES, initial_weights=[1, 0, 0], args=argparse.Namespace(mixing_floor=0.1))
+    assert numpy.allclose(floored.weights(), [0.8, 0.1, 0.1], rtol=0, atol=1e-15)
+
+
+def test_temperature_interpolates_from_token_share_to_uniform():
+    tokens = numpy.array(TOKENS)
+    assert numpy.allclose(TemperatureMixer(NAMES, TOKENS, 1.0).weights(), tokens / tokens.sum(), rtol=1e-14, atol=0)
+    assert numpy.allclose(TemperatureMixer(NAMES, TOKENS, 2.0).weights(), [1 / 6, 2 / 6, 3 / 6], rtol=1e-14, atol=0)
+    assert numpy.allclose(TemperatureMixer(NAMES, TOKENS, 1e6).weights(), [1 / 3] * 3, rtol=0, atol=1e-5)
+    assert numpy.array_equal(TemperatureMixer(NAMES, [5, 0, 5], 0.01).weights(), [0.5, 0.0, 0.5])
+    with pytest.raises(ValueError, match="token count"):
+        build_mixer("temperature", names=NAMES, initial_weights=INITIAL, domain_tokens=None)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_state_round_trips_through_json(config):
+    rng = numpy.random.default_rng(1)
+    original = build(config)
+    for step in range(20):
+        original.observe(random_signals(rng, step, original.weights()))
+    restored = build(config)
+    restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
+    for step in range(20, 40):
+        assert numpy.array_equal(restored.weights(), original.weights())
+        step_signals = random_signals(rng, step, original.weights())
+        original.observe(step_signals)
+        restored.observe(step_signals)
+    assert numpy.array_equal(restored.weights(), original.weights())
+
+
+def test_state_for_other_domains_is_refused():
+    state = ODMMixer(NAMES, INITIAL).state_dict()
+    other = ODMMixer(["prose", "code", "legal"], INITIAL)
+    pattern = re.escape(str(NAMES)) + ".*" + re.escape(str(["prose", "code", "legal"]))
+    with pytest.raises(ValueError, match=pattern):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="importance-weighting"):
+        ODMMixer(NAMES, INITIAL, importance_weighting=True).load_state_dict(state)
+
+
+def test_non_finite_loss_keeps_the_last_weights_and_warns_once():
+    mixer, reference = ODMMixer(NAMES, INITIAL), ODMMixer(NAMES, INITIAL)
+    for step in range(5):
+        mixer.observe(signals(step, [1.0, 2.0, 3.0], [1, 1, 1]))
+        reference.observe(signals(step, [1.0, 2.0, 3.0], [1, 1, 1]))
+    before = mixer.weights()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mixer.observe(signals(5, [math.nan, 2.0, 3.0], [1, 1, 1]))
+        assert numpy.array_equal(mixer.weights(), before)
+        mixer.observe(signals(6, [1.0, math.inf, 3.0], [1, 1, 1]))
+        assert numpy.array_equal(mixer.weights(), before)
+    assert len(caught) == 1 and "non-finite" in str(caught[0].message) and "prose" in str(caught[0].message)
+    # the bad steps left no trace: the next good step lands where a mixer that never saw them does
+    mixer.observe(signals(7, [2.0, 1.0, 0.5], [1, 1, 1]))
+    reference.observe(signals(5, [2.0, 1.0, 0.5], [1, 1, 1]))
+    assert numpy.array_equal(mixer.weights(), reference.weights())
+
+
+def test_registry_builds_every_mixer_and_parses_its_options():
+    assert set(MIXERS) == {"static", "uniform", "temperature", "odm"}
+    for name, cls in MIXERS.items():
+        mixer = build_mixer(name, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS)
+        assert type(mixer) is cls and mixer.names == NAMES
+    assert ODMMixer.needs == {DOMAIN_LOSSES} and StaticMixer.needs == frozenset()
+
+    parser = add_mixer_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--mixer", "odm", "--odm-smoothing", "0.9"])
+    mixer = build_mixer(args.mixer, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=args)
+    assert isinstance(mixer, ODMMixer)
+    assert (mixer.smoothing, mixer.warmup_steps, mixer.importance_weighting) == (0.9, 0, False)
+    assert parser.parse_args([]).mixer == "static"
+
+
+def test_unknown_mixer_is_refused_with_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        add_mixer_arguments(argparse.ArgumentParser()).parse_args(["--mixer", "doremi"])
+    assert "static" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="static, uniform, temperature, odm"):
+        build_mixer("doremi", names=NAMES, initial_weights=INITIAL)

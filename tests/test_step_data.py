@@ -1,0 +1,57 @@
+"""What a global step feeds Megatron: per-rank micro-batches with domain ids, and per-domain loss sums."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+import torch
+
+from megatron_acodm.data import DynamicBlender, parse_data_path
+from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+from megatron_acodm.training.loss import domain_loss_func, per_domain_sums
+
+
+def test_per_domain_sums_equal_a_direct_computation_on_mixed_micro_batches():
+    generator = torch.Generator().manual_seed(0)
+    num_domains, expected = 4, numpy.zeros((4, 2))
+    total = torch.zeros(4, 2)
+    for _ in range(5):  # micro-batches mixing the domains differently
+        token_losses = torch.rand(6, 9, generator=generator) * 5
+        loss_mask = (torch.rand(6, 9, generator=generator) > 0.3).float()
+        domain_ids = torch.randint(0, num_domains, (6,), generator=generator)
+        total += per_domain_sums(token_losses, loss_mask, domain_ids, num_domains)
+        for row in range(6):
+            for position in range(9):
+                if loss_mask[row, position]:
+                    expected[domain_ids[row], 0] += float(token_losses[row, position])
+                    expected[domain_ids[row], 1] += 1
+    assert numpy.allclose(total.numpy(), expected, rtol=1e-5)
+
+
+def test_loss_function_keeps_megatrons_contract():
+    token_losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    loss_mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    loss, tokens, reduced = domain_loss_func(loss_mask, torch.tensor([1, 0]), 3, token_losses)
+    assert float(loss) == pytest.approx(1 + 2 + 5 + 6) and int(tokens) == 4
+    assert reduced["domain_sums"].tolist() == [[11.0, 2.0], [3.0, 2.0], [0.0, 0.0]]
+    loss /= 4  # the schedule divides in place: the reported sums must not change
+    assert reduced["domain_sums"][0, 0] == 11.0
+
+
+def test_data_parallel_slices_partition_the_global_batch():
+    domain_ids, sample_ids = numpy.arange(12) % 3, numpy.arange(12) * 10
+    slices = [data_parallel_slice(domain_ids, sample_ids, rank, 3) for rank in range(3)]
+    assert numpy.concatenate([ids for _, ids in slices]).tolist() == sample_ids.tolist()
+    assert all(len(ids) == 4 for _, ids in slices)
+
+
+def test_micro_batches_tag_every_sequence_with_its_domain(preprocessed_corpus, tokenizer):
+    blender = DynamicBlender(parse_data_path([preprocessed_corpus]), tokenizer, seq_length=16, global_batch_size=8, split="90,10,0")
+    plan = blender.plan(0, [0.25, 0.25, 0.5])
+    batches = micro_batches(blender.sample, plan.domain_ids, plan.sample_ids, 4)
+    assert len(batches) == 2 and batches[0]["tokens"].shape == (4, 16)
+    assert torch.cat([batch["domain_ids"] for batch in batches]).tolist() == plan.domain_ids.tolist()
+    for row, (domain, sample) in enumerate(zip(plan.domain_ids[:4], plan.sample_ids[:4])):
+        assert torch.equal(batches[0]["tokens"][row], blender.sample(int(domain), int(sample))["tokens"])
+    padding = micro_batches(blender.valid_sample, numpy.array([0, 1]), [0, None], 2)[0]
+    assert padding["loss_mask"][1].sum() == 0 and padding["loss_mask"][0].sum() > 0

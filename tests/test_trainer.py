@@ -1,0 +1,135 @@
+"""pretrain_acodm.py end to end on CPU: argument errors, exact resume after SIGKILL, parallel
+layouts against one process, a checkpoint loaded at another layout, and a refused domain change."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from launching import command, environment, run
+from megatron_acodm.arguments import parse_args
+from megatron_acodm.training.metrics import read_metrics
+
+ENTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrain_acodm.py")
+TINY = [
+    "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+    "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "2",
+    "--log-interval", "1", "--eval-interval", "4", "--eval-iters", "1", "--split", "90,10,0",
+]
+
+
+def _arguments(corpus, tokenizer_model, save, *extra):
+    return ["--data-path", corpus, "--tokenizer-model", tokenizer_model, "--save", save, *TINY, *extra]
+
+
+def _train(tmp_path, arguments, processes=None):
+    completed = run(ENTRY, arguments, cwd=str(tmp_path), processes=processes)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
+def _losses(save):
+    _, train, valid = read_metrics(os.path.join(save, "metrics.jsonl"))
+    return [record["lm_loss"] for record in train], [record["lm_loss"] for record in valid], train
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bf16", "--fp16"], "--bf16 and --fp16 are mutually exclusive"),
+        (["--num-layers", "3", "--pipeline-model-parallel-size", "2"], "--num-layers (3) must be divisible"),
+        (["--global-batch-size", "6", "--micro-batch-size", "4"], "--global-batch-size (6) must be divisible"),
+        (["--save-interval", "5"], "--save-interval needs --save"),
+        (["--lr-warmup-iters", "4"], "--lr-warmup-iters (4) must be below --lr-decay-iters (4)"),
+        (["--mixer", "nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_argument_errors_fail_at_start_like_megatron(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--data-path", "d.json", "--tokenizer-model", "t.model", "--train-iters", "4", *argv], world_size=2)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sigkill_then_resume_continues_exactly(tmp_path, preprocessed_corpus, tokenizer_model):
+    steps = ["--train-iters", "12", "--mixer", "odm"]
+    reference = str(tmp_path / "reference")
+    _train(tmp_path, _arguments(preprocessed_corpus, tokenizer_model, reference, *steps))
+
+    interrupted = str(tmp_path / "interrupted")
+    arguments = _arguments(preprocessed_corpus, tokenizer_model, interrupted, *steps, "--save-interval", "4")
+    process = subprocess.Popen(command(ENTRY, arguments), cwd=str(tmp_path), env=environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracker = os.path.join(interrupted, "latest_checkpointed_iteration.txt")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.exists(tracker) and open(tracker).read().strip() == "8"):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert open(tracker).read().strip() == "8"
+    _train(tmp_path, arguments + ["--load", interrupted])
+
+    expected_train, expected_valid, expected_records = _losses(reference)
+    resumed_train, resumed_valid, resumed_records = _losses(interrupted)
+    assert resumed_train == expected_train and resumed_valid == expected_valid
+    for expected, resumed in zip(expected_records, resumed_records):
+        assert resumed["domains"] == expected["domains"]  # same weights, shares and per-domain losses
+
+
+@pytest.fixture(scope="module")
+def single_process_runs(tmp_path_factory, preprocessed_corpus, tokenizer_model):
+    """An 8-step single-process reference and a copy of its state after step 4 to resume from."""
+    folder = tmp_path_factory.mktemp("layouts")
+    reference, start = str(folder / "reference"), str(folder / "start")
+    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, reference, *LAYOUT_STEPS))
+    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, start, *LAYOUT_STEPS, "--exit-interval", "4"))
+    return folder, reference, start
+
+
+# Without dropout every layout computes the same function; only the order of fp32 sums differs.
+LAYOUT_STEPS = ["--train-iters", "8", "--save-interval", "4", "--mixer", "odm", "--hidden-dropout", "0", "--attention-dropout", "0"]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [["--tensor-model-parallel-size", "2"], ["--pipeline-model-parallel-size", "2"], []],
+    ids=["tp2", "pp2", "dp2"],
+)
+def test_two_rank_layouts_resume_one_process_checkpoint_and_match_it(single_process_runs, preprocessed_corpus, tokenizer_model, layout):
+    # Each layout initialises its own pipeline stages from its own seeds, so layouts start from the
+    # single process's checkpoint: that proves the reload at another layout and the equal numbers.
+    folder, reference, start = single_process_runs
+    moved = str(folder / ("moved" + "".join(layout)))
+    shutil.copytree(start, moved)
+    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, moved, *LAYOUT_STEPS, "--load", moved, *layout), processes=2)
+    (expected, expected_valid, _), (got, got_valid, _) = _losses(reference), _losses(moved)
+    assert len(got) == 8
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert got_valid == pytest.approx(expected_valid, rel=1e-5)
+
+
+def test_tensor_parallel_from_scratch_matches_one_process(single_process_runs, preprocessed_corpus, tokenizer_model):
+    # megatron.core initialises the full weight on each tensor-parallel rank and keeps its slice.
+    folder, reference, _ = single_process_runs
+    parallel = str(folder / "tp2-from-scratch")
+    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, parallel, *LAYOUT_STEPS, "--tensor-model-parallel-size", "2"), processes=2)
+    assert _losses(parallel)[0] == pytest.approx(_losses(reference)[0], rel=1e-5)
+
+
+def test_resuming_on_other_domains_is_refused_unless_remapped(tmp_path, preprocessed_corpus, tokenizer_model):
+    save = str(tmp_path / "run")
+    _train(tmp_path, _arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "3"))
+    folder = os.path.dirname(preprocessed_corpus)
+    two_domains = ["--data-path", f"{folder}/prose_text_document", f"{folder}/code_text_document"]
+    arguments = _arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "4", "--load", save)[2:] + two_domains
+    refused = run(ENTRY, arguments, cwd=str(tmp_path))
+    assert refused.returncode != 0
+    assert "pass --remap-domains" in refused.stderr + refused.stdout
+    remapped = _train(tmp_path, arguments + ["--remap-domains"])
+    assert "the mixer and blender start afresh" in remapped.stdout
