@@ -24,6 +24,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-position-embeddings", type=int, default=None, help="default --seq-length")
     group.add_argument("--position-embedding-type", choices=["learned_absolute", "rope"], default="learned_absolute")
     group.add_argument("--rotary-base", type=int, default=10000)
+    group.add_argument("--rotary-percent", type=float, default=1.0, help="share of each head's channels that rotate (Pythia: 0.25)")
     group.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default="LayerNorm")
     group.add_argument("--swiglu", action="store_true")
     group.add_argument("--untie-embeddings-and-output-weights", action="store_true")

@@ -122,8 +122,8 @@ def test_records_round_trip_through_read_metrics(tmp_path):
         "multilingual": {"loss": 5.623456, "weight": 0.25, "share": 0.5},
     }
     (evaluation,) = valid
-    assert evaluation["iteration"] == 10 and evaluation["tokens"] == 400
-    assert evaluation["domains"]["code"] == {"loss": None, "tokens": 0}
+    assert evaluation["iteration"] == 10
+    assert evaluation["domains"]["code"] == {"loss": None, "corpus_tokens": 0}
     for line in path.read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
 
@@ -200,7 +200,7 @@ def test_validation_means_against_a_hand_computation(tmp_path):
     assert set(rule) == {"-"} and rule == closing_rule and len(rule) == len(header) + 1
     (record,) = read_metrics(tmp_path / "m.jsonl")[2]
     assert record["lm_loss"] == pytest.approx(3.5) and record["lm_loss_uniform"] == pytest.approx(3.0)
-    assert record["domains"]["b"] == {"loss": None, "tokens": 50}
+    assert record["domains"]["b"] == {"loss": None, "corpus_tokens": 50}
 
 
 def test_non_logging_rank_writes_nothing(tmp_path):

@@ -108,10 +108,12 @@ def test_two_rank_layouts_resume_one_process_checkpoint_and_match_it(single_proc
     moved = str(folder / ("moved" + "".join(layout)))
     shutil.copytree(start, moved)
     _train(folder, _arguments(preprocessed_corpus, tokenizer_model, moved, *LAYOUT_STEPS, "--load", moved, *layout), processes=2)
-    (expected, expected_valid, _), (got, got_valid, _) = _losses(reference), _losses(moved)
+    (expected, expected_valid, expected_records), (got, got_valid, got_records) = _losses(reference), _losses(moved)
     assert len(got) == 8
     assert got == pytest.approx(expected, rel=1e-5)
     assert got_valid == pytest.approx(expected_valid, rel=1e-5)
+    grad_norms = [[record["grad_norm"] for record in records] for records in (expected_records, got_records)]
+    assert grad_norms[1] == pytest.approx(grad_norms[0], rel=1e-5)
 
 
 def test_tensor_parallel_from_scratch_matches_one_process(single_process_runs, preprocessed_corpus, tokenizer_model):

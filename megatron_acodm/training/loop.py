@@ -173,7 +173,7 @@ def pretrain(args: Namespace) -> None:
             interval.reset()
         if eval_batches and (done % args.eval_interval == 0 or done == args.train_iters):
             sums = evaluate(model, blender, eval_batches, args, dp_rank, dp_size, run_device)
-            logger.log_eval(EvalRecord(iteration=done, domain_loss=_domain_means(sums), domain_tokens=sums[:, 1].tolist()))
+            logger.log_eval(EvalRecord(iteration=done, domain_loss=_domain_means(sums), domain_tokens=blender.domain_tokens.tolist()))
         exiting = args.exit_interval is not None and done % args.exit_interval == 0
         if args.save and ((args.save_interval and done % args.save_interval == 0) or exiting or done == args.train_iters):
             path = save_checkpoint(args.save, done, model, optimizer, _run_state(done, args, scheduler, mixer, blender), args.use_distributed_optimizer)

@@ -9,8 +9,8 @@ Records, one JSON object a line:
 - `{"kind": "train", "iteration", "train_iters", "consumed_samples", "elapsed_s", "iteration_ms", "lr",
   "lm_loss", "grad_norm", "loss_scale", "tokens_per_s", "global_batch_size", "skipped_iterations",
   "nan_iterations", "domains": {name: {"loss", "weight", "share"}}}`
-- `{"kind": "valid", "iteration", "lm_loss" (token-weighted), "lm_loss_uniform", "tokens",
-  "domains": {name: {"loss", "tokens"}}}`
+- `{"kind": "valid", "iteration", "lm_loss" (weighted by corpus tokens), "lm_loss_uniform",
+  "domains": {name: {"loss", "corpus_tokens"}}}`
 Numbers that are not finite (and absent optional values) are written as null: the file is strict JSON.
 """
 
@@ -62,6 +62,8 @@ class EvalRecord:
 
     iteration: int
     domain_loss: Sequence[Optional[float]]  # None where the domain has no validation samples
+    # Each domain's tokens in the corpus: the token-weighted mean is the loss under the natural
+    # (concatenated-corpus) mixture, the uniform mean the loss with every domain counted alike.
     domain_tokens: Sequence[int]
 
 
@@ -333,12 +335,12 @@ class MetricsLogger:
             names,
             {
                 "loss": [_cell(loss, ".4f") for loss in record.domain_loss],
-                "tokens": [str(int(tokens)) for tokens in record.domain_tokens],
+                "corpus tokens": [str(int(tokens)) for tokens in record.domain_tokens],
             },
         )
         self._print([rule, header, rule, *table])
         domains = {
-            name: {"loss": _number_or_none(loss), "tokens": int(tokens)}
+            name: {"loss": _number_or_none(loss), "corpus_tokens": int(tokens)}
             for name, loss, tokens in zip(names, record.domain_loss, record.domain_tokens)
         }
         self._write(
@@ -347,7 +349,6 @@ class MetricsLogger:
                 "iteration": iteration,
                 "lm_loss": _number_or_none(token_weighted),
                 "lm_loss_uniform": _number_or_none(uniform),
-                "tokens": sum(values["tokens"] for values in domains.values()),
                 "domains": domains,
             }
         )
