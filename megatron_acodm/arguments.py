@@ -89,6 +89,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metrics-path", default=None, help="JSONL of every log record; default <save>/metrics.jsonl or runs/metrics.jsonl")
 
 
+def _add_sketch_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("per-domain gradient sketches (built only for a mixer that reads them)")
+    group.add_argument("--sketch-layers", default="top3", help="'topN' or relative depths in (0, 1], e.g. 0.5,0.75,1.0")
+    group.add_argument("--sketch-dim", type=int, default=256, help="random rank-one probes per layer (k)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pretrain_acodm.py",
@@ -100,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parallel_arguments(parser)
     _add_data_arguments(parser)
     _add_run_arguments(parser)
+    _add_sketch_arguments(parser)
     add_mixer_arguments(parser)
     return parser
 
@@ -147,6 +154,7 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.save_interval is not None and args.save_interval < 1, "--save-interval must be >= 1"),
         (args.eval_interval < 1 or args.log_interval < 1, "--eval-interval and --log-interval must be >= 1"),
         (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
+        (args.sketch_dim < 1, "--sketch-dim must be >= 1"),
         (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),
     ]
     return next((message for failed, message in checks if failed), None)

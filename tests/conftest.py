@@ -26,6 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "ignore:Transformer Engine and Apex are not installed:UserWarning",
         "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
         "ignore:The following imports from `dynamic_context.py`:DeprecationWarning",
+        "ignore:The 'megatron.core.transformer.custom_layers.transformer_engine':DeprecationWarning",
     ):
         config.addinivalue_line("filterwarnings", warning)
 

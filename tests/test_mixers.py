@@ -215,9 +215,10 @@ def test_non_finite_loss_keeps_the_last_weights_and_warns_once():
 
 
 def test_registry_builds_every_mixer_and_parses_its_options():
-    assert set(MIXERS) == {"static", "uniform", "temperature", "odm"}
+    assert set(MIXERS) == {"static", "uniform", "temperature", "odm", "acodm"}
+    run = argparse.Namespace(train_iters=100)  # AC-ODM sizes its warm-up from the run's length
     for name, cls in MIXERS.items():
-        mixer = build_mixer(name, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS)
+        mixer = build_mixer(name, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=run)
         assert type(mixer) is cls and mixer.names == NAMES
     assert ODMMixer.needs == {DOMAIN_LOSSES} and StaticMixer.needs == frozenset()
 
@@ -233,5 +234,5 @@ def test_unknown_mixer_is_refused_with_the_choices(capsys):
     with pytest.raises(SystemExit):
         add_mixer_arguments(argparse.ArgumentParser()).parse_args(["--mixer", "doremi"])
     assert "static" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="static, uniform, temperature, odm"):
+    with pytest.raises(ValueError, match="static, uniform, temperature, odm, acodm"):
         build_mixer("doremi", names=NAMES, initial_weights=INITIAL)

@@ -57,8 +57,9 @@ def test_argument_errors_fail_at_start_like_megatron(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_sigkill_then_resume_continues_exactly(tmp_path, preprocessed_corpus, tokenizer_model):
-    steps = ["--train-iters", "12", "--mixer", "odm"]
+@pytest.mark.parametrize("mixer", ["odm", "acodm"])
+def test_sigkill_then_resume_continues_exactly(tmp_path, preprocessed_corpus, tokenizer_model, mixer):
+    steps = ["--train-iters", "12", "--mixer", mixer]
     reference = str(tmp_path / "reference")
     _train(tmp_path, _arguments(preprocessed_corpus, tokenizer_model, reference, *steps))
 
@@ -135,3 +136,22 @@ def test_resuming_on_other_domains_is_refused_unless_remapped(tmp_path, preproce
     assert "pass --remap-domains" in refused.stderr + refused.stdout
     remapped = _train(tmp_path, arguments + ["--remap-domains"])
     assert "the mixer and blender start afresh" in remapped.stdout
+
+
+def test_proxy_policy_drives_a_deeper_wider_target(tmp_path, preprocessed_corpus, tokenizer_model):
+    policy = str(tmp_path / "policy.pt")
+    proxy = _arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "proxy"), "--train-iters", "8", "--mixer", "acodm")
+    _train(tmp_path, proxy + ["--acodm-export-policy", policy])
+    target = _arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "target"), "--train-iters", "6", "--mixer", "acodm")
+    target = target + ["--acodm-policy", policy, "--num-layers", "4", "--hidden-size", "64"]
+    _train(tmp_path, target)
+    _, _, records = _losses(str(tmp_path / "target"))
+    weights = [[domain["weight"] for domain in record["domains"].values()] for record in records]
+    assert all(abs(sum(row) - 1) < 1e-9 and min(row) > 0 for row in weights)
+    assert weights[-1] != pytest.approx([1 / 3] * 3, abs=1e-6)  # the frozen actor decides, not a fallback
+
+    folder = os.path.dirname(preprocessed_corpus)
+    other_domains = ["--data-path", f"{folder}/prose_text_document", f"{folder}/code_text_document"]
+    refused = run(ENTRY, target[2:] + other_domains, cwd=str(tmp_path))
+    assert refused.returncode == 2
+    assert f"{policy}: the policy was trained on domains" in refused.stderr

@@ -1,12 +1,16 @@
 """Mixers: what decides each step's domain weights, from what the previous steps showed."""
 
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
+from megatron_acodm.mixing.acodm import ACODMMixer, layers_at_depths
+from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, Mixer, StepSignals
 from megatron_acodm.mixing.odm import ODMMixer
 from megatron_acodm.mixing.registry import MIXERS, add_mixer_arguments, build_mixer
 from megatron_acodm.mixing.static import StaticMixer, TemperatureMixer, UniformMixer
 
 __all__ = [
+    "ACODMMixer",
     "DOMAIN_LOSSES",
+    "GRADIENT_GRAM",
+    "LAYER_NORMS",
     "MIXERS",
     "Mixer",
     "ODMMixer",
@@ -16,4 +20,5 @@ __all__ = [
     "UniformMixer",
     "add_mixer_arguments",
     "build_mixer",
+    "layers_at_depths",
 ]

@@ -3,6 +3,10 @@
 Every global step the trainer calls `weights()` for the mixture of the step it is about to plan,
 trains it, then calls `observe(signals)` with what the step produced. `weights()` depends only on
 the mixer's state, so `observe` is the only call that changes it.
+
+A mixer's `state_dict()` holds plain Python values, and, for mixers with learned networks (AC-ODM),
+torch tensors: the trainer keeps it in the checkpoint's common state, which torch.save writes and
+torch.load reads back with `weights_only=True`, so nothing beyond tensors and plain values.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from megatron_acodm.data.manifest import validate_weights
 # Signals a mixer may declare in `needs`, so the step computes only what some mixer reads.
 # Realised counts come with every step: they cost nothing.
 DOMAIN_LOSSES = "domain_losses"
+GRADIENT_GRAM = "gradient_gram"  # StepSignals.domain_gram
+LAYER_NORMS = "layer_weight_norms"  # StepSignals.layer_weight_norms
 
 
 @dataclass
@@ -30,6 +36,8 @@ class StepSignals:
     domain_loss_sum: numpy.ndarray  # [K] sum of the LM loss over the step's loss-mask tokens
     domain_tokens: numpy.ndarray  # [K] loss-mask token counts
     realised_counts: numpy.ndarray  # [K] samples per domain in the step's global batch
+    domain_gram: Optional[numpy.ndarray] = None  # [K, K] sketch estimate of <g_a, g_b>; absent domain: zero row/column
+    layer_weight_norms: Optional[numpy.ndarray] = None  # [L] linear_fc2 weight norms at the mixer's depths
 
     def __post_init__(self) -> None:
         self.domain_loss_sum = numpy.asarray(self.domain_loss_sum, dtype=numpy.float64)
@@ -95,11 +103,11 @@ class Mixer(abc.ABC):
             shape = getattr(signals, field).shape
             if shape != (self.num_domains,):
                 raise ValueError(f"{field} has shape {shape}, expected ({self.num_domains},) for {self.names}")
-        bad = self._non_finite_domains(signals)
+        bad = self._non_finite_signals(signals)
         if bad:
             if not self._warned:
                 warnings.warn(
-                    f"{type(self).__name__}: step {signals.step} gave a non-finite loss for {bad}; "
+                    f"{type(self).__name__}: step {signals.step} gave a non-finite {' and '.join(bad)}; "
                     f"keeping the last weights (this warning is shown once)",
                     RuntimeWarning,
                     stacklevel=2,
@@ -108,14 +116,21 @@ class Mixer(abc.ABC):
             return
         self._update(signals)
 
-    def _non_finite_domains(self, signals: StepSignals) -> list[str]:
-        if DOMAIN_LOSSES not in self.needs:
-            return []
-        bad = (signals.domain_tokens > 0) & ~numpy.isfinite(signals.domain_loss)
-        return [name for name, is_bad in zip(self.names, bad) if is_bad]
+    def _non_finite_signals(self, signals: StepSignals) -> list[str]:
+        """What this mixer reads and found NaN or infinite, each described for the warning."""
+        bad = []
+        if DOMAIN_LOSSES in self.needs:
+            non_finite = (signals.domain_tokens > 0) & ~numpy.isfinite(signals.domain_loss)
+            if non_finite.any():
+                bad.append(f"loss for {[name for name, is_bad in zip(self.names, non_finite) if is_bad]}")
+        for need, field in ((GRADIENT_GRAM, "domain_gram"), (LAYER_NORMS, "layer_weight_norms")):
+            value = getattr(signals, field)
+            if need in self.needs and value is not None and not numpy.all(numpy.isfinite(value)):
+                bad.append(field)
+        return bad
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python values only, for a checkpoint or a JSON file."""
+        """Plain Python values (and torch tensors, for mixers with networks: see the module's docstring)."""
         return {"mixer": type(self).__name__, "names": list(self.names), **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional, Sequence
 
+from megatron_acodm.mixing.acodm import ACODMMixer
 from megatron_acodm.mixing.base import Mixer
 from megatron_acodm.mixing.odm import ODMMixer
 from megatron_acodm.mixing.static import StaticMixer, TemperatureMixer, UniformMixer
@@ -15,6 +16,7 @@ MIXERS: dict[str, type[Mixer]] = {
     "uniform": UniformMixer,
     "temperature": TemperatureMixer,
     "odm": ODMMixer,
+    "acodm": ACODMMixer,
 }
 
 

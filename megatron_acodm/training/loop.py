@@ -13,8 +13,9 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
-from megatron_acodm.mixing import StepSignals, build_mixer
-from megatron_acodm.model import pad_vocab_size
+from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, StepSignals, build_mixer
+from megatron_acodm.model import layers_at_depths, pad_vocab_size
+from megatron_acodm.sketch import GradientSketcher, gram_and_alignment
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
 from megatron_acodm.training.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
 from megatron_acodm.training.evaluation import evaluate, evaluation_batches
@@ -138,6 +139,9 @@ def pretrain(args: Namespace) -> None:
         is_logging_rank=rank == 0,
     )
     logger.log_run(vars(args), start_iteration=start)
+    # Only what the mixer reads is measured: no sketch hooks, no norms for the baselines.
+    sketcher = GradientSketcher(model, blender.num_domains, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed) if GRADIENT_GRAM in mixer.needs else None
+    norm_layers = layers_at_depths(mixer.feature_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
     eval_batches = evaluation_batches(blender, args.eval_iters, args.global_batch_size)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     interval = _Interval(blender.num_domains)
@@ -147,8 +151,17 @@ def pretrain(args: Namespace) -> None:
         weights = mixer.weights()
         plan = blender.plan(iteration, weights)
         batch = micro_batches(blender.sample, *data_parallel_slice(plan.domain_ids, plan.sample_ids, dp_rank, dp_size), args.micro_batch_size)
-        outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler)
-        mixer.observe(StepSignals(step=iteration, domain_loss_sum=outcome.domain_sums[:, 0], domain_tokens=outcome.domain_sums[:, 1], realised_counts=plan.counts))
+        outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler, sketcher, norm_layers)
+        mixer.observe(
+            StepSignals(
+                step=iteration,
+                domain_loss_sum=outcome.domain_sums[:, 0],
+                domain_tokens=outcome.domain_sums[:, 1],
+                realised_counts=plan.counts,
+                domain_gram=None if outcome.sketch is None else gram_and_alignment(outcome.sketch)[0].double().cpu().numpy(),
+                layer_weight_norms=outcome.layer_norms,
+            )
+        )
         interval.add(outcome, plan.counts, time.perf_counter() - step_started)
         done = iteration + 1
         logger.advance(1)
@@ -181,5 +194,8 @@ def pretrain(args: Namespace) -> None:
         if exiting:
             log(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
             break
+    if args.acodm_export_policy and rank == 0:
+        mixer.export_policy(args.acodm_export_policy)
+        log(f"wrote the AC-ODM policy to {args.acodm_export_policy}")
     logger.close()
     torch.distributed.barrier()

@@ -1,16 +1,17 @@
 """One global step: Megatron's schedule over this rank's micro-batches, one all-reduce, the update.
 
 The loss function returns each micro-batch's per-domain `[K, 2]` sums; the last pipeline stage adds
-them up, and a single all-reduce over the whole world (where only the last stage's first
-tensor-parallel rank contributes) gives every rank the global per-domain sums, so every rank's
-mixer sees the same signals and decides the same weights.
+them up. With the gradient sketch and the layer norms a mixer may ask for, they travel in a single
+all-reduce over the whole world, where every rank adds only its own part (the losses: the last
+stage's first tensor-parallel rank), so every rank gets the same global signals and its mixer
+decides the same weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy
 import torch
@@ -19,6 +20,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_acodm.training.loss import domain_loss_func
+from megatron_acodm.training.signals import layer_weight_norm_squares
 
 
 @dataclass
@@ -26,6 +28,8 @@ class StepOutcome:
     domain_sums: numpy.ndarray  # [K, 2]: loss sum and tokens per domain, over the global batch
     grad_norm: Optional[float] = None
     update_successful: bool = True
+    sketch: Optional[torch.Tensor] = None  # [K, k] gradient sketch, summed over the world
+    layer_norms: Optional[numpy.ndarray] = None  # [L] Frobenius norms of the chosen linear_fc2 weights
 
     @property
     def tokens(self) -> float:
@@ -36,33 +40,51 @@ class StepOutcome:
         return float(self.domain_sums[:, 0].sum() / max(self.tokens, 1.0))
 
 
-def _forward_step(num_domains: int, device: torch.device, data_iterator, model):
+def _forward_step(num_domains: int, device: torch.device, sketcher, data_iterator, model):
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in next(data_iterator).items()}
-    token_losses = model(
-        batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"]
-    )
+    if sketcher is not None:
+        sketcher.set_micro_batch_domains(batch["domain_ids"])
+    token_losses = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"])
     return token_losses, partial(domain_loss_func, batch["loss_mask"], batch["domain_ids"], num_domains)
 
 
-def _global_domain_sums(losses_reduced: list, num_domains: int, device: torch.device) -> numpy.ndarray:
-    contributes = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+def _local_domain_sums(losses_reduced: list, num_domains: int, device: torch.device) -> torch.Tensor:
     total = torch.zeros(num_domains, 2, dtype=torch.float64, device=device)
-    if contributes:
+    if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
         for reduced in losses_reduced:
             total += reduced["domain_sums"].to(device, torch.float64)
-    torch.distributed.all_reduce(total)
-    return total.cpu().numpy()
+    return total
 
 
-def run_step(model, micro_batch_list: list[dict], args, num_domains: int, device: torch.device, optimizer=None, scheduler=None) -> StepOutcome:
-    """Forward (and, with an optimizer, backward and update) over the micro-batches of one global step."""
+def _sum_over_world(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One all-reduce for every signal of the step: pack, sum, unpack."""
+    packed = torch.cat([part.reshape(-1).to(torch.float64) for part in parts])
+    torch.distributed.all_reduce(packed)
+    return [chunk.reshape(part.shape) for chunk, part in zip(packed.split([part.numel() for part in parts]), parts)]
+
+
+def run_step(
+    model,
+    micro_batch_list: list[dict],
+    args,
+    num_domains: int,
+    device: torch.device,
+    optimizer=None,
+    scheduler=None,
+    sketcher=None,
+    norm_layers: Optional[Sequence[int]] = None,
+) -> StepOutcome:
+    """Forward (and, with an optimizer, backward and update) over the micro-batches of one global
+    step. `sketcher` adds the step's gradient sketch, `norm_layers` the weight norms of those layers."""
     forward_only = optimizer is None
     if not forward_only:
         for chunk in model:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
+    # The norms describe the weights that produced this step's losses: read them before the update.
+    norm_squares = None if norm_layers is None else layer_weight_norm_squares(model, norm_layers, device)
     losses_reduced = get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, num_domains, device),
+        forward_step_func=partial(_forward_step, num_domains, device, sketcher),
         data_iterator=iter(micro_batch_list),
         model=model,
         num_microbatches=len(micro_batch_list),
@@ -70,7 +92,17 @@ def run_step(model, micro_batch_list: list[dict], args, num_domains: int, device
         micro_batch_size=args.micro_batch_size,
         forward_only=forward_only,
     )
-    outcome = StepOutcome(_global_domain_sums(losses_reduced, num_domains, device))
+    parts = [_local_domain_sums(losses_reduced, num_domains, device)]
+    if sketcher is not None:
+        parts.append(sketcher.step_sketches())
+    if norm_squares is not None:
+        parts.append(norm_squares)
+    reduced = _sum_over_world(parts)
+    outcome = StepOutcome(reduced.pop(0).cpu().numpy())
+    if sketcher is not None:
+        outcome.sketch = reduced.pop(0).float()
+    if norm_squares is not None:
+        outcome.layer_norms = reduced.pop(0).sqrt().cpu().numpy()
     if not forward_only:
         outcome.update_successful, grad_norm, _ = optimizer.step()
         outcome.grad_norm = None if grad_norm is None else float(grad_norm)

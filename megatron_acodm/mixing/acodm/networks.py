@@ -1,0 +1,79 @@
+"""AC-ODM's networks: the actor mu(s) (logits over the K domains) and the critic Q(s, a).
+
+Both are MLPs of `depth` hidden layers of width `hidden`, each Linear -> LayerNorm -> ReLU. The
+initialisation draws from a given generator, so every rank builds the same networks; the output
+layer starts near zero, so the actor starts near uniform and the critic near 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+OUTPUT_INIT_BOUND = 3e-3  # DDPG's choice for the last layer (Lillicrap et al. 2015)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    state_dim: int
+    num_domains: int
+    hidden: int = 256
+    depth: int = 2
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.depth < 1:
+            raise ValueError(f"--acodm-hidden and --acodm-depth must be >= 1, got {self.hidden} and {self.depth}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def floored_softmax(logits: torch.Tensor, floor: float) -> torch.Tensor:
+    """The action from logits: (1 - K floor) softmax(logits) + floor, a simplex with every entry >= floor."""
+    return (1.0 - logits.shape[-1] * floor) * torch.softmax(logits, dim=-1) + floor
+
+
+def _mlp(inputs: int, outputs: int, hidden: int, depth: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = inputs
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, outputs))
+    return nn.Sequential(*layers)
+
+
+def _initialise(network: nn.Sequential, generator: torch.Generator) -> None:
+    """PyTorch's default bound 1/sqrt(fan_in) for hidden layers, drawn from `generator`."""
+    linears = [layer for layer in network if isinstance(layer, nn.Linear)]
+    with torch.no_grad():
+        for layer in linears:
+            bound = OUTPUT_INIT_BOUND if layer is linears[-1] else 1.0 / math.sqrt(layer.in_features)
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+
+
+class Actor(nn.Module):
+    def __init__(self, config: NetworkConfig, generator: torch.Generator):
+        super().__init__()
+        self.network = _mlp(config.state_dim, config.num_domains, config.hidden, config.depth)
+        _initialise(self.network, generator)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """Logits [..., K]."""
+        return self.network(state)
+
+
+class Critic(nn.Module):
+    def __init__(self, config: NetworkConfig, generator: torch.Generator):
+        super().__init__()
+        self.network = _mlp(config.state_dim + config.num_domains, 1, config.hidden, config.depth)
+        _initialise(self.network, generator)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q [...]."""
+        return self.network(torch.cat([state, action], dim=-1)).squeeze(-1)
