@@ -4,7 +4,7 @@ DATA=${DATA:-data/demo/indexed/domains.json}
 TOKENIZER=${TOKENIZER:-data/demo/tokenizer.model}
 GPUS=${GPUS:-8}
 MIXER=${MIXER:-odm}
-RUN=${RUN:-runs/$(basename "$0" .sh)}
+RUN=${RUN:-runs/$(basename "$0" .sh)}  # checkpoints, metrics and TensorBoard of the run
 COMMON_ARGS=(
     --data-path "$DATA" --split 969,30,1 --data-cache-path "${DATA%/*}/cache"
     --tokenizer-type SentencePieceTokenizer --tokenizer-model "$TOKENIZER"
@@ -15,5 +15,5 @@ COMMON_ARGS=(
     --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8
     --train-iters "${ITERS:-143000}" --mixer "$MIXER"
     --log-interval 10 --eval-interval 1000 --eval-iters 10
-    --save "$RUN" --load "$RUN" --save-interval 1000 --tensorboard-dir "$RUN/tensorboard"
+    --save-interval 1000
 )

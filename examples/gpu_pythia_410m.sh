@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/gpu_common.sh
 torchrun --nproc-per-node "$GPUS" pretrain_acodm.py "${COMMON_ARGS[@]}" \
+    --save "$RUN" --load "$RUN" --tensorboard-dir "$RUN/tensorboard" \
     --num-layers 24 --hidden-size 1024 --num-attention-heads 16 \
     --micro-batch-size 8 --global-batch-size 1024 --lr 3e-4 --min-lr 3e-5 \
     --use-distributed-optimizer "$@"
