@@ -155,6 +155,8 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.eval_interval < 1 or args.log_interval < 1, "--eval-interval and --log-interval must be >= 1"),
         (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
         (args.sketch_dim < 1, "--sketch-dim must be >= 1"),
+        ((args.acodm_policy or args.acodm_export_policy) and args.mixer != "acodm",
+         "--acodm-policy and --acodm-export-policy need --mixer acodm"),
         (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),
     ]
     return next((message for failed, message in checks if failed), None)

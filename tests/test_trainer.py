@@ -48,6 +48,7 @@ def _losses(save):
         (["--save-interval", "5"], "--save-interval needs --save"),
         (["--lr-warmup-iters", "4"], "--lr-warmup-iters (4) must be below --lr-decay-iters (4)"),
         (["--mixer", "nope"], "invalid choice: 'nope'"),
+        (["--acodm-policy", "p.pt"], "--acodm-policy and --acodm-export-policy need --mixer acodm"),
     ],
 )
 def test_argument_errors_fail_at_start_like_megatron(argv, message, capsys):

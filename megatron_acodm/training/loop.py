@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from argparse import Namespace
-from dataclasses import dataclass, field
 
 import numpy
 import torch
@@ -46,17 +45,11 @@ def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
     return blender or build()
 
 
-@dataclass
 class _Interval:
     """What the steps since the last log line add up to."""
 
-    num_domains: int
-    steps: int = 0
-    seconds: float = 0.0
-    sums: numpy.ndarray = field(default=None)
-    counts: numpy.ndarray = field(default=None)
-
-    def __post_init__(self):
+    def __init__(self, num_domains: int):
+        self.num_domains = num_domains
         self.reset()
 
     def reset(self) -> None:
@@ -70,9 +63,38 @@ class _Interval:
         self.sums += outcome.domain_sums
         self.counts += counts
 
+    def record(self, done: int, args: Namespace, elapsed: float, lr: float, grad_norm, weights) -> TrainRecord:
+        tokens = float(self.sums[:, 1].sum())
+        return TrainRecord(
+            iteration=done,
+            train_iters=args.train_iters,
+            consumed_samples=done * args.global_batch_size,
+            elapsed_s=elapsed,
+            iteration_ms=1000.0 * self.seconds / self.steps,
+            lr=lr,
+            lm_loss=float(self.sums[:, 0].sum() / max(tokens, 1.0)),
+            grad_norm=grad_norm,
+            tokens_per_s=tokens / max(self.seconds, 1e-9),
+            global_batch_size=args.global_batch_size,
+            domain_loss=_domain_means(self.sums),
+            domain_weight=[float(weight) for weight in weights],
+            domain_share=(self.counts / self.counts.sum()).tolist(),
+        )
+
 
 def _domain_means(sums: numpy.ndarray) -> list:
     return [float(loss / tokens) if tokens > 0 else None for loss, tokens in sums]
+
+
+def _signals(iteration: int, outcome: StepOutcome, counts: numpy.ndarray) -> StepSignals:
+    return StepSignals(
+        step=iteration,
+        domain_loss_sum=outcome.domain_sums[:, 0],
+        domain_tokens=outcome.domain_sums[:, 1],
+        realised_counts=counts,
+        domain_gram=None if outcome.sketch is None else gram_and_alignment(outcome.sketch)[0].double().cpu().numpy(),
+        layer_weight_norms=outcome.layer_norms,
+    )
 
 
 def _run_state(iteration: int, args: Namespace, scheduler, mixer, blender: DynamicBlender) -> dict:
@@ -152,37 +174,13 @@ def pretrain(args: Namespace) -> None:
         plan = blender.plan(iteration, weights)
         batch = micro_batches(blender.sample, *data_parallel_slice(plan.domain_ids, plan.sample_ids, dp_rank, dp_size), args.micro_batch_size)
         outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler, sketcher, norm_layers)
-        mixer.observe(
-            StepSignals(
-                step=iteration,
-                domain_loss_sum=outcome.domain_sums[:, 0],
-                domain_tokens=outcome.domain_sums[:, 1],
-                realised_counts=plan.counts,
-                domain_gram=None if outcome.sketch is None else gram_and_alignment(outcome.sketch)[0].double().cpu().numpy(),
-                layer_weight_norms=outcome.layer_norms,
-            )
-        )
+        mixer.observe(_signals(iteration, outcome, plan.counts))
         interval.add(outcome, plan.counts, time.perf_counter() - step_started)
         done = iteration + 1
         logger.advance(1)
         if done % args.log_interval == 0 or done == args.train_iters:
-            logger.log_train(
-                TrainRecord(
-                    iteration=done,
-                    train_iters=args.train_iters,
-                    consumed_samples=done * args.global_batch_size,
-                    elapsed_s=time.perf_counter() - run_started,
-                    iteration_ms=1000.0 * interval.seconds / interval.steps,
-                    lr=scheduler.get_lr(optimizer.param_groups[0]),
-                    lm_loss=float(interval.sums[:, 0].sum() / max(interval.sums[:, 1].sum(), 1.0)),
-                    grad_norm=outcome.grad_norm,
-                    tokens_per_s=float(interval.sums[:, 1].sum() / max(interval.seconds, 1e-9)),
-                    global_batch_size=args.global_batch_size,
-                    domain_loss=_domain_means(interval.sums),
-                    domain_weight=[float(weight) for weight in weights],
-                    domain_share=(interval.counts / interval.counts.sum()).tolist(),
-                )
-            )
+            lr = scheduler.get_lr(optimizer.param_groups[0])
+            logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, weights))
             interval.reset()
         if eval_batches and (done % args.eval_interval == 0 or done == args.train_iters):
             sums = evaluate(model, blender, eval_batches, args, dp_rank, dp_size, run_device)
