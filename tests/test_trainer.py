@@ -156,3 +156,13 @@ def test_proxy_policy_drives_a_deeper_wider_target(tmp_path, preprocessed_corpus
     refused = run(ENTRY, target[2:] + other_domains, cwd=str(tmp_path))
     assert refused.returncode == 2
     assert f"{policy}: the policy was trained on domains" in refused.stderr
+
+
+def test_tracker_naming_a_missing_checkpoint_is_refused_clearly(tmp_path, preprocessed_corpus, tokenizer_model):
+    save = tmp_path / "run"
+    save.mkdir()
+    (save / "latest_checkpointed_iteration.txt").write_text("7\n")
+    arguments = _arguments(preprocessed_corpus, tokenizer_model, str(save), "--train-iters", "3", "--load", str(save))
+    refused = run(ENTRY, arguments, cwd=str(tmp_path))
+    assert refused.returncode == 2
+    assert f"names iteration 7 but {save}/iter_0000007 is missing" in refused.stderr

@@ -20,6 +20,8 @@ import torch
 
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
+from megatron_acodm.data.errors import DataError
+
 TRACKER = "latest_checkpointed_iteration.txt"
 
 
@@ -34,7 +36,7 @@ def latest_iteration(root: str) -> Optional[int]:
     with open(tracker) as stream:
         text = stream.read().strip()
     if not text.isdigit():
-        raise ValueError(f"{tracker}: expected an iteration number, found {text!r}; fix or delete it")
+        raise DataError(f"{tracker}: expected an iteration number, found {text!r}; fix or delete it")
     return int(text)
 
 
@@ -123,6 +125,11 @@ def load_checkpoint(root: str, model, optimizer, distributed_optimizer: bool) ->
     """Load model and optimizer from the latest checkpoint under `root`; return its run state."""
     iteration = latest_iteration(root)
     path = checkpoint_path(root, iteration)
+    if not os.path.isdir(path):
+        raise DataError(
+            f"{os.path.join(root, TRACKER)} names iteration {iteration} but {path} is missing; point it at a "
+            f"checkpoint that exists (the iter_* folders under {root}) or remove it to start afresh"
+        )
     run_state = dist_checkpointing.load_common_state_dict(path)["run"]
     saved, current = run_state["layout"], _layout()
     same_layout = saved == current
