@@ -26,6 +26,7 @@ import platform
 import statistics
 import time
 import warnings
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -115,7 +116,7 @@ def realistic_shapes(implementations: dict, device: str, device_name: str, repea
         arguments = inputs(TOKENS, FFN, HIDDEN, DIM, num_domains, torch.bfloat16, device)
         sketches = torch.randn(num_domains, DIM, device=device)
         for name, module in implementations.items():
-            times = time_ms(lambda: module.project_and_segment_sum(*arguments), repeats, cuda)
+            times = time_ms(partial(module.project_and_segment_sum, *arguments), repeats, cuda)
             results.append(record(
                 name, "project_and_segment_sum", num_domains, torch.bfloat16, times,
                 **projection_rates(statistics.median(times), torch.bfloat16, device_name),
