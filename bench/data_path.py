@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import json
 import multiprocessing
 import os
 import shutil
@@ -29,6 +28,7 @@ import warnings
 from typing import Callable
 
 import psutil
+from results_file import write_json
 
 RUN_LENGTHS = (10**5, 10**6, 10**7, 10**8)
 QUICK_RUN_LENGTHS = (10**5, 10**6)
@@ -359,14 +359,6 @@ def markdown_tables(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(results: dict, path: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(results, stream, indent=2)
-        stream.write("\n")
-    os.replace(temporary, path)
-
-
 def plot(results: dict, path: str) -> None:
     try:
         import matplotlib
@@ -440,7 +432,7 @@ def main() -> int:
         "preprocess": benchmark_preprocess(args),
     }
     os.makedirs(args.output_dir, exist_ok=True)
-    write_json(results, os.path.join(args.output_dir, "data_path.json"))
+    write_json(os.path.join(args.output_dir, "data_path.json"), results)
     plot(results, os.path.join(args.output_dir, "data_path.png"))
     print(markdown_tables(results))
     return 0

@@ -45,11 +45,9 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from megatron_acodm.data.tokenizers import file_sha256  # noqa: E402
-from megatron_acodm.training.metrics import MetricsFileError, read_metrics  # noqa: E402
+from megatron_acodm.data.tokenizers import file_sha256
+from megatron_acodm.training.metrics import MetricsFileError, read_metrics
+from results_file import REPO, write_json
 
 DEMO_DIR = "data/demo"
 DEMO_DATA = f"{DEMO_DIR}/indexed/domains.json"
@@ -269,16 +267,8 @@ class Run:
             with open(os.path.join(self.folder, "stderr.log"), encoding="utf-8", errors="replace") as stream:
                 result["stderr_tail"] = stream.read()[-3000:]
             return result
-        _write_json(self.result_path, result)
+        write_json(self.result_path, result)
         return result
-
-
-def _write_json(path: str, data: Any) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=1, allow_nan=False)
-        stream.write("\n")
-    os.replace(temporary, path)
 
 
 def _clock(seconds: float) -> str:
@@ -812,7 +802,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     root = os.path.join(args.work_dir, f"{mode}-{digest}")
     os.makedirs(root, exist_ok=True)
-    _write_json(os.path.join(root, "settings.json"), config)
+    write_json(os.path.join(root, "settings.json"), config)
     runs: list[Run] = []
     for seed in args.seeds:
         if "acodm_proxy" in args.mixers:
@@ -846,7 +836,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "threads_per_run": args.threads, "machine": platform.machine()},
         **analysis,
     }
-    _write_json(os.path.join(args.output_dir, "mixing_quality.json"), document)
+    write_json(os.path.join(args.output_dir, "mixing_quality.json"), document)
     with open(os.path.join(args.output_dir, "mixing_quality.md.tmp"), "w", encoding="utf-8") as stream:
         stream.write(report)
     os.replace(os.path.join(args.output_dir, "mixing_quality.md.tmp"), os.path.join(args.output_dir, "mixing_quality.md"))

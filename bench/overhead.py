@@ -54,7 +54,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from results_file import REPO, write_json
 SIZES = {"small": {"num_layers": 4, "hidden_size": 128}, "large": {"num_layers": 8, "hidden_size": 256}}
 MIXERS = ("static", "acodm", "proxy")
 HEADS = 4
@@ -394,13 +394,6 @@ def machine(threads: int) -> dict:
         "cpu_count": os.cpu_count(), "cpu_model": model, "omp_num_threads": threads,
         "platform": platform.platform(), "python": platform.python_version(), **versions,
     }
-
-
-def write_json(path: str, report: dict) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as stream:
-        json.dump(report, stream, indent=1)
-    os.replace(temporary, path)
 
 
 def parse_options() -> argparse.Namespace:

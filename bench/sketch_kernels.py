@@ -20,7 +20,6 @@ Writes <output-dir>/sketch_kernels.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,8 @@ from functools import partial
 from typing import Callable, Optional
 
 import torch
+
+from results_file import write_json
 
 TOKENS = 8192
 FFN = 8192  # n: linear_fc2's input features
@@ -198,8 +199,7 @@ def main() -> None:
     }
     os.makedirs(options.output_dir, exist_ok=True)
     path = os.path.join(options.output_dir, "sketch_kernels.json")
-    with open(path, "w") as stream:
-        json.dump(report, stream, indent=2)
+    write_json(path, report)
     print(markdown(results))
     print(f"\nwrote {path}")
 
