@@ -127,7 +127,6 @@ def _fill_defaults(args: argparse.Namespace, world_size: int) -> None:
         args.lr_decay_iters = args.train_iters
     if args.metrics_path is None:
         args.metrics_path = os.path.join(args.save or "runs", "metrics.jsonl")
-    args.params_dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
 def _contradictions(args: argparse.Namespace) -> Optional[str]:

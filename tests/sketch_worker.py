@@ -146,15 +146,20 @@ def seed_grid() -> list[tuple[int, int]]:
 def sketch_run(model, batches: list[dict], grid: list[tuple[int, int]]) -> tuple[dict[tuple[int, int], torch.Tensor], list[int]]:
     """All-reduced sketches for each (dim, seed), from one forward-backward with every sketcher
     hooked, and the layers hooked on this rank."""
-    from megatron_acodm.sketch import GradientSketcher, all_reduce_sketches
+    from megatron_acodm.sketch import GradientSketcher
 
     sketchers = [GradientSketcher(model, NUM_DOMAINS, layers=SKETCH_LAYERS, dim=dim, seed=seed) for dim, seed in grid]
     run_batches(model, batches, sketchers)
     model.zero_grad(set_to_none=True)
-    results = {key: all_reduce_sketches(sketcher.step_sketches()).cpu() for key, sketcher in zip(grid, sketchers)}
+    results = {key: _summed_over_world(sketcher.step_sketches()).cpu() for key, sketcher in zip(grid, sketchers)}
     for sketcher in sketchers:
         sketcher.remove()
     return results, sketchers[0].local_layers
+
+
+def _summed_over_world(sketch: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(sketch)  # as the training step does, packed with its other signals
+    return sketch
 
 
 def sketches_of(model, batches: list[dict], grid: list[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:

@@ -27,7 +27,6 @@ import torch
 
 from launching import command, environment, run
 from megatron_acodm.sketch import (
-    all_reduce_sketches,
     choose_backend,
     parse_sketch_layers,
     rank_one_probes,
@@ -136,11 +135,6 @@ def test_reference_backend_on_cpu_without_interpreter(monkeypatch: pytest.Monkey
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     name, why = choose_backend(torch.device("cpu"))
     assert name == "reference" and "cpu" in why
-
-
-def test_all_reduce_without_process_group_is_the_identity() -> None:
-    sketch = torch.ones(3, 4)
-    assert all_reduce_sketches(sketch) is sketch and torch.equal(sketch, torch.ones(3, 4))
 
 
 # ---------------------------------------------------------------- Triton kernels (interpreted)

@@ -110,6 +110,9 @@ class DynamicBlender:
             open_indexed_dataset(domain.prefix, tokenizer.vocab_size, domain.max_token_id)
             for domain in manifest.domains
         ]
+        # Tokens per domain in its whole indexed dataset: what a temperature blend and the
+        # corpus-weighted validation mean weigh.
+        self.domain_tokens = numpy.array([int(indexed.sequence_lengths.sum(dtype=numpy.int64)) for indexed in self._indexed])
         self.train_datasets = [self._build(index, Split.train) for index in range(len(self.names))]
         for domain, dataset in zip(manifest.domains, self.train_datasets):
             if dataset is None or len(dataset) == 0:
@@ -131,10 +134,6 @@ class DynamicBlender:
     def num_domains(self) -> int:
         return len(self.names)
 
-    @property
-    def domain_tokens(self) -> numpy.ndarray:
-        """Tokens per domain in its whole indexed dataset (what a temperature blend weighs)."""
-        return numpy.array([int(indexed.sequence_lengths.sum(dtype=numpy.int64)) for indexed in self._indexed])
 
     def _build(self, index: int, split: Split) -> Optional[GPTDataset]:
         """A GPTDataset over this domain's documents in `split`, by Megatron's --split bookends."""

@@ -2,18 +2,17 @@
 
     sketcher = GradientSketcher(model, num_domains, layers="top3", dim=256, seed=seed)
     ... before each micro-batch's forward: sketcher.set_micro_batch_domains(batch["domain_ids"])
-    ... after the step's backward:
-    sketch = all_reduce_sketches(sketcher.step_sketches())  # [K, k], the same on every rank
-    gram, alignment = gram_and_alignment(sketch)             # [K, K] ~ <G_a, G_b>, [K]
+    ... after the step's backward, this rank's [K, k], summed over the whole world:
+    sketch = sketcher.step_sketches()
+    gram, alignment = gram_and_alignment(sketch)  # [K, K] ~ <G_a, G_b>, [K]
 """
 
 from megatron_acodm.sketch.backend import choose_backend, gram_and_alignment, project_and_segment_sum
-from megatron_acodm.sketch.hooks import GradientSketcher, all_reduce_sketches, parse_sketch_layers
+from megatron_acodm.sketch.hooks import GradientSketcher, parse_sketch_layers
 from megatron_acodm.sketch.probes import rank_one_probes
 
 __all__ = [
     "GradientSketcher",
-    "all_reduce_sketches",
     "choose_backend",
     "gram_and_alignment",
     "parse_sketch_layers",

@@ -9,7 +9,7 @@ forwards without gradient (evaluation) cost nothing.
 
 A rank's sketch is the sum over the chosen layers it holds (each layer shard with its own
 independent probes), so `<S_a, S_b> / k` estimates the sum over layers of `<G_a, G_b>`, and one
-all-reduce over the whole world (`all_reduce_sketches`) completes it: data-parallel replicas
+all-reduce over the whole world (the training step's packed one) completes it: data-parallel replicas
 (equal probes) add samples, tensor-parallel shards and pipeline stages add independent terms.
 """
 
@@ -19,7 +19,6 @@ from functools import partial
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -45,13 +44,6 @@ def parse_sketch_layers(spec: str, num_layers: int) -> list[int]:
     if not all(0.0 <= depth <= 1.0 for depth in depths):
         raise ValueError(f"sketch layers {spec!r}: relative depths must lie in [0, 1]")
     return sorted(set(layers_at_depths(depths, num_layers)))
-
-
-def all_reduce_sketches(sketch: torch.Tensor) -> torch.Tensor:
-    """Sum every rank's local `[K, k]` sketch in place (one all-reduce over the whole world)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sketch)
-    return sketch
 
 
 def _check_supported(config: TransformerConfig) -> None:
@@ -89,7 +81,7 @@ class GradientSketcher:
     0-based indices; only those living on this pipeline stage get hooks. `dim` (k): probes per
     layer shard. Before each micro-batch's forward call `set_micro_batch_domains`; after the
     step's backward, `step_sketches()` gives this rank's `[K, k]` fp32 sketch (the sum over its
-    layers), to be summed over the world with `all_reduce_sketches`.
+    layers), to be summed over the world (the training step packs it into its one all-reduce).
 
     The probes are drawn once, at construction, and kept on the layer's device: k (m + n) values
     per hooked layer shard (5 MiB in bf16 for k = 256, hidden 2048, ffn 8192).

@@ -24,5 +24,6 @@ def layer_weight_norm_squares(model_chunks, layer_indices: Sequence[int], device
     local = mlp_output_projections(model_chunks)
     for position, index in enumerate(layer_indices):
         if index in local:
-            squares[position] = local[index].weight.detach().double().pow(2).sum()
+            # The norm reduces in the weight's own storage; only the scalar goes to fp64.
+            squares[position] = torch.linalg.vector_norm(local[index].weight.detach(), dtype=torch.float32).double().square()
     return squares

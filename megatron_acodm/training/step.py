@@ -31,14 +31,6 @@ class StepOutcome:
     sketch: Optional[torch.Tensor] = None  # [K, k] gradient sketch, summed over the world
     layer_norms: Optional[numpy.ndarray] = None  # [L] Frobenius norms of the chosen linear_fc2 weights
 
-    @property
-    def tokens(self) -> float:
-        return float(self.domain_sums[:, 1].sum())
-
-    @property
-    def lm_loss(self) -> float:
-        return float(self.domain_sums[:, 0].sum() / max(self.tokens, 1.0))
-
 
 def _forward_step(num_domains: int, device: torch.device, sketcher, data_iterator, model):
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in next(data_iterator).items()}
