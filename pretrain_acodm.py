@@ -16,14 +16,13 @@ def main(argv=None) -> int:
     from megatron_acodm.arguments import parse_args
 
     args = parse_args(argv)
-    from megatron_acodm.data import DataError
+    from megatron_acodm.data.errors import DataError, report_error
     from megatron_acodm.training.loop import pretrain
 
     try:
         pretrain(args)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(f"error: {error}", rank_local=error.rank_local)
     return 0
 
 

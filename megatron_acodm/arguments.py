@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Optional, Sequence
 
+from megatron_acodm.data.errors import report_error
 from megatron_acodm.mixing import add_mixer_arguments
 
 
@@ -52,6 +54,15 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adam-eps", type=float, default=1e-8)
     group.add_argument("--clip-grad", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=1234)
+    schedule = group.add_mutually_exclusive_group()
+    schedule.add_argument(
+        "--override-opt_param-scheduler", action="store_true",
+        help="on resume, take the LR and weight-decay schedule from these arguments, not the checkpoint",
+    )
+    schedule.add_argument(
+        "--use-checkpoint-opt_param-scheduler", action="store_true",
+        help="on resume, keep the checkpoint's LR and weight-decay schedule whatever these arguments say",
+    )
 
 
 def _add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +92,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--load", default=None, help="resume from this checkpoint folder (its latest checkpoint)")
     group.add_argument("--save-interval", type=int, default=None)
     group.add_argument("--exit-interval", type=int, default=None, help="exit after the iteration divisible by this")
+    group.add_argument(
+        "--exit-signal-handler", action="store_true",
+        help="on SIGTERM or SIGINT, finish the step, save a checkpoint and exit (needs --save)",
+    )
     group.add_argument("--remap-domains", action="store_true", help="resume although the domain set differs: mixer and blender restart")
     group.add_argument("--eval-interval", type=int, default=1000)
     group.add_argument("--eval-iters", type=int, default=10, help="global batches of held-out samples per evaluation")
@@ -95,8 +110,15 @@ def _add_sketch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sketch-dim", type=int, default=256, help="random rank-one probes per layer (k)")
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but the error is one line (no usage screen), and under torchrun only rank 0's."""
+
+    def error(self, message: str):
+        sys.exit(report_error(f"{self.prog}: error: {message} (see --help)"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="pretrain_acodm.py",
         description="Megatron-Core GPT pretraining whose data mixture is decided online.",
         allow_abbrev=False,
@@ -147,18 +169,32 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
          f"--global-batch-size ({args.global_batch_size}) must be divisible by --micro-batch-size ({args.micro_batch_size}) "
          f"x data-parallel size ({args.data_parallel_size})"),
         (args.train_iters < 1, "--train-iters must be >= 1"),
+        (not args.lr > 0, f"--lr ({args.lr}) must be positive"),
+        (args.min_lr < 0, f"--min-lr ({args.min_lr}) must be >= 0"),
         (0 < args.lr_decay_iters <= args.lr_warmup_iters, f"--lr-warmup-iters ({args.lr_warmup_iters}) must be below --lr-decay-iters ({args.lr_decay_iters})"),
         (args.min_lr > args.lr, f"--min-lr ({args.min_lr}) exceeds --lr ({args.lr})"),
         (args.save_interval is not None and args.save is None, "--save-interval needs --save"),
         (args.save_interval is not None and args.save_interval < 1, "--save-interval must be >= 1"),
         (args.eval_interval < 1 or args.log_interval < 1, "--eval-interval and --log-interval must be >= 1"),
+        (args.eval_iters < 0, f"--eval-iters ({args.eval_iters}) must be >= 0 (0 turns evaluation off)"),
+        (args.exit_signal_handler and args.save is None, "--exit-signal-handler needs --save (where the checkpoint goes)"),
+        (not 0 <= args.mixing_floor < 1, f"--mixing-floor ({args.mixing_floor}) must be in [0, 1/K] for K domains"),
         (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
         (args.sketch_dim < 1, "--sketch-dim must be >= 1"),
         ((args.acodm_policy or args.acodm_export_policy) and args.mixer != "acodm",
          "--acodm-policy and --acodm-export-policy need --mixer acodm"),
         (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),
     ]
-    return next((message for failed, message in checks if failed), None)
+    message = next((message for failed, message in checks if failed), None)
+    if message is None and args.sequence_parallel:
+        from megatron_acodm.model import norm_supports_sequence_parallel  # imports megatron.core: only when asked
+
+        if not norm_supports_sequence_parallel():
+            message = (
+                "--sequence-parallel needs Transformer Engine or apex (megatron.core's plain torch LayerNorm "
+                "cannot run sequence-parallel); install one of them or drop --sequence-parallel"
+            )
+    return message
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None) -> argparse.Namespace:

@@ -117,7 +117,7 @@ def test_samples_are_megatron_gpt_samples_tagged_with_their_domain(corpus, token
 def test_validation_documents_are_held_out(corpus, tokenizer):
     blender = _blender(corpus, tokenizer)
     for domain in range(3):
-        train, valid = blender.train_datasets[domain], blender.valid_dataset(domain)
+        train, valid = blender.train_datasets[domain], blender.valid_datasets[domain]
         assert valid is not None and len(valid) > 0
         assert set(train.indices.tolist()).isdisjoint(valid.indices.tolist())
 
@@ -137,7 +137,9 @@ def test_initial_weights_from_megatron_data_path(corpus, tokenizer):
         (["nan", "a", "1", "b"], "not a finite number"),
         (["0", "a", "0", "b"], "all weights are zero"),
         (["0.5", "a", "half", "b"], "'half' does not parse as a number"),
-        (["a", "0.5"], "looks like a weight"),
+        (["abc", "pfxA", "1", "pfxB"], r"--data-path: weight 'abc' does not parse as a number; give `weight prefix` pairs"),
+        (["a", "0.5"], "'0.5' looks like a weight"),
+        (["a", "b", "0.5"], "'0.5' looks like a weight"),
         (["0.5", "x/books", "0.5", "y/books"], "'books' appears twice"),
     ],
 )
@@ -218,3 +220,68 @@ def test_unreadable_manifest_names_the_file(tmp_path):
         load_manifest(str(path))
     with pytest.raises(DataError, match=r"no such manifest; create it with tools/preprocess_domains.py"):
         load_manifest(str(tmp_path / "missing.json"))
+
+
+def test_weights_near_the_float_maximum_normalise_without_overflow():
+    assert parse_data_path(["1e308", "a", "1e308", "b"]).initial_weights() == [0.5, 0.5]
+    assert parse_data_path(["1.7e308", "a", "0", "b", "1.7e308", "c"]).initial_weights() == [0.5, 0.0, 0.5]
+
+
+def test_folder_as_data_path_points_to_its_manifest(corpus, tmp_path):
+    folder = os.path.dirname(corpus)
+    with pytest.raises(DataError) as caught:
+        parse_data_path([folder])
+    assert str(caught.value) == (
+        f"--data-path {folder}: is a folder; pass the domains.json that tools/preprocess_domains.py wrote there: "
+        f"--data-path {corpus}"
+    )
+    (tmp_path / "jsonl").mkdir()
+    with pytest.raises(DataError) as caught:
+        parse_data_path(["0.5", str(tmp_path / "jsonl"), "0.5", f"{folder}/alpha_text_document"])
+    assert str(caught.value) == (
+        f"--data-path {tmp_path / 'jsonl'}: is a folder, not a domains.json or a .bin/.idx prefix; pass the "
+        f"domains.json that tools/preprocess_domains.py writes (run it on the domains' JSONL first)"
+    )
+
+
+@pytest.mark.parametrize("data_path", [["books.jsonl"], ["web.jsonl.gz"], ["0.5", "a_text_document", "0.5", "web.jsonl.zst"]])
+def test_raw_jsonl_as_data_path_says_to_preprocess_first(data_path):
+    with pytest.raises(DataError) as caught:
+        parse_data_path(data_path)
+    raw = data_path[-1]
+    assert str(caught.value) == (
+        f"--data-path {raw}: is raw JSONL, not a Megatron .bin/.idx dataset; index it first with "
+        f"tools/preprocess_domains.py (e.g. --domain NAME={raw} --output-dir OUT), then pass --data-path OUT/domains.json"
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value, label, expected",
+    [
+        ("tokens", "many", "'web'", "a whole number >= 0"),
+        ("documents", -3, "'web'", "a whole number >= 0"),
+        ("max_token_id", True, "'web'", "a whole number >= 0"),
+        ("weight", "x", "'web'", "a number"),
+        ("inputs_sha256", 7, "'web'", "a non-empty string"),
+        ("prefix", None, "'web'", "a non-empty string"),
+        ("name", 5, "#2", "a non-empty string"),
+    ],
+)
+def test_mistyped_manifest_field_is_named(tmp_path, field, value, label, expected):
+    entries = [{"name": "ok", "prefix": "ok_text_document"}, {"name": "web", "prefix": "web_text_document", field: value}]
+    path = tmp_path / "domains.json"
+    path.write_text(json.dumps({"version": 1, "tokenizer": None, "domains": entries}))
+    with pytest.raises(DataError) as caught:
+        parse_data_path([str(path)])
+    assert str(caught.value) == (
+        f"{path}: domain {label}: field '{field}' is {json.dumps(value)}, expected {expected}; "
+        f"correct the field, or delete the manifest and rerun tools/preprocess_domains.py to regenerate it"
+    )
+
+
+def test_mistyped_manifest_tokenizer_is_named(tmp_path):
+    path = tmp_path / "domains.json"
+    path.write_text(json.dumps({"version": 1, "tokenizer": "spm", "domains": [{"name": "a", "prefix": "a"}]}))
+    message = r"domains\.json: field 'tokenizer' is \"spm\", expected an object .* or null; correct it, or delete the manifest"
+    with pytest.raises(DataError, match=message):
+        load_manifest(str(path))

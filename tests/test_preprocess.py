@@ -21,6 +21,7 @@ from megatron_acodm.data.preprocess import PreprocessOptions, discover_inputs, p
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "preprocess_domains.py")
+PROGRESS = preprocess.PROGRESS_NAME
 
 TRICKY_TEXTS = [
     "Plain ASCII prose.",
@@ -236,6 +237,46 @@ def test_rewritten_domain_keeps_a_weight_added_by_hand(tmp_path, tokenizer_model
     assert load_manifest(str(manifest_path)) == manifest
 
 
+def test_rerun_drops_domains_whose_input_was_removed(tmp_path, tokenizer_model, make_jsonl_corpus, domain_texts):
+    corpus = make_jsonl_corpus(tmp_path / "in", domain_texts)
+    out = tmp_path / "out"
+    run(corpus, out, tokenizer_model)
+    os.remove(tmp_path / "in" / "multilingual.jsonl")
+    messages: list[str] = []
+    manifest = run(corpus, out, tokenizer_model, messages)
+    assert messages == [
+        "skip code: up to date",
+        "skip prose: up to date",
+        f"{out / 'domains.json'}: dropped 'multilingual' from the manifest: not among this run's inputs "
+        f"(their .bin/.idx files stay in {out}; delete them if no longer needed)",
+    ]
+    assert manifest.names == ["code", "prose"]
+    assert load_manifest(str(out / "domains.json")) == manifest
+    assert os.path.exists(out / "multilingual_text_document.bin")
+
+
+def test_failed_run_leaves_the_previous_manifest_as_it_was(tmp_path, tokenizer_model, tokenizer, make_jsonl_corpus):
+    corpus = make_jsonl_corpus(tmp_path / "in", {"a": ["old text"], "b": ["b text"]})
+    out = tmp_path / "out"
+    run(corpus, out, tokenizer_model)
+    published = (out / "domains.json").read_bytes()
+
+    make_jsonl_corpus(corpus, {"a": ["new text"]})  # rewritten before c fails
+    make_jsonl_corpus(corpus, {"c": ["c text"]}, key="content")
+    with pytest.raises(DataError, match=r"c\.jsonl:1: no 'text' field"):
+        run(corpus, out, tokenizer_model)
+    assert (out / "domains.json").read_bytes() == published
+    assert load_manifest(str(out / PROGRESS)).names == ["a", "b"]
+
+    # a's files now hold the new text: restoring its old input must redo it, whatever domains.json says
+    make_jsonl_corpus(corpus, {"a": ["old text"], "c": ["c text"]})
+    messages: list[str] = []
+    manifest = run(corpus, out, tokenizer_model, messages)
+    assert [message.split(":")[0] for message in messages] == ["skip b", "a", "c"]
+    assert decoded_documents(str(out / "a_text_document"), tokenizer, append_eod=False) == ["old text"]
+    assert manifest.names == ["a", "b", "c"] and PROGRESS not in os.listdir(out)
+
+
 class Interrupted(Exception):
     pass
 
@@ -262,14 +303,19 @@ def test_interrupted_run_keeps_finished_domains_and_leaves_no_half_files(
     interrupt_after(monkeypatch, len(domain_texts["code"]) + 5)  # code finishes, multilingual breaks midway
     with pytest.raises(Interrupted):
         run(corpus, out, tokenizer_model)
-    assert sorted(os.listdir(out)) == ["code_text_document.bin", "code_text_document.idx", "domains.json"]
-    assert load_manifest(str(out / "domains.json")).names == ["code"]
+    # the finished domain is recorded, the manifest appears only when every domain is done
+    assert sorted(os.listdir(out)) == [PROGRESS, "code_text_document.bin", "code_text_document.idx"]
+    assert load_manifest(str(out / PROGRESS)).names == ["code"]
+    finished = {name: file_state(out / name) for name in ("code_text_document.bin", "code_text_document.idx")}
 
     monkeypatch.undo()
     messages: list[str] = []
     manifest = run(corpus, out, tokenizer_model, messages)
     assert messages[0] == "skip code: up to date"
+    assert {name: file_state(out / name) for name in finished} == finished
     assert manifest.names == ["code", "multilingual", "prose"]
+    assert load_manifest(str(out / "domains.json")) == manifest
+    assert PROGRESS not in os.listdir(out)
 
     # an interrupted redo keeps the previous complete pair and its manifest entry
     make_jsonl_corpus(tmp_path / "in", {"prose": ["a new text"] * 30})
@@ -396,16 +442,49 @@ def test_cli_in_process(tmp_path, tokenizer_model, make_jsonl_corpus, domain_tex
     assert preprocess_domains.main(arguments(str(tmp_path / "nope"))) == 2
 
 
+def run_cli(inputs, output, tokenizer_model: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, TOOL, "--input", str(inputs), "--output-dir", str(output),
+        "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model,
+    ]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": REPO}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+
+
 def test_cli_reports_data_errors_without_traceback(tmp_path, tokenizer_model):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "web.jsonl").write_text('{"text": "ok"}\nnot json\n')
-    command = [
-        sys.executable, TOOL, "--input", str(inputs), "--output-dir", str(tmp_path / "out"),
-        "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model,
-    ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": REPO}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    result = run_cli(inputs, tmp_path / "out", tokenizer_model)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "web.jsonl:2: not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def add_domain_without_text(corpus, out) -> str:
+    (corpus / "web.jsonl").write_text('{"content": "x"}\n')
+    return "web.jsonl:1: no 'text' field"
+
+
+def mistype_manifest_tokens(corpus, out) -> str:
+    stored = json.loads((out / "domains.json").read_text())
+    stored["domains"][0]["tokens"] = "many"
+    (out / "domains.json").write_text(json.dumps(stored))
+    return "domains.json: domain 'a': field 'tokens' is \"many\", expected a whole number >= 0"
+
+
+@pytest.mark.parametrize("break_run", [add_domain_without_text, mistype_manifest_tokens])
+def test_cli_failed_rerun_prints_one_error_line_and_keeps_the_manifest(
+    tmp_path, tokenizer_model, make_jsonl_corpus, break_run
+):
+    corpus = make_jsonl_corpus(tmp_path / "in", {"a": ["some text"]})
+    out = tmp_path / "out"
+    run(corpus, out, tokenizer_model)
+    message = break_run(tmp_path / "in", out)
+    published = (out / "domains.json").read_bytes()
+    result = run_cli(corpus, out, tokenizer_model)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and result.stderr.endswith(errors[0] + "\n")
+    assert "Traceback" not in result.stderr
+    assert (out / "domains.json").read_bytes() == published

@@ -13,29 +13,7 @@ import pytest
 
 from launching import command, environment, run
 from megatron_acodm.arguments import parse_args
-from megatron_acodm.training.metrics import read_metrics
-
-ENTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrain_acodm.py")
-TINY = [
-    "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
-    "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "2",
-    "--log-interval", "1", "--eval-interval", "4", "--eval-iters", "1", "--split", "90,10,0",
-]
-
-
-def _arguments(corpus, tokenizer_model, save, *extra):
-    return ["--data-path", corpus, "--tokenizer-model", tokenizer_model, "--save", save, *TINY, *extra]
-
-
-def _train(tmp_path, arguments, processes=None):
-    completed = run(ENTRY, arguments, cwd=str(tmp_path), processes=processes)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed
-
-
-def _losses(save):
-    _, train, valid = read_metrics(os.path.join(save, "metrics.jsonl"))
-    return [record["lm_loss"] for record in train], [record["lm_loss"] for record in valid], train
+import trainer_runs as runs
 
 
 @pytest.mark.parametrize(
@@ -49,6 +27,12 @@ def _losses(save):
         (["--lr-warmup-iters", "4"], "--lr-warmup-iters (4) must be below --lr-decay-iters (4)"),
         (["--mixer", "nope"], "invalid choice: 'nope'"),
         (["--acodm-policy", "p.pt"], "--acodm-policy and --acodm-export-policy need --mixer acodm"),
+        (["--lr", "-1"], "--lr (-1.0) must be positive"),
+        (["--eval-iters", "-1"], "--eval-iters (-1) must be >= 0 (0 turns evaluation off)"),
+        (["--mixing-floor", "1.5"], "--mixing-floor (1.5) must be in [0, 1/K]"),
+        (["--exit-signal-handler"], "--exit-signal-handler needs --save"),
+        (["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"], "not allowed with argument"),
+        (["--sequence-parallel", "--tensor-model-parallel-size", "2"], "--sequence-parallel needs Transformer Engine or apex"),
     ],
 )
 def test_argument_errors_fail_at_start_like_megatron(argv, message, capsys):
@@ -62,11 +46,11 @@ def test_argument_errors_fail_at_start_like_megatron(argv, message, capsys):
 def test_sigkill_then_resume_continues_exactly(tmp_path, preprocessed_corpus, tokenizer_model, mixer):
     steps = ["--train-iters", "12", "--mixer", mixer]
     reference = str(tmp_path / "reference")
-    _train(tmp_path, _arguments(preprocessed_corpus, tokenizer_model, reference, *steps))
+    runs.train(tmp_path, runs.arguments(preprocessed_corpus, tokenizer_model, reference, *steps))
 
     interrupted = str(tmp_path / "interrupted")
-    arguments = _arguments(preprocessed_corpus, tokenizer_model, interrupted, *steps, "--save-interval", "4")
-    process = subprocess.Popen(command(ENTRY, arguments), cwd=str(tmp_path), env=environment(),
+    arguments = runs.arguments(preprocessed_corpus, tokenizer_model, interrupted, *steps, "--save-interval", "4")
+    process = subprocess.Popen(command(runs.ENTRY, arguments), cwd=str(tmp_path), env=environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tracker = os.path.join(interrupted, "latest_checkpointed_iteration.txt")
     deadline = time.time() + 240
@@ -75,10 +59,10 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, preprocessed_corpus, to
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert open(tracker).read().strip() == "8"
-    _train(tmp_path, arguments + ["--load", interrupted])
+    runs.train(tmp_path, arguments + ["--load", interrupted])
 
-    expected_train, expected_valid, expected_records = _losses(reference)
-    resumed_train, resumed_valid, resumed_records = _losses(interrupted)
+    expected_train, expected_valid, expected_records = runs.losses(reference)
+    resumed_train, resumed_valid, resumed_records = runs.losses(interrupted)
     assert resumed_train == expected_train and resumed_valid == expected_valid
     for expected, resumed in zip(expected_records, resumed_records):
         assert resumed["domains"] == expected["domains"]  # same weights, shares and per-domain losses
@@ -89,8 +73,8 @@ def single_process_runs(tmp_path_factory, preprocessed_corpus, tokenizer_model):
     """An 8-step single-process reference and a copy of its state after step 4 to resume from."""
     folder = tmp_path_factory.mktemp("layouts")
     reference, start = str(folder / "reference"), str(folder / "start")
-    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, reference, *LAYOUT_STEPS))
-    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, start, *LAYOUT_STEPS, "--exit-interval", "4"))
+    runs.train(folder, runs.arguments(preprocessed_corpus, tokenizer_model, reference, *LAYOUT_STEPS))
+    runs.train(folder, runs.arguments(preprocessed_corpus, tokenizer_model, start, *LAYOUT_STEPS, "--exit-interval", "4"))
     return folder, reference, start
 
 
@@ -109,8 +93,8 @@ def test_two_rank_layouts_resume_one_process_checkpoint_and_match_it(single_proc
     folder, reference, start = single_process_runs
     moved = str(folder / ("moved" + "".join(layout)))
     shutil.copytree(start, moved)
-    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, moved, *LAYOUT_STEPS, "--load", moved, *layout), processes=2)
-    (expected, expected_valid, expected_records), (got, got_valid, got_records) = _losses(reference), _losses(moved)
+    runs.train(folder, runs.arguments(preprocessed_corpus, tokenizer_model, moved, *LAYOUT_STEPS, "--load", moved, *layout), processes=2)
+    (expected, expected_valid, expected_records), (got, got_valid, got_records) = runs.losses(reference), runs.losses(moved)
     assert len(got) == 8
     assert got == pytest.approx(expected, rel=1e-5)
     assert got_valid == pytest.approx(expected_valid, rel=1e-5)
@@ -122,38 +106,39 @@ def test_tensor_parallel_from_scratch_matches_one_process(single_process_runs, p
     # megatron.core initialises the full weight on each tensor-parallel rank and keeps its slice.
     folder, reference, _ = single_process_runs
     parallel = str(folder / "tp2-from-scratch")
-    _train(folder, _arguments(preprocessed_corpus, tokenizer_model, parallel, *LAYOUT_STEPS, "--tensor-model-parallel-size", "2"), processes=2)
-    assert _losses(parallel)[0] == pytest.approx(_losses(reference)[0], rel=1e-5)
+    runs.train(folder, runs.arguments(preprocessed_corpus, tokenizer_model, parallel, *LAYOUT_STEPS, "--tensor-model-parallel-size", "2"), processes=2)
+    assert runs.losses(parallel)[0] == pytest.approx(runs.losses(reference)[0], rel=1e-5)
 
 
 def test_resuming_on_other_domains_is_refused_unless_remapped(tmp_path, preprocessed_corpus, tokenizer_model):
     save = str(tmp_path / "run")
-    _train(tmp_path, _arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "3"))
+    runs.train(tmp_path, runs.arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "3"))
     folder = os.path.dirname(preprocessed_corpus)
     two_domains = ["--data-path", f"{folder}/prose_text_document", f"{folder}/code_text_document"]
-    arguments = _arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "4", "--load", save)[2:] + two_domains
-    refused = run(ENTRY, arguments, cwd=str(tmp_path))
+    arguments = runs.arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "4", "--load", save,
+                           "--override-opt_param-scheduler")[2:] + two_domains
+    refused = run(runs.ENTRY, arguments, cwd=str(tmp_path))
     assert refused.returncode != 0
     assert "pass --remap-domains" in refused.stderr + refused.stdout
-    remapped = _train(tmp_path, arguments + ["--remap-domains"])
+    remapped = runs.train(tmp_path, arguments + ["--remap-domains"])
     assert "the mixer and blender start afresh" in remapped.stdout
 
 
 def test_proxy_policy_drives_a_deeper_wider_target(tmp_path, preprocessed_corpus, tokenizer_model):
     policy = str(tmp_path / "policy.pt")
-    proxy = _arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "proxy"), "--train-iters", "8", "--mixer", "acodm")
-    _train(tmp_path, proxy + ["--acodm-export-policy", policy])
-    target = _arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "target"), "--train-iters", "6", "--mixer", "acodm")
+    proxy = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "proxy"), "--train-iters", "8", "--mixer", "acodm")
+    runs.train(tmp_path, proxy + ["--acodm-export-policy", policy])
+    target = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "target"), "--train-iters", "6", "--mixer", "acodm")
     target = target + ["--acodm-policy", policy, "--num-layers", "4", "--hidden-size", "64"]
-    _train(tmp_path, target)
-    _, _, records = _losses(str(tmp_path / "target"))
+    runs.train(tmp_path, target)
+    _, _, records = runs.losses(str(tmp_path / "target"))
     weights = [[domain["weight"] for domain in record["domains"].values()] for record in records]
     assert all(abs(sum(row) - 1) < 1e-9 and min(row) > 0 for row in weights)
     assert weights[-1] != pytest.approx([1 / 3] * 3, abs=1e-6)  # the frozen actor decides, not a fallback
 
     folder = os.path.dirname(preprocessed_corpus)
     other_domains = ["--data-path", f"{folder}/prose_text_document", f"{folder}/code_text_document"]
-    refused = run(ENTRY, target[2:] + other_domains, cwd=str(tmp_path))
+    refused = run(runs.ENTRY, target[2:] + other_domains, cwd=str(tmp_path))
     assert refused.returncode == 2
     assert f"{policy}: the policy was trained on domains" in refused.stderr
 
@@ -162,7 +147,7 @@ def test_tracker_naming_a_missing_checkpoint_is_refused_clearly(tmp_path, prepro
     save = tmp_path / "run"
     save.mkdir()
     (save / "latest_checkpointed_iteration.txt").write_text("7\n")
-    arguments = _arguments(preprocessed_corpus, tokenizer_model, str(save), "--train-iters", "3", "--load", str(save))
-    refused = run(ENTRY, arguments, cwd=str(tmp_path))
+    arguments = runs.arguments(preprocessed_corpus, tokenizer_model, str(save), "--train-iters", "3", "--load", str(save))
+    refused = run(runs.ENTRY, arguments, cwd=str(tmp_path))
     assert refused.returncode == 2
     assert f"names iteration 7 but {save}/iter_0000007 is missing" in refused.stderr

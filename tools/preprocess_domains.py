@@ -5,7 +5,9 @@
         --tokenizer-type SentencePieceTokenizer --tokenizer-model M --workers N [--append-eod]
 
 DIR holds `<domain>.jsonl` (or `.jsonl.gz`, `.jsonl.zst`) files and/or `<domain>/` folders of them;
-other files there are ignored. Reruns skip domains that are already up to date.
+other files there are ignored. Reruns skip domains that are already up to date. OUT/domains.json
+is written only when every domain succeeded, and lists exactly this run's domains; a failed run
+leaves the previous one as it was, and its rerun skips the domains it finished.
 """
 
 from __future__ import annotations

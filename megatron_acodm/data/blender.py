@@ -106,6 +106,7 @@ class DynamicBlender:
             eod_mask_loss=eod_mask_loss,
             create_attention_mask=create_attention_mask,
         )
+        self.vocab_size = tokenizer.vocab_size
         self._indexed = [
             open_indexed_dataset(domain.prefix, tokenizer.vocab_size, domain.max_token_id)
             for domain in manifest.domains
@@ -114,6 +115,9 @@ class DynamicBlender:
         # corpus-weighted validation mean weigh.
         self.domain_tokens = numpy.array([int(indexed.sequence_lengths.sum(dtype=numpy.int64)) for indexed in self._indexed])
         self.train_datasets = [self._build(index, Split.train) for index in range(len(self.names))]
+        # Built here, not on first use: megatron's index cache is written by whichever process builds
+        # a dataset first, so every dataset must exist before the other ranks construct theirs.
+        self.valid_datasets = [self._build(index, Split.valid) for index in range(len(self.names))]
         for domain, dataset in zip(manifest.domains, self.train_datasets):
             if dataset is None or len(dataset) == 0:
                 raise DataError(
@@ -121,7 +125,6 @@ class DynamicBlender:
                     f"{seq_length + 1} tokens under --split {split}; give it more text, lower "
                     f"--seq-length, or drop it from --data-path"
                 )
-        self._valid_datasets: dict[int, Optional[GPTDataset]] = {}
         self._walkers = [
             _EpochWalker(len(dataset), seed, zlib.crc32(name.encode()))
             for name, dataset in zip(self.names, self.train_datasets)
@@ -137,20 +140,17 @@ class DynamicBlender:
 
     def _build(self, index: int, split: Split) -> Optional[GPTDataset]:
         """A GPTDataset over this domain's documents in `split`, by Megatron's --split bookends."""
+        bookends = self.config.split_matrix[split.value]
+        if bookends is None:  # --split gives this split no share
+            return None
         indexed = self._indexed[index]
         elements = GPTDataset.numel_low_level_dataset(indexed)
-        start, end = (int(round(bound * float(elements))) for bound in self.config.split_matrix[split.value])
+        start, end = (int(round(bound * float(elements))) for bound in bookends)
         if end <= start:
             return None
         prefix = self.manifest.domains[index].prefix
         documents = numpy.arange(start, end, dtype=numpy.int32)
         return GPTDataset(indexed, prefix, documents, None, split, self.config)
-
-    def valid_dataset(self, domain_id: int) -> Optional[GPTDataset]:
-        """Held-out samples of one domain (None when --split leaves it no validation documents)."""
-        if domain_id not in self._valid_datasets:
-            self._valid_datasets[domain_id] = self._build(domain_id, Split.valid)
-        return self._valid_datasets[domain_id]
 
     def plan(self, step: int, weights: Sequence[float]) -> StepPlan:
         """The global batch of `step` under `weights`; steps are planned in order, each once."""
@@ -173,11 +173,27 @@ class DynamicBlender:
 
     def sample(self, domain_id: int, sample_id: int) -> dict:
         """Megatron's GPT training sample (tokens, labels, masks, position ids) tagged with its domain."""
-        return _tagged(self.train_datasets[domain_id], domain_id, int(sample_id))
+        return self._read(self.train_datasets[domain_id], domain_id, int(sample_id))
 
     def valid_sample(self, domain_id: int, sample_id: Optional[int]) -> dict:
         """A held-out sample; `None` gives Megatron's padding sample, whose loss mask is all zero."""
-        return _tagged(self.valid_dataset(domain_id), domain_id, None if sample_id is None else int(sample_id))
+        return self._read(self.valid_datasets[domain_id], domain_id, None if sample_id is None else int(sample_id))
+
+    def _read(self, dataset: GPTDataset, domain_id: int, sample_id: Optional[int]) -> dict:
+        item = dataset[sample_id]
+        # The manifest's largest id was checked at start; this catches a .bin changed since, for
+        # the cost of one max over a sample (an id past the vocabulary would crash the embedding).
+        largest = max(int(item["tokens"].max()), int(item["labels"].max()))
+        if largest >= self.vocab_size:
+            prefix = self.manifest.domains[domain_id].prefix
+            raise DataError(
+                f"{prefix}.bin: sample {sample_id} holds token id {largest}, beyond the tokenizer's "
+                f"vocabulary ({self.vocab_size} ids); the file changed since it was indexed: preprocess "
+                f"this domain again with tools/preprocess_domains.py",
+                rank_local=True,
+            )
+        item["domain_id"] = domain_id
+        return item
 
     def state_dict(self) -> dict:
         return {
@@ -195,20 +211,20 @@ class DynamicBlender:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"blender state version {state.get('version')!r}, expected {STATE_VERSION}")
+            raise DataError(f"blender state version {state.get('version')!r}, expected {STATE_VERSION}")
         if state["domains"] != self.names:
-            raise ValueError(
+            raise DataError(
                 f"the checkpoint's blender has domains {state['domains']}, this run has {self.names}; "
                 f"resume with the same --data-path"
             )
         sizes = [walker.size for walker in self._walkers]
         if state["samples_per_epoch"] != sizes:
-            raise ValueError(
+            raise DataError(
                 f"the checkpoint's domains have {state['samples_per_epoch']} samples per epoch, this run "
                 f"has {sizes}: the data, --seq-length or --split changed since the checkpoint"
             )
         if state["seed"] != self.seed or state["global_batch_size"] != self.global_batch_size:
-            raise ValueError(
+            raise DataError(
                 f"the checkpoint's blender used seed {state['seed']} and global batch "
                 f"{state['global_batch_size']}, this run {self.seed} and {self.global_batch_size}"
             )
@@ -217,12 +233,6 @@ class DynamicBlender:
         self.realised_counts = numpy.array(state["realised_counts"], dtype=numpy.int64)
         for walker, epoch, position in zip(self._walkers, state["epochs"], state["positions"]):
             walker.seek(int(epoch), int(position))
-
-
-def _tagged(dataset: GPTDataset, domain_id: int, sample_id: Optional[int]) -> dict:
-    item = dataset[sample_id]
-    item["domain_id"] = domain_id
-    return item
 
 
 def _check_tokenizer_matches(manifest: Manifest, tokenizer: Tokenizer) -> None:

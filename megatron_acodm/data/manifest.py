@@ -18,6 +18,9 @@ from megatron_acodm.data.errors import DataError
 MANIFEST_NAME = "domains.json"
 MANIFEST_VERSION = 1
 PREFIX_SUFFIX = "_text_document"
+# Raw documents, the input of tools/preprocess_domains.py: never a `--data-path` prefix.
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+_PAIRS_EXAMPLE = "give `weight prefix` pairs, e.g. --data-path 0.3 books_text_document 0.7 code_text_document"
 
 
 @dataclass
@@ -64,10 +67,16 @@ class Manifest:
             entries.append(entry)
         document = {"version": MANIFEST_VERSION, "tokenizer": self.tokenizer, "domains": entries}
         temporary = f"{path}.tmp.{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as stream:
-            json.dump(document, stream, indent=2, sort_keys=False)
-            stream.write("\n")
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w", encoding="utf-8") as stream:
+                json.dump(document, stream, indent=2, sort_keys=False)
+                stream.write("\n")
+                stream.flush()
+                os.fsync(stream.fileno())  # on disk before the rename can make it visible
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 def domain_name_from_prefix(prefix: str) -> str:
@@ -83,10 +92,13 @@ def validate_weights(weights: Sequence[float], source: str) -> list[float]:
             raise DataError(f"{source}: weight {value} is not a finite number; give weights >= 0")
         if value < 0:
             raise DataError(f"{source}: weight {value} is negative; give weights >= 0")
-    total = sum(values)
-    if total <= 0:
+    largest = max(values, default=0.0)
+    if largest <= 0:
         raise DataError(f"{source}: all weights are zero; give at least one domain a positive weight")
-    return [value / total for value in values]
+    # Scaling by the largest first keeps the sum finite even for weights near the float maximum.
+    scaled = [value / largest for value in values]
+    total = sum(scaled)
+    return [value / total for value in scaled]
 
 
 def load_manifest(path: str) -> Manifest:
@@ -104,20 +116,66 @@ def load_manifest(path: str) -> Manifest:
         raise DataError(f"{path}: not a domains manifest (no 'domains' list); regenerate it with tools/preprocess_domains.py")
     if document.get("version") != MANIFEST_VERSION:
         raise DataError(f"{path}: manifest version {document.get('version')!r}, expected {MANIFEST_VERSION}")
+    tokenizer = document.get("tokenizer")
+    if not isinstance(tokenizer, (dict, type(None))):
+        raise DataError(
+            f"{path}: field 'tokenizer' is {json.dumps(tokenizer)}, expected an object (the tokenizer's identity) "
+            f"or null; correct it, or delete the manifest and rerun tools/preprocess_domains.py to regenerate it"
+        )
     folder = os.path.dirname(os.path.abspath(path))
-    known = set(Domain.__dataclass_fields__)
     domains = []
-    for entry in document["domains"]:
-        if not isinstance(entry, dict) or "name" not in entry or "prefix" not in entry:
-            raise DataError(f"{path}: every domain needs a 'name' and a 'prefix', got {entry!r}")
-        domain = Domain(**{key: value for key, value in entry.items() if key in known})
+    for index, entry in enumerate(document["domains"]):
+        domain = _domain_from_entry(entry, index, path)
         domain.prefix = os.path.normpath(os.path.join(folder, domain.prefix))
         if domain.weight is not None:
             validate_weights([domain.weight] + [1.0], source=f"{path} (domain {domain.name})")
         domains.append(domain)
-    manifest = Manifest(domains=domains, tokenizer=document.get("tokenizer"), path=path)
+    manifest = Manifest(domains=domains, tokenizer=tokenizer, path=path)
     check_unique_names(manifest.names, source=path)
     return manifest
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What each Domain field must hold in a manifest. Every Domain field needs an entry: one without
+# raises KeyError on the first manifest holding it, so the two cannot drift apart unnoticed.
+_FIELD_CHECKS = {
+    "name": (_is_text, "a non-empty string"),
+    "prefix": (_is_text, "a non-empty string"),
+    "documents": (_is_count, "a whole number >= 0"),
+    "tokens": (_is_count, "a whole number >= 0"),
+    "bytes": (_is_count, "a whole number >= 0"),
+    "max_token_id": (_is_count, "a whole number >= 0"),
+    "weight": (_is_number, "a number"),
+    "inputs_sha256": (_is_text, "a non-empty string"),
+}
+_REQUIRED_FIELDS = ("name", "prefix")
+
+
+def _domain_from_entry(entry, index: int, path: str) -> Domain:
+    """One manifest entry, its fields type-checked so a hand edit fails here, by name, not deep in training."""
+    if not isinstance(entry, dict) or any(key not in entry for key in _REQUIRED_FIELDS):
+        raise DataError(f"{path}: every domain needs a 'name' and a 'prefix', got {entry!r}")
+    fields = {key: value for key, value in entry.items() if key in Domain.__dataclass_fields__}
+    for key, value in fields.items():
+        is_valid, expected = _FIELD_CHECKS[key]
+        if not (is_valid(value) or (value is None and key not in _REQUIRED_FIELDS)):
+            label = repr(entry["name"]) if _is_text(entry["name"]) else f"#{index + 1}"
+            raise DataError(
+                f"{path}: domain {label}: field {key!r} is {json.dumps(value)}, expected {expected}; "
+                f"correct the field, or delete the manifest and rerun tools/preprocess_domains.py to regenerate it"
+            )
+    return Domain(**fields)
 
 
 def check_unique_names(names: Sequence[str], source: str) -> None:
@@ -137,26 +195,9 @@ def parse_data_path(data_path: Sequence[str]) -> Manifest:
         return load_manifest(items[0])
     if not items:
         raise DataError("--data-path is empty; give a domains.json or `weight prefix` pairs")
-    weights: Optional[list[float]] = None
-    prefixes = items
-    if len(items) % 2 == 0 and _parses_as_float(items[0]):
-        raw_weights, prefixes = items[0::2], items[1::2]
-        weights = []
-        for raw in raw_weights:
-            if not _parses_as_float(raw):
-                raise DataError(
-                    f"--data-path: weight {raw!r} does not parse as a number; "
-                    f"give `weight prefix` pairs, e.g. --data-path 0.3 books_text_document 0.7 code_text_document"
-                )
-            weights.append(float(raw))
-        validate_weights(weights, source="--data-path")
-    else:
-        for prefix in prefixes:
-            if _parses_as_float(prefix):
-                raise DataError(
-                    f"--data-path: {prefix!r} looks like a weight but the list has no matching prefix; "
-                    f"give `weight prefix` pairs, e.g. --data-path 0.3 books_text_document 0.7 code_text_document"
-                )
+    weights, prefixes = _split_weights(items)
+    for prefix in prefixes:
+        _check_prefix(prefix)
     domains = [
         Domain(
             name=domain_name_from_prefix(prefix),
@@ -168,6 +209,49 @@ def parse_data_path(data_path: Sequence[str]) -> Manifest:
     manifest = Manifest(domains=domains)
     check_unique_names(manifest.names, source="--data-path")
     return manifest
+
+
+def _split_weights(items: list[str]) -> tuple[Optional[list[float]], list[str]]:
+    """(weights, prefixes) of `w1 prefix1 w2 prefix2 ...`, or (None, items) for a plain prefix list."""
+    # Prefixes are never numbers, so one number at a weight position makes it a pair list, and a
+    # mistyped weight among the others is then reported as the weight it is meant to be.
+    if len(items) % 2 == 1 or not any(_parses_as_float(item) for item in items[0::2]):
+        return None, items
+    weights = []
+    for raw in items[0::2]:
+        if not _parses_as_float(raw):
+            raise DataError(f"--data-path: weight {raw!r} does not parse as a number; {_PAIRS_EXAMPLE}")
+        weights.append(float(raw))
+    validate_weights(weights, source="--data-path")
+    return weights, items[1::2]
+
+
+def _check_prefix(prefix: str) -> None:
+    """Refuse what cannot be a `.bin/.idx` prefix: a stray weight, a folder, raw JSONL."""
+    if _parses_as_float(prefix):
+        raise DataError(f"--data-path: {prefix!r} looks like a weight but the list has no matching prefix; {_PAIRS_EXAMPLE}")
+    # megatron.core keeps its default index cache in a folder named like the prefix itself.
+    if os.path.isdir(prefix) and not os.path.isfile(f"{prefix}.idx"):
+        raise DataError(_folder_message(prefix))
+    if prefix.endswith(INPUT_SUFFIXES):
+        raise DataError(
+            f"--data-path {prefix}: is raw JSONL, not a Megatron .bin/.idx dataset; index it first with "
+            f"tools/preprocess_domains.py (e.g. --domain NAME={prefix} --output-dir OUT), "
+            f"then pass --data-path OUT/{MANIFEST_NAME}"
+        )
+
+
+def _folder_message(folder: str) -> str:
+    manifest = os.path.join(folder, MANIFEST_NAME)
+    if os.path.isfile(manifest):
+        return (
+            f"--data-path {folder}: is a folder; pass the {MANIFEST_NAME} that tools/preprocess_domains.py "
+            f"wrote there: --data-path {manifest}"
+        )
+    return (
+        f"--data-path {folder}: is a folder, not a {MANIFEST_NAME} or a .bin/.idx prefix; pass the {MANIFEST_NAME} "
+        f"that tools/preprocess_domains.py writes (run it on the domains' JSONL first)"
+    )
 
 
 def _parses_as_float(text: str) -> bool:

@@ -4,9 +4,13 @@ The output matches Megatron-LM's tools/preprocess_data.py: one sequence per docu
 with `append_eod`, token dtype chosen from the vocabulary size, files `<domain>_<key>_document`.
 Documents that tokenize to nothing are left out (Megatron-LM would write them as empty documents).
 
-Each domain is written under temporary names and renamed when complete, and the manifest is
-rewritten after every finished domain, so an interrupted run loses at most the domain in flight;
-a rerun skips domains whose files are intact and whose inputs fingerprint is unchanged.
+Each domain is written under temporary names and renamed when complete, then recorded in a hidden
+progress file in the output folder (`.domains.json.progress`, a manifest of what is on disk), so an
+interrupted or failed run loses at most the domain in flight: a rerun reads that record back (it is
+newer than `domains.json`) and skips domains whose files are intact and whose inputs fingerprint is
+unchanged. `domains.json` is published, atomically, only when every domain succeeded; it lists
+exactly that run's domains, in input order, and the progress file is then removed. A run that fails
+leaves the previous `domains.json` as it was (or absent).
 
 With several JSON keys each key becomes its own dataset, as in Megatron-LM: the input is read
 once per key, and the domain is named `<domain>` for the key `text`, `<domain>_<key>` otherwise.
@@ -34,11 +38,18 @@ from tqdm import tqdm
 
 from megatron_acodm.data.errors import DataError
 from megatron_acodm.data.indexed import check_indexed_files
-from megatron_acodm.data.manifest import MANIFEST_NAME, Domain, Manifest, check_unique_names, load_manifest
+from megatron_acodm.data.manifest import (
+    INPUT_SUFFIXES,
+    MANIFEST_NAME,
+    Domain,
+    Manifest,
+    check_unique_names,
+    load_manifest,
+)
 from megatron_acodm.data.tokenizers import Tokenizer, TokenizerIdentity, file_sha256
 
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 DEFAULT_JSON_KEY = "text"
+PROGRESS_NAME = f".{MANIFEST_NAME}.progress"
 # Part of every fingerprint: bump when this module's output for the same inputs changes.
 _OUTPUT_FORMAT = 1
 _BATCH_LINES = 128  # lines per task sent to a worker: amortises inter-process overhead
@@ -379,7 +390,7 @@ def write_domain(job: Job, tokenizer: Tokenizer, encode: Encode, inputs_sha256: 
 
 
 def _existing_entries(path: str, identity: TokenizerIdentity, force: bool, log: Log) -> dict[str, Domain]:
-    """The manifest's domains by name, refusing to mix in another tokenizer's domains without --force."""
+    """The domains a manifest or progress record lists, by name; another tokenizer's only with --force."""
     if not os.path.exists(path):
         return {}
     manifest = load_manifest(path)
@@ -405,24 +416,50 @@ def _up_to_date(job: Job, recorded: Optional[Domain], fingerprint: str) -> bool:
     return True
 
 
-def preprocess_all(domains: Sequence[DomainInput], options: PreprocessOptions, log: Log = log_stderr) -> Manifest:
-    """Write every domain that is not up to date, saving the manifest after each; return the manifest."""
-    tokenizer = Tokenizer(options.tokenizer_type, options.tokenizer_model)
-    jobs = plan_jobs(domains, options.json_keys, options.output_dir)
-    os.makedirs(options.output_dir, exist_ok=True)
-    manifest_path = os.path.join(options.output_dir, MANIFEST_NAME)
-    entries = _existing_entries(manifest_path, tokenizer.identity, options.force, log)
+def _pending_jobs(
+    jobs: Sequence[Job], entries: dict[str, Domain], options: PreprocessOptions, identity: TokenizerIdentity, log: Log
+) -> list[tuple[Job, str]]:
+    """The jobs to (re)write, with their inputs fingerprints."""
     pending = []
     for job in jobs:
-        fingerprint = inputs_fingerprint(job.domain, job.key, options.append_eod, tokenizer.identity)
+        fingerprint = inputs_fingerprint(job.domain, job.key, options.append_eod, identity)
         if not options.force and _up_to_date(job, entries.get(job.name), fingerprint):
             log(f"skip {job.name}: up to date")
         else:
             pending.append((job, fingerprint))
+    return pending
 
-    def manifest() -> Manifest:
-        return Manifest(domains=list(entries.values()), tokenizer=tokenizer.identity.to_json())
 
+def _publish_manifest(
+    jobs: Sequence[Job], entries: dict[str, Domain], tokenizer: dict, output_dir: str, log: Log
+) -> Manifest:
+    """Save the manifest of exactly this run's domains, in job order, and retire the progress record."""
+    path = os.path.join(output_dir, MANIFEST_NAME)
+    names = {job.name for job in jobs}
+    dropped = [name for name in entries if name not in names]
+    if dropped:
+        log(
+            f"{path}: dropped {', '.join(map(repr, dropped))} from the manifest: not among this run's inputs "
+            f"(their .bin/.idx files stay in {output_dir}; delete them if no longer needed)"
+        )
+    manifest = Manifest(domains=[entries[job.name] for job in jobs], tokenizer=tokenizer, path=path)
+    manifest.save(path)
+    progress_path = os.path.join(output_dir, PROGRESS_NAME)
+    if os.path.exists(progress_path):
+        os.remove(progress_path)
+    return manifest
+
+
+def preprocess_all(domains: Sequence[DomainInput], options: PreprocessOptions, log: Log = log_stderr) -> Manifest:
+    """Write every domain that is not up to date, then publish the manifest of exactly these domains."""
+    tokenizer = Tokenizer(options.tokenizer_type, options.tokenizer_model)
+    jobs = plan_jobs(domains, options.json_keys, options.output_dir)
+    os.makedirs(options.output_dir, exist_ok=True)
+    progress_path = os.path.join(options.output_dir, PROGRESS_NAME)
+    # A failed run's progress record is newer than the manifest: it names the files that run replaced.
+    recorded_path = progress_path if os.path.exists(progress_path) else os.path.join(options.output_dir, MANIFEST_NAME)
+    entries = _existing_entries(recorded_path, tokenizer.identity, options.force, log)
+    pending = _pending_jobs(jobs, entries, options, tokenizer.identity, log)
     if pending:
         with _encoder(options, tokenizer) as encode:
             for job, fingerprint in pending:
@@ -430,7 +467,5 @@ def preprocess_all(domains: Sequence[DomainInput], options: PreprocessOptions, l
                 if job.name in entries:  # a weight the user added to the manifest by hand survives
                     domain.weight = entries[job.name].weight
                 entries[job.name] = domain
-                manifest().save(manifest_path)
-    result = manifest()
-    result.path = manifest_path
-    return result
+                Manifest(domains=list(entries.values()), tokenizer=tokenizer.identity.to_json()).save(progress_path)
+    return _publish_manifest(jobs, entries, tokenizer.identity.to_json(), options.output_dir, log)

@@ -3,6 +3,7 @@
 from megatron_acodm.model.layers import layers_at_depths, mlp_output_projections, unwrap
 from megatron_acodm.model.provider import (
     gpt_model_provider,
+    norm_supports_sequence_parallel,
     pad_vocab_size,
     params_dtype_from_args,
     transformer_config_from_args,
@@ -12,6 +13,7 @@ __all__ = [
     "gpt_model_provider",
     "layers_at_depths",
     "mlp_output_projections",
+    "norm_supports_sequence_parallel",
     "pad_vocab_size",
     "params_dtype_from_args",
     "transformer_config_from_args",

@@ -129,6 +129,13 @@ def _transformer_engine_available() -> bool:
     return True
 
 
+def norm_supports_sequence_parallel() -> bool:
+    """Sequence parallelism needs TE's or apex's LayerNorm: megatron.core's torch fallback refuses it."""
+    from megatron.core.models.gpt.gpt_layer_specs import HAVE_APEX
+
+    return HAVE_APEX or _transformer_engine_available()
+
+
 def transformer_layer_spec(args: Any) -> ModuleSpec:
     """Transformer Engine's layer spec where TE imports, megatron.core's local one otherwise."""
     qk_layernorm = _arg(args, "qk_layernorm")

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from typing import Optional
 
 import numpy
 import torch
+from torch.distributed.checkpoint import FileSystemReader
 
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
 from megatron_acodm.data.errors import DataError
 
 TRACKER = "latest_checkpointed_iteration.txt"
+COMMON_STATE = "common.pt"  # dist_checkpointing's file of the state every rank shares
+_ITERATION_FOLDER = re.compile(r"iter_(\d{7})")
 
 
 def checkpoint_path(root: str, iteration: int) -> str:
@@ -30,14 +34,79 @@ def checkpoint_path(root: str, iteration: int) -> str:
 
 
 def latest_iteration(root: str) -> Optional[int]:
+    """The iteration the tracker under `root` names (None when there is no tracker)."""
     tracker = os.path.join(root, TRACKER)
     if not os.path.isfile(tracker):
         return None
-    with open(tracker) as stream:
-        text = stream.read().strip()
+    with open(tracker, "rb") as stream:
+        text = stream.read(64).decode("ascii", errors="backslashreplace").strip()
     if not text.isdigit():
-        raise DataError(f"{tracker}: expected an iteration number, found {text!r}; fix or delete it")
+        raise DataError(
+            f"{tracker}: expected an iteration number, found {text[:24]!r}; "
+            f"{_earlier_complete_checkpoint(root, None)}"
+        )
     return int(text)
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """What keeps the checkpoint at `path` from loading (a missing or truncated file), or None.
+
+    Every tensor file is checked against the byte ranges that torch's checkpoint metadata promises,
+    so a save cut short is found before megatron.core starts reading it on some ranks.
+    """
+    if not os.path.isdir(path):
+        return "the folder is missing"
+    for name in (COMMON_STATE, ".metadata"):
+        if not os.path.isfile(os.path.join(path, name)):
+            return f"{name} is missing"
+    try:
+        storage = FileSystemReader(path).read_metadata().storage_data
+    except Exception as error:  # any unpickling failure of a damaged file
+        return f".metadata is unreadable ({type(error).__name__})"
+    sizes: dict[str, int] = {}
+    for item in storage.values():
+        if item.relative_path not in sizes:
+            file = os.path.join(path, item.relative_path)
+            sizes[item.relative_path] = os.path.getsize(file) if os.path.isfile(file) else -1
+        size = sizes[item.relative_path]
+        if size < 0:
+            return f"{item.relative_path} is missing"
+        if size < item.offset + item.length:
+            return f"{item.relative_path} is truncated ({size} bytes, its metadata needs {item.offset + item.length})"
+    return None
+
+
+def _earlier_complete_checkpoint(root: str, before: Optional[int]) -> str:
+    """Where to resume from instead: the newest complete checkpoint (before `before`), as advice."""
+    tracker = os.path.join(root, TRACKER)
+    found = sorted(
+        (int(match.group(1)) for match in map(_ITERATION_FOLDER.fullmatch, os.listdir(root)) if match),
+        reverse=True,
+    )
+    for iteration in found:
+        if (before is None or iteration < before) and checkpoint_problem(checkpoint_path(root, iteration)) is None:
+            return f"{checkpoint_path(root, iteration)} is complete: write {iteration} into {tracker} to resume from it"
+    return f"no complete checkpoint is left under {root}: delete {tracker} to start afresh"
+
+
+def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
+    """The latest checkpoint under `root` and its run state, after checking that it is whole."""
+    iteration = latest_iteration(root)
+    if iteration is None:
+        return None
+    path = checkpoint_path(root, iteration)
+    if not os.path.isdir(path):
+        raise DataError(
+            f"{os.path.join(root, TRACKER)} names iteration {iteration} but {path} is missing; "
+            f"{_earlier_complete_checkpoint(root, iteration)}"
+        )
+    problem = checkpoint_problem(path)
+    if problem is None:
+        try:
+            return path, dist_checkpointing.load_common_state_dict(path)["run"]
+        except Exception as error:  # a damaged common.pt fails inside torch.load with many types
+            problem = f"{COMMON_STATE} is unreadable ({type(error).__name__})"
+    raise DataError(f"{path}: the checkpoint is broken, {problem}; {_earlier_complete_checkpoint(root, iteration)}")
 
 
 def _layout() -> dict:
@@ -99,7 +168,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, run_state: dict
         os.makedirs(staging)
     torch.distributed.barrier()
     state = _sharded_state(model, optimizer, is_loading=False, distributed_optimizer=distributed_optimizer)
-    state["run"] = dict(run_state, layout=_layout())
+    state["run"] = dict(run_state, layout=_layout(), adam_steps=_torch_adam_steps(optimizer))
     dist_checkpointing.save(state, staging)
     os.makedirs(os.path.join(staging, "rng"), exist_ok=True)
     torch.save(_rng_state(), os.path.join(staging, "rng", f"rank_{rank:05d}.pt"))
@@ -113,38 +182,64 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, run_state: dict
     return final
 
 
-def read_run_state(root: str) -> Optional[dict]:
-    """The run state of the latest checkpoint under `root` (None when there is none)."""
-    iteration = latest_iteration(root)
-    if iteration is None:
-        return None
-    return dist_checkpointing.load_common_state_dict(checkpoint_path(root, iteration))["run"]
+def _optimizer_parts(optimizer) -> list:
+    return getattr(optimizer, "chained_optimizers", [optimizer])
 
 
-def load_checkpoint(root: str, model, optimizer, distributed_optimizer: bool) -> dict:
-    """Load model and optimizer from the latest checkpoint under `root`; return its run state."""
-    iteration = latest_iteration(root)
-    path = checkpoint_path(root, iteration)
-    if not os.path.isdir(path):
-        raise DataError(
-            f"{os.path.join(root, TRACKER)} names iteration {iteration} but {path} is missing; point it at a "
-            f"checkpoint that exists (the iter_* folders under {root}) or remove it to start afresh"
-        )
-    run_state = dist_checkpointing.load_common_state_dict(path)["run"]
+def _torch_adam_steps(optimizer) -> list[Optional[float]]:
+    """Each part's Adam step count, where torch's Adam keeps it per parameter (no Apex or TE)."""
+    return [
+        next((float(state["step"]) for state in part.optimizer.state.values() if "step" in state), None)
+        for part in _optimizer_parts(optimizer)
+    ]
+
+
+def _prepare_distributed_optimizer_load(optimizer) -> None:
+    """Give the inner torch Adam of a new distributed optimizer the state a checkpoint load fills.
+
+    Without Apex or Transformer Engine, megatron.core 0.16 reads Adam's `step` from that state while
+    preparing a load, and a new optimizer has none yet (`assert len(steps) == 1`).
+    """
+    for part in _optimizer_parts(optimizer):
+        if not part.optimizer.state:
+            part.init_state_fn(part.optimizer, part.config)
+            for state in part.optimizer.state.values():
+                state["step"] = torch.zeros((), dtype=torch.float32)
+
+
+def _restore_torch_adam_steps(optimizer, steps: list[Optional[float]]) -> None:
+    """Set each parameter's own Adam step: megatron.core 0.16's distributed-optimizer load leaves one
+    tensor shared by all parameters, which torch's Adam then advances once per parameter."""
+    for part, step in zip(_optimizer_parts(optimizer), steps):
+        if step is not None:
+            for state in part.optimizer.state.values():
+                state["step"] = torch.tensor(step, dtype=torch.float32)
+
+
+def load_checkpoint(path: str, run_state: dict, model, optimizer, distributed_optimizer: bool) -> None:
+    """Load model, optimizer and (at the saved layout) RNG states from the checkpoint at `path`."""
     saved, current = run_state["layout"], _layout()
     same_layout = saved == current
     same_model_layout = all(saved[key] == current[key] for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"))
     if distributed_optimizer and not same_model_layout:
-        raise ValueError(
-            f"{path}: saved at layout {saved}, this run is {current}; the distributed "
-            f"optimizer's state reshards only across data-parallel sizes. Resume at the saved layout"
+        raise DataError(
+            f"{path}: saved at tensor x pipeline parallel {saved['tensor_model_parallel_size']} x "
+            f"{saved['pipeline_model_parallel_size']}, this run is {current['tensor_model_parallel_size']} x "
+            f"{current['pipeline_model_parallel_size']}; the distributed optimizer's state reshards only across "
+            f"data-parallel sizes: resume at the saved --tensor-model-parallel-size and --pipeline-model-parallel-size"
         )
+    if distributed_optimizer:
+        _prepare_distributed_optimizer_load(optimizer)
     state = dist_checkpointing.load(
         _sharded_state(model, optimizer, is_loading=True, distributed_optimizer=distributed_optimizer), path
     )
     model[0].module.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    # megatron.core 0.16 copies the distributed optimizer's dp_reshardable state into fp32 main
+    # params that are views of trainable weights, which autograd refuses outside no_grad.
+    with torch.no_grad():
+        optimizer.load_state_dict(state["optimizer"])
+    if distributed_optimizer:
+        _restore_torch_adam_steps(optimizer, run_state["adam_steps"])
     rng_file = os.path.join(path, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
     if same_layout and os.path.isfile(rng_file):
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    return run_state

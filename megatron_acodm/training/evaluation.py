@@ -16,11 +16,12 @@ from megatron_acodm.training.step import run_step
 
 
 def evaluation_batches(blender: DynamicBlender, eval_iters: int, global_batch_size: int) -> list[tuple[numpy.ndarray, list]]:
-    """The fixed evaluation set as global batches of (domain ids, sample ids or None for padding)."""
-    per_domain = max(1, eval_iters * global_batch_size // blender.num_domains)
+    """The fixed evaluation set as global batches of (domain ids, sample ids or None for padding);
+    empty (no evaluation) with `eval_iters` 0 or a --split without validation documents."""
+    per_domain = max(1, eval_iters * global_batch_size // blender.num_domains) if eval_iters > 0 else 0
     domains, samples = [], []
     for domain in range(blender.num_domains):
-        dataset = blender.valid_dataset(domain)
+        dataset = blender.valid_datasets[domain]
         count = 0 if dataset is None else min(per_domain, len(dataset))
         domains += [domain] * count
         samples += list(range(count))

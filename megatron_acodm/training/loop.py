@@ -11,14 +11,16 @@ import torch
 
 from megatron.core import parallel_state
 
-from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
+from megatron_acodm.data import DataError, DynamicBlender, Tokenizer, parse_data_path
 from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, StepSignals, build_mixer
 from megatron_acodm.model import layers_at_depths, pad_vocab_size
 from megatron_acodm.sketch import GradientSketcher, gram_and_alignment
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
-from megatron_acodm.training.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
+from megatron_acodm.training.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
 from megatron_acodm.training.evaluation import evaluate, evaluation_batches
+from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord
+from megatron_acodm.training.resume import check_resumable, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step
 
@@ -97,39 +99,6 @@ def _signals(iteration: int, outcome: StepOutcome, counts: numpy.ndarray) -> Ste
     )
 
 
-def _run_state(iteration: int, args: Namespace, scheduler, mixer, blender: DynamicBlender) -> dict:
-    return {
-        "iteration": iteration,
-        "domains": list(blender.names),
-        "mixer_name": args.mixer,
-        "mixer": mixer.state_dict(),
-        "blender": blender.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "args": {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool, list, type(None)))},
-    }
-
-
-def _restore(run_state: dict, args: Namespace, scheduler, mixer, blender: DynamicBlender, log) -> int:
-    """Bring the scheduler, mixer and blender to the checkpoint's state; return its iteration."""
-    scheduler.load_state_dict(run_state["scheduler"])
-    if run_state["domains"] != blender.names:
-        if not args.remap_domains:
-            raise SystemExit(
-                f"error: the checkpoint in {args.load} was trained on domains {run_state['domains']}, "
-                f"this run has {blender.names}; resume with the same --data-path, or pass --remap-domains "
-                f"to keep the model and optimizer and restart the mixer and blender on the new domains"
-            )
-        log(f"--remap-domains: the mixer and blender start afresh on {blender.names}")
-        blender.next_step = run_state["iteration"]
-        return run_state["iteration"]
-    blender.load_state_dict(run_state["blender"])
-    if run_state["mixer_name"] == args.mixer:
-        mixer.load_state_dict(run_state["mixer"])
-    else:
-        log(f"the checkpoint's mixer was {run_state['mixer_name']}; --mixer {args.mixer} starts afresh")
-    return run_state["iteration"]
-
-
 def pretrain(args: Namespace) -> None:
     initialize(args)
     rank = torch.distributed.get_rank()
@@ -137,7 +106,10 @@ def pretrain(args: Namespace) -> None:
     run_device = device()
     tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
     if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
-        raise SystemExit(f"error: --vocab-size {args.vocab_size} but the tokenizer has {tokenizer.vocab_size} ids")
+        raise DataError(
+            f"--vocab-size {args.vocab_size} but --tokenizer-model {args.tokenizer_model} has "
+            f"{tokenizer.vocab_size} ids; give the tokenizer's size or drop --vocab-size"
+        )
     args.vocab_size = tokenizer.vocab_size
     args.padded_vocab_size = pad_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
     blender = build_blender(args, tokenizer)
@@ -146,9 +118,13 @@ def pretrain(args: Namespace) -> None:
     optimizer, scheduler = build_optimizer(args, model)
 
     start = 0
-    if args.load and latest_iteration(args.load) is not None:
-        start = _restore(load_checkpoint(args.load, model, optimizer, args.use_distributed_optimizer), args, scheduler, mixer, blender, log)
-        log(f"resumed from {args.load} at iteration {start}")
+    checkpoint = open_checkpoint(args.load) if args.load else None
+    if checkpoint is not None:
+        path, state = checkpoint
+        check_resumable(path, state, args, scheduler, blender)
+        load_checkpoint(path, state, model, optimizer, args.use_distributed_optimizer)
+        start = restore(state, args, scheduler, mixer, blender, log)
+        log(f"resumed from {path} at iteration {start}")
     if start >= args.train_iters:
         log(f"nothing to do: the checkpoint is at iteration {start}, --train-iters is {args.train_iters}")
         return
@@ -167,6 +143,7 @@ def pretrain(args: Namespace) -> None:
     eval_batches = evaluation_batches(blender, args.eval_iters, args.global_batch_size)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     interval = _Interval(blender.num_domains)
+    exit_signals = ExitSignalHandler(run_device) if args.exit_signal_handler else None
     run_started = time.perf_counter()
     for iteration in range(start, args.train_iters):
         step_started = time.perf_counter()
@@ -185,13 +162,17 @@ def pretrain(args: Namespace) -> None:
         if eval_batches and (done % args.eval_interval == 0 or done == args.train_iters):
             sums = evaluate(model, blender, eval_batches, args, dp_rank, dp_size, run_device)
             logger.log_eval(EvalRecord(iteration=done, domain_loss=_domain_means(sums), domain_tokens=blender.domain_tokens.tolist()))
-        exiting = args.exit_interval is not None and done % args.exit_interval == 0
+        signalled = exit_signals is not None and exit_signals.any_rank_received()
+        exiting = signalled or (args.exit_interval is not None and done % args.exit_interval == 0)
         if args.save and ((args.save_interval and done % args.save_interval == 0) or exiting or done == args.train_iters):
-            path = save_checkpoint(args.save, done, model, optimizer, _run_state(done, args, scheduler, mixer, blender), args.use_distributed_optimizer)
+            path = save_checkpoint(args.save, done, model, optimizer, run_state(done, args, scheduler, mixer, blender), args.use_distributed_optimizer)
             log(f"saved checkpoint {path}")
         if exiting:
-            log(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
+            reason = "a signal to exit (--exit-signal-handler)" if signalled else f"--exit-interval {args.exit_interval}"
+            log(f"exiting at iteration {done} on {reason}")
             break
+    if exit_signals is not None:
+        exit_signals.release()
     if args.acodm_export_policy and rank == 0:
         mixer.export_policy(args.acodm_export_policy)
         log(f"wrote the AC-ODM policy to {args.acodm_export_policy}")

@@ -83,7 +83,18 @@ def build_optimizer(args: Namespace, model: list[DistributedDataParallel]):
         ),
         model,
     )
-    scheduler = OptimizerParamScheduler(
+    scheduler = build_scheduler(args, optimizer)
+    # What Megatron's schedules expect to find on the model config.
+    config = model[0].config
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = model[0].no_sync
+    return optimizer, scheduler
+
+
+def build_scheduler(args: Namespace, optimizer) -> OptimizerParamScheduler:
+    """megatron.core's LR and weight-decay schedule over `optimizer`, as Megatron-LM builds it."""
+    return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if args.lr_warmup_iters > 0 else args.lr,
         max_lr=args.lr,
@@ -95,10 +106,8 @@ def build_optimizer(args: Namespace, model: list[DistributedDataParallel]):
         end_wd=args.weight_decay,
         wd_incr_steps=args.train_iters,
         wd_incr_style="constant",
+        # As Megatron-LM: on resume the checkpoint's schedule is kept unless the arguments override
+        # it; a silent difference is refused before (training.resume.check_resumable).
+        use_checkpoint_opt_param_scheduler=not args.override_opt_param_scheduler,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
     )
-    # What Megatron's schedules expect to find on the model config.
-    config = model[0].config
-    config.grad_scale_func = optimizer.scale_loss
-    config.finalize_model_grads_func = finalize_model_grads
-    config.no_sync_func = model[0].no_sync
-    return optimizer, scheduler

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import numpy
 import torch
 
+from megatron_acodm.data.errors import DataError
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 
 DEFAULT_LAYER_DEPTHS = (0.25, 0.5, 0.75, 1.0)
@@ -43,7 +44,7 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         if not self.layer_depths or not all(0.0 < depth <= 1.0 for depth in self.layer_depths):
-            raise ValueError(f"--acodm-feature-depths must be relative depths in (0, 1], got {list(self.layer_depths)}")
+            raise DataError(f"--acodm-feature-depths must be relative depths in (0, 1], got {list(self.layer_depths)}")
 
     @property
     def num_layers(self) -> int:
@@ -108,7 +109,7 @@ class StateBuilder:
 
     def __init__(self, spec: FeatureSpec, total_steps: int):
         if total_steps < 1:
-            raise ValueError(f"AC-ODM needs the run's length (--train-iters) >= 1, got {total_steps}")
+            raise DataError(f"AC-ODM needs the run's length (--train-iters) >= 1, got {total_steps}")
         self.spec = spec
         self.total_steps = total_steps
         self.initial_norms: Optional[numpy.ndarray] = None

@@ -13,13 +13,15 @@ from typing import Any, Optional
 import numpy
 import torch
 
+from megatron_acodm.data.errors import DataError
+
 
 class SignalMemory:
     """Last seen loss per domain and Gram entry per pair of domains, with their ages in steps."""
 
     def __init__(self, num_domains: int, decay: float):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"--acodm-stale-decay must be in [0, 1), got {decay}")
+            raise DataError(f"--acodm-stale-decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.initial_loss = numpy.full(num_domains, numpy.nan)  # first loss seen; NaN until then
         self.loss = numpy.full(num_domains, numpy.nan)

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy
 import torch
 
+from megatron_acodm.data.errors import DataError
 from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig
 from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, DEFAULT_STALE_DECAY, FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
@@ -87,7 +88,7 @@ class ACODMMixer(Mixer):
         and stale decay are then the policy's, and `odm`, `hidden`, `depth` go unused."""
         super().__init__(names, initial_weights, floor)
         if not 0.0 <= warmup_fraction <= 1.0:
-            raise ValueError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
+            raise DataError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
         self.config = config or DDPGConfig()
         self.action_floor = self.config.action_floor(self.num_domains)
         self.policy = policy
@@ -119,12 +120,12 @@ class ACODMMixer(Mixer):
         policy: FrozenPolicy, layer_depths: Optional[Sequence[float]], stale_decay: Optional[float]
     ) -> None:
         if layer_depths is not None and tuple(layer_depths) != policy.spec.layer_depths:
-            raise ValueError(
+            raise DataError(
                 f"--acodm-feature-depths {list(layer_depths)} differs from the policy's "
                 f"{list(policy.spec.layer_depths)}: the frozen actor reads the depths it was trained on; leave it out"
             )
         if stale_decay is not None and stale_decay != policy.spec.stale_decay:
-            raise ValueError(
+            raise DataError(
                 f"--acodm-stale-decay {stale_decay} differs from the policy's {policy.spec.stale_decay}; leave it out"
             )
 
@@ -202,7 +203,7 @@ class ACODMMixer(Mixer):
     ) -> Mixer:
         total_steps = getattr(args, "train_iters", None)
         if total_steps is None:
-            raise ValueError(
+            raise DataError(
                 "--mixer acodm needs --train-iters: the state holds progress t/T, the warm-up is part of T"
             )
         policy = load_policy(args.acodm_policy, names) if args.acodm_policy else None
@@ -314,12 +315,12 @@ class ACODMMixer(Mixer):
     def _load_state(self, state: dict[str, Any]) -> None:
         mode = "train" if self.policy is None else "proxy"
         if state["mode"] != mode:
-            raise ValueError(
+            raise DataError(
                 f"the AC-ODM state is from {state['mode']} mode, this run's is {mode} (see --acodm-policy)"
             )
         for key, current in (("feature_spec", self.spec.to_dict()), ("network", self.network.to_dict())):
             if state[key] != current:
-                raise ValueError(
+                raise DataError(
                     f"the AC-ODM state has {key} {state[key]}, this run has {current}; "
                     f"resume with the same --acodm-* options"
                 )

@@ -1,0 +1,124 @@
+"""What a checkpoint holds besides tensors, and resuming from it: checked first, then restored.
+
+Every argument that a checkpoint cannot follow (the model's shape, the batch the blender plans,
+the optimizer's kind, the data behind a domain's name) is compared before any tensor is read, so a
+mismatch is one message naming the argument, the checkpoint's value and the fix. The LR schedule
+follows Megatron-LM: a change is refused unless `--override-opt_param-scheduler` (take the
+arguments) or `--use-checkpoint-opt_param-scheduler` (keep the checkpoint's) says which wins.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+from megatron_acodm.data import DataError, DynamicBlender
+
+# Arguments a checkpoint fixes: (argument, flag, what a change breaks).
+_FIXED_ARGUMENTS = [
+    ("seq_length", "--seq-length", "the samples the blender has planned"),
+    ("global_batch_size", "--global-batch-size", "the samples the blender has planned"),
+    ("num_layers", "--num-layers", "the model's shape"),
+    ("hidden_size", "--hidden-size", "the model's shape"),
+    ("ffn_hidden_size", "--ffn-hidden-size", "the model's shape"),
+    ("num_attention_heads", "--num-attention-heads", "the model's shape"),
+    ("num_query_groups", "--num-query-groups", "the model's shape"),
+    ("max_position_embeddings", "--max-position-embeddings", "the model's shape"),
+    ("position_embedding_type", "--position-embedding-type", "the model's shape"),
+    ("normalization", "--normalization", "the model's shape"),
+    ("swiglu", "--swiglu", "the model's shape"),
+    ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights", "the model's shape"),
+    ("padded_vocab_size", "the padded vocabulary (--tokenizer-model, --make-vocab-size-divisible-by, "
+     "--tensor-model-parallel-size)", "the model's shape"),
+    ("use_distributed_optimizer", "--use-distributed-optimizer", "the optimizer state's layout"),
+]
+
+# The LR schedule's fields in megatron.core's OptimizerParamScheduler state, and their arguments.
+_SCHEDULE_FIELDS = [
+    ("max_lr", "--lr"),
+    ("min_lr", "--min-lr"),
+    ("lr_warmup_steps", "--lr-warmup-iters"),
+    ("lr_decay_steps", "--lr-decay-iters (default --train-iters)"),
+    ("lr_decay_style", "--lr-decay-style"),
+    ("start_wd", "--weight-decay"),
+]
+
+
+def run_state(iteration: int, args: Namespace, scheduler, mixer, blender: DynamicBlender) -> dict:
+    """Everything but tensors and RNG that resuming at `iteration` needs."""
+    return {
+        "iteration": iteration,
+        "domains": list(blender.names),
+        "domain_tokens": blender.domain_tokens.tolist(),
+        "mixer_name": args.mixer,
+        "mixer": mixer.state_dict(),
+        "blender": blender.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "args": {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool, list, type(None)))},
+    }
+
+
+def _describe(flag: str, value) -> str:
+    return flag if value is True else f"no {flag}" if value is False else f"{flag} {value}"
+
+
+def _back_to(flag: str, saved) -> str:
+    return f"add {flag}" if saved is True else f"drop {flag}" if saved is False else f"resume with {flag} {saved}"
+
+
+def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender: DynamicBlender) -> None:
+    """Refuse, with one message naming argument and fix, a run that cannot continue `state`."""
+    new_run = f"or start a new run (another --save, without --load {args.load})"
+    saved_args = state["args"]
+    for name, flag, what in _FIXED_ARGUMENTS:
+        saved, current = saved_args.get(name), getattr(args, name)
+        if saved is not None and saved != current:
+            raise DataError(
+                f"{path}: saved with {_describe(flag, saved)}, this run has {_describe(flag, current)}, which "
+                f"changes {what}; {_back_to(flag, saved)}, {new_run}"
+            )
+    if not args.remap_domains and state["domains"] != blender.names:
+        raise DataError(
+            f"{path}: trained on domains {state['domains']}, this run has {blender.names}; resume with the "
+            f"same --data-path, or pass --remap-domains to keep the model and optimizer and restart the "
+            f"mixer and blender on the new domains"
+        )
+    if not args.remap_domains and not _same_data(state, blender):
+        name, saved, current = next(
+            (name, saved, current)
+            for name, saved, current in zip(blender.names, state["domain_tokens"], blender.domain_tokens.tolist())
+            if saved != current
+        )
+        raise DataError(
+            f"{path}: domain {name!r} held {saved} tokens when the checkpoint was written, --data-path now "
+            f"gives it {current}: the same names hold other data; resume on the data the run was trained "
+            f"on, or pass --remap-domains to restart the mixer and blender on this data"
+        )
+    if args.override_opt_param_scheduler or args.use_checkpoint_opt_param_scheduler:
+        return
+    ours = scheduler.state_dict()
+    for field, flag in _SCHEDULE_FIELDS:
+        if state["scheduler"][field] != ours[field]:
+            raise DataError(
+                f"{path}: the checkpoint's LR schedule has {flag} {state['scheduler'][field]}, these arguments "
+                f"give {ours[field]}; pass --override-opt_param-scheduler to follow the arguments or "
+                f"--use-checkpoint-opt_param-scheduler to keep the checkpoint's schedule"
+            )
+
+
+def _same_data(state: dict, blender: DynamicBlender) -> bool:
+    return state["domains"] == blender.names and state.get("domain_tokens", blender.domain_tokens.tolist()) == blender.domain_tokens.tolist()
+
+
+def restore(state: dict, args: Namespace, scheduler, mixer, blender: DynamicBlender, log) -> int:
+    """Bring the scheduler, mixer and blender to the checkpoint's state; return its iteration."""
+    scheduler.load_state_dict(state["scheduler"])
+    if not _same_data(state, blender):  # only with --remap-domains: check_resumable refuses it otherwise
+        log(f"--remap-domains: the mixer and blender start afresh on {blender.names}")
+        blender.next_step = state["iteration"]
+        return state["iteration"]
+    blender.load_state_dict(state["blender"])
+    if state["mixer_name"] == args.mixer:
+        mixer.load_state_dict(state["mixer"])
+    else:
+        log(f"the checkpoint's mixer was {state['mixer_name']}; --mixer {args.mixer} starts afresh")
+    return state["iteration"]
