@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from megatron_acodm.training.metrics import (
-    EvalRecord,
-    MetricsFileError,
-    MetricsLogger,
-    TrainRecord,
-    read_metrics,
-    validation_means,
-)
+from megatron_acodm.data.errors import DataError
+from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord, validation_means
+from run_metrics import read_metrics
 
 DOMAINS = ["prose", "code", "multilingual"]
 SCIENTIFIC = r"\d\.\d{6}E[+-]\d{2}"
@@ -303,7 +298,7 @@ def test_plot_tool_writes_a_png_next_to_the_metrics(tmp_path, capsys, with_eval)
 
 def test_plot_output_option(tmp_path):
     pytest.importorskip("matplotlib")
-    from megatron_acodm.training.plots import plot_mixture
+    from mixture_plots import plot_mixture
 
     metrics = write_synthetic_run(tmp_path / "run.jsonl")
     output = plot_mixture(metrics, tmp_path / "figures" / "mix.png")
@@ -329,12 +324,12 @@ def test_plot_errors_name_the_file_and_line(tmp_path, capsys, content, message):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and str(metrics) in error and message in error
     if content is not None and "training records" not in message:
-        with pytest.raises(MetricsFileError, match=re.escape(message)):
+        with pytest.raises(DataError, match=re.escape(message)):
             read_metrics(metrics)
 
 
 def test_missing_matplotlib_names_the_install_command(tmp_path, monkeypatch):
-    from megatron_acodm.training.plots import PlotDependencyError, plot_mixture
+    from mixture_plots import PlotDependencyError, plot_mixture
 
     metrics = write_synthetic_run(tmp_path / "run.jsonl")
     monkeypatch.setitem(sys.modules, "matplotlib", None)

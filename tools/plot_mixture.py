@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from megatron_acodm.training.metrics import MetricsFileError
-from megatron_acodm.training.plots import PlotDependencyError, plot_mixture
+from megatron_acodm.data.errors import DataError
+from mixture_plots import PlotDependencyError, plot_mixture
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -28,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         output = plot_mixture(args.metrics, args.output)
-    except (MetricsFileError, PlotDependencyError) as error:
+    except (DataError, PlotDependencyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {output}")

@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this machine now (a one-process group's rendezvous, tests, benchmarks)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -33,6 +34,6 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
         dist.init_process_group(backend=backend, init_method="env://")
     else:
         dist.init_process_group(
-            backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+            backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
         )
     return dist.get_rank(), dist.get_world_size()

@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+from megatron_acodm.atomic_files import write_text_atomically
 from megatron_acodm.data.errors import DataError
 
 MANIFEST_NAME = "domains.json"
@@ -66,17 +67,7 @@ class Manifest:
             entry["prefix"] = os.path.relpath(domain.prefix, folder)
             entries.append(entry)
         document = {"version": MANIFEST_VERSION, "tokenizer": self.tokenizer, "domains": entries}
-        temporary = f"{path}.tmp.{os.getpid()}"
-        try:
-            with open(temporary, "w", encoding="utf-8") as stream:
-                json.dump(document, stream, indent=2, sort_keys=False)
-                stream.write("\n")
-                stream.flush()
-                os.fsync(stream.fileno())  # on disk before the rename can make it visible
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        write_text_atomically(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
 def domain_name_from_prefix(prefix: str) -> str:

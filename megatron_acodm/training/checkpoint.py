@@ -22,6 +22,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
+from megatron_acodm.atomic_files import write_text_atomically
 from megatron_acodm.data.errors import DataError
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -149,15 +150,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _write_atomically(path: str, text: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-
-
 def save_checkpoint(root: str, iteration: int, model, optimizer, run_state: dict, distributed_optimizer: bool) -> str:
     """Write the checkpoint of `iteration` on every rank; return its folder."""
     rank = torch.distributed.get_rank()
@@ -177,7 +169,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, run_state: dict
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(staging, final)
-        _write_atomically(os.path.join(root, TRACKER), f"{iteration}\n")
+        write_text_atomically(os.path.join(root, TRACKER), f"{iteration}\n")
     torch.distributed.barrier()
     return final
 

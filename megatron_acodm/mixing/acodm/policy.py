@@ -11,12 +11,12 @@ be the same, in the same order.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy
 import torch
 
+from megatron_acodm.atomic_files import atomic_write
 from megatron_acodm.data.errors import DataError
 from megatron_acodm.mixing.acodm.features import FeatureSpec
 from megatron_acodm.mixing.acodm.networks import Actor, NetworkConfig, floored_softmax
@@ -55,18 +55,8 @@ def save_policy(path: str, names: Sequence[str], spec: FeatureSpec, network: Net
         "network": network.to_dict(),
         "actor": {name: tensor.detach().clone() for name, tensor in actor.state_dict().items()},
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_write(path, "wb") as stream:
+        torch.save(payload, stream)
 
 
 def load_policy(path: str, names: Sequence[str]) -> FrozenPolicy:
