@@ -16,12 +16,12 @@ def main(argv=None) -> int:
     from megatron_acodm.arguments import parse_args
 
     args = parse_args(argv)
-    from megatron_acodm.data.errors import DataError, report_error
+    from megatron_acodm.errors import UserError, report_error
     from megatron_acodm.training.loop import pretrain
 
     try:
         pretrain(args)
-    except DataError as error:
+    except UserError as error:
         return report_error(f"error: {error}", rank_local=error.rank_local)
     return 0
 

@@ -8,7 +8,8 @@
    `BlendedMegatronDatasetBuilder` on the same domains and static weights, for run lengths 1e5..1e8
    training samples (--quick: 1e5 and 1e6). Every build runs in a fresh process with a cold index
    cache, under a time and memory limit; a build that hits one is recorded as such.
-2. Tokens per second of preprocessing the demo corpus with 1 and 2 workers.
+2. Tokens per second of preprocessing the demo corpus (`tools/preprocess_domains.py`) with 1 and 2
+   workers.
 
 Writes <output-dir>/data_path.json and data_path.png and prints markdown tables to stdout.
 """
@@ -17,18 +18,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
+import io
+import itertools
 import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import time
 import warnings
 from typing import Callable
 
 import psutil
-from results_file import write_json
+
+from common import GIB, MIB, calls_per_second, describe_machine, progress, save_figure, say, write_json
 
 RUN_LENGTHS = (10**5, 10**6, 10**7, 10**8)
 QUICK_RUN_LENGTHS = (10**5, 10**6)
@@ -44,7 +46,6 @@ READ_STEPS = 200  # steps timed for planning and reading every sample
 TIME_LIMIT_S = 600.0
 MEMORY_LIMIT_BYTES = 16 * 2**30
 POLL_S = 0.05
-MIB = 2**20
 TOKENIZER_TYPE = "SentencePieceTokenizer"
 
 
@@ -93,7 +94,7 @@ def run_isolated(function: Callable[..., dict], *arguments) -> dict:
             observed_peak = max(observed_peak, _tree_rss(watched))
         elapsed = time.perf_counter() - start
         if observed_peak > MEMORY_LIMIT_BYTES:
-            stop_reason = f"killed: RSS {observed_peak / 2**30:.1f} GiB passed the {MEMORY_LIMIT_BYTES / 2**30:.0f} GiB limit after {elapsed:.0f} s"
+            stop_reason = f"killed: RSS {observed_peak / GIB:.1f} GiB passed the {MEMORY_LIMIT_BYTES / GIB:.0f} GiB limit after {elapsed:.0f} s"
         elif elapsed > TIME_LIMIT_S:
             stop_reason = f"killed: still running after {TIME_LIMIT_S:.0f} s (RSS {observed_peak / MIB:,.0f} MiB)"
         if stop_reason:
@@ -135,17 +136,16 @@ def _init_single_process_group() -> None:
     """megatron.core's blended index cache asks for the rank, so it needs a process group."""
     import torch.distributed
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    from megatron_acodm.compat.distributed import free_port
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 
 
-def _steps_per_second(steps: int, step: Callable[[int], object]) -> float:
-    start = time.perf_counter()
-    for index in range(steps):
-        step(index)
-    return steps / (time.perf_counter() - start)
+def _steps_per_second(steps: int, step: Callable[[int], object], limit: int) -> float:
+    """Steps a second of `step(0)`, `step(1)`, ... over `steps` timed steps after a few warm-up ones;
+    past `limit` the indices start again at 0."""
+    indices = itertools.count()
+    return calls_per_second(lambda: step(next(indices) % limit), steps)
 
 
 def measure_megatron(data_path: str, tokenizer_model: str, run_length: int, cache_dir: str) -> dict:
@@ -193,8 +193,8 @@ def measure_megatron(data_path: str, tokenizer_model: str, run_length: int, cach
         "rss_before_build_bytes": rss_before,
         "peak_rss_bytes": peak_rss,
         "index_cache_bytes": _folder_bytes(cache_dir),
-        "plan_steps_per_s": _steps_per_second(min(PLAN_STEPS, steps_in_run), plan),
-        "plan_read_steps_per_s": _steps_per_second(min(READ_STEPS, steps_in_run), plan_and_read),
+        "plan_steps_per_s": _steps_per_second(min(PLAN_STEPS, steps_in_run), plan, steps_in_run),
+        "plan_read_steps_per_s": _steps_per_second(min(READ_STEPS, steps_in_run), plan_and_read, steps_in_run),
     }
 
 
@@ -216,10 +216,10 @@ def measure_blender(data_path: str, tokenizer_model: str, run_length: int, cache
     peak_rss = _peak_rss_bytes()
     assert len(first_batch) == GLOBAL_BATCH_SIZE
 
-    def plan(_: int) -> None:
+    def plan() -> None:  # each call plans the blender's next step
         blender.plan(blender.next_step, weights)
 
-    def plan_and_read(_: int) -> None:
+    def plan_and_read() -> None:
         step_plan = blender.plan(blender.next_step, weights)
         for domain, sample in zip(step_plan.domain_ids, step_plan.sample_ids):
             blender.sample(domain, sample)
@@ -233,30 +233,32 @@ def measure_blender(data_path: str, tokenizer_model: str, run_length: int, cache
         "rss_before_build_bytes": rss_before,
         "peak_rss_bytes": peak_rss,
         "index_cache_bytes": _folder_bytes(cache_dir),
-        "plan_steps_per_s": _steps_per_second(PLAN_STEPS, plan),
-        "plan_read_steps_per_s": _steps_per_second(READ_STEPS, plan_and_read),
+        "plan_steps_per_s": calls_per_second(plan, PLAN_STEPS),
+        "plan_read_steps_per_s": calls_per_second(plan_and_read, READ_STEPS),
     }
 
 
 def measure_preprocess(jsonl_dir: str, tokenizer_model: str, workers: int, output_dir: str) -> dict:
-    from megatron_acodm.data.preprocess import PreprocessOptions, discover_inputs, preprocess_all
+    """`tools/preprocess_domains.py` with a user's arguments, called in this fresh process once its
+    imports are done: the time is the tokenizing and writing, not the interpreter's start-up."""
+    import preprocess_domains  # in tools/, which common put on sys.path
 
-    options = PreprocessOptions(
-        output_dir=output_dir, tokenizer_type=TOKENIZER_TYPE, tokenizer_model=tokenizer_model,
-        append_eod=True, workers=workers, force=True,
-    )
+    from megatron_acodm.data.manifest import load_manifest
+
+    argv = ["--input", jsonl_dir, "--output-dir", output_dir, "--tokenizer-type", TOKENIZER_TYPE,
+            "--tokenizer-model", tokenizer_model, "--workers", str(workers), "--append-eod", "--force"]
+    log = io.StringIO()  # the tool's per-domain lines: not this benchmark's output
     start = time.perf_counter()
-    manifest = preprocess_all(discover_inputs(jsonl_dir), options, log=lambda message: None)
+    with contextlib.redirect_stderr(log):
+        status = preprocess_domains.main(argv)
     seconds = time.perf_counter() - start
-    tokens = sum(domain.tokens for domain in manifest.domains)
+    if status != 0:
+        raise RuntimeError(f"tools/preprocess_domains.py exited with {status}: {log.getvalue()[-2000:]}")
+    tokens = sum(domain.tokens for domain in load_manifest(os.path.join(output_dir, "domains.json")).domains)
     return {"workers": workers, "tokens": tokens, "preprocess_s": seconds, "tokens_per_s": tokens / seconds}
 
 
 # ---------------------------------------------------------------- the benchmark
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _fresh_folder(path: str) -> str:
@@ -265,39 +267,41 @@ def _fresh_folder(path: str) -> str:
     return path
 
 
-def benchmark_first_batch(args: argparse.Namespace, run_lengths: tuple[int, ...]) -> list[dict]:
+def benchmark_first_batch(args: argparse.Namespace, run_lengths: tuple[int, ...], bar) -> list[dict]:
     rows = []
     for run_length in run_lengths:
         for side, measure in (("megatron", measure_megatron), ("blender", measure_blender)):
             cache_dir = _fresh_folder(os.path.join(args.scratch_dir, f"cache-{side}-{run_length:.0e}"))
-            progress(f"[{side} {run_length:.0e} samples] building with a cold cache in {cache_dir} ...")
+            say(f"[{side} {run_length:.0e} samples] building with a cold cache in {cache_dir} ...")
             row = run_isolated(measure, args.data_path, args.tokenizer_model, run_length, cache_dir)
             row.update(side=side, run_length=run_length)
             shutil.rmtree(cache_dir, ignore_errors=True)
             if row["status"] == "ok":
-                progress(
+                say(
                     f"[{side} {run_length:.0e} samples] first batch {row['first_batch_s']:.3f} s, peak RSS "
                     f"{row['peak_rss_bytes'] / MIB:,.0f} MiB, {row['plan_steps_per_s']:,.0f} plans/s, "
                     f"{row['plan_read_steps_per_s']:,.1f} plan+read steps/s"
                 )
             else:
-                progress(f"[{side} {run_length:.0e} samples] {row['error']}")
+                say(f"[{side} {run_length:.0e} samples] {row['error']}")
             rows.append(row)
+            bar.update()
     return rows
 
 
-def benchmark_preprocess(args: argparse.Namespace) -> list[dict]:
+def benchmark_preprocess(args: argparse.Namespace, bar) -> list[dict]:
     rows = []
     for workers in (1, 2):
         output_dir = _fresh_folder(os.path.join(args.scratch_dir, f"preprocess-{workers}-workers"))
-        progress(f"[preprocess {workers} worker(s)] tokenizing {args.jsonl_dir} into {output_dir} ...")
+        say(f"[preprocess {workers} worker(s)] tokenizing {args.jsonl_dir} into {output_dir} ...")
         row = run_isolated(measure_preprocess, args.jsonl_dir, args.tokenizer_model, workers, output_dir)
         row["workers"] = workers
         if row["status"] == "ok":
-            progress(f"[preprocess {workers} worker(s)] {row['tokens_per_s']:,.0f} tokens/s, {row['process_wall_s']:.1f} s wall")
+            say(f"[preprocess {workers} worker(s)] {row['tokens_per_s']:,.0f} tokens/s, {row['process_wall_s']:.1f} s wall")
         else:
-            progress(f"[preprocess {workers} worker(s)] {row['error']}")
+            say(f"[preprocess {workers} worker(s)] {row['error']}")
         rows.append(row)
+        bar.update()
     return rows
 
 
@@ -314,17 +318,6 @@ def describe_corpus(data_path: str, jsonl_dir: str) -> dict:
         "tokens": sum(domain.tokens or 0 for domain in manifest.domains),
         "bin_bytes": sum(os.path.getsize(f"{domain.prefix}.bin") for domain in manifest.domains),
         "jsonl_bytes": _folder_bytes(jsonl_dir),
-    }
-
-
-def describe_machine() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
-        "python": sys.version.split()[0],
-        "torch": importlib.metadata.version("torch"),
-        "megatron_core": importlib.metadata.version("megatron-core"),
-        "numpy": importlib.metadata.version("numpy"),
     }
 
 
@@ -366,7 +359,7 @@ def plot(results: dict, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as pyplot
     except ImportError:
-        progress(f"matplotlib is not installed: skipping {path} (`pip install matplotlib` to get it)")
+        say(f"matplotlib is not installed: skipping {path} (`pip install matplotlib` to get it)")
         return
     figure, (startup, preprocess) = pyplot.subplots(1, 2, figsize=(11, 4.2))
     for side, label, marker in (("megatron", "megatron.core BlendedMegatronDatasetBuilder", "o"), ("blender", "DynamicBlender", "s")):
@@ -389,7 +382,7 @@ def plot(results: dict, path: str) -> None:
     preprocess.set(xlabel="workers", ylabel="tokens / s")
     preprocess.set_title(f"preprocess_domains ({results['machine']['cpu_count']} CPUs)")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     pyplot.close(figure)
 
 
@@ -426,11 +419,12 @@ def main() -> int:
             "memory_limit_bytes": MEMORY_LIMIT_BYTES,
             "preprocess": {"tokenizer_type": TOKENIZER_TYPE, "append_eod": True},
         },
-        "machine": describe_machine(),
+        "machine": describe_machine(("cpu_count", "memory_bytes", "python", "torch", "megatron_core", "numpy")),
         "corpus": describe_corpus(args.data_path, args.jsonl_dir),
-        "first_batch": benchmark_first_batch(args, run_lengths),
-        "preprocess": benchmark_preprocess(args),
     }
+    with progress(2 * len(run_lengths) + 2, "data path", "build") as bar:
+        results["first_batch"] = benchmark_first_batch(args, run_lengths, bar)
+        results["preprocess"] = benchmark_preprocess(args, bar)
     os.makedirs(args.output_dir, exist_ok=True)
     write_json(os.path.join(args.output_dir, "data_path.json"), results)
     plot(results, os.path.join(args.output_dir, "data_path.png"))

@@ -29,7 +29,8 @@ thread the agent's own switch to one thread (`_one_thread`) costs nothing, as it
   difference in MiB says more than the ratio.
 - In-process, on this process's thread count: `mixer.observe` of each mixer on synthetic signals at
   K = 8 (the agent's own cost), and the sketch work of one step (`project_and_segment_sum` on each
-  hooked layer and micro-batch, `gram_and_alignment`, the layer norms) at both sizes.
+  hooked layer and micro-batch, `gram_and_alignment`, the layer norms; `torch.utils.benchmark`) at
+  both sizes.
 - Analytic: the sketch's share of a step's FLOPs at both sizes and at Pythia-1B, the paper's scale.
 
 CPU and tiny models: the ratios here are NOT comparable with the paper's ~0.4 % wall-clock and ~2 %
@@ -42,19 +43,17 @@ Writes <output-dir>/overhead.json and overhead.png, prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
 
-from results_file import REPO, write_json
+from common import REPO, child_env, describe_machine, progress, run_process, save_figure, say, time_cpu, write_json
+from run_metrics import read_metrics
+
 SIZES = {"small": {"num_layers": 4, "hidden_size": 128}, "large": {"num_layers": 8, "hidden_size": 256}}
 MIXERS = ("static", "acodm", "proxy")
 HEADS = 4
@@ -65,7 +64,6 @@ SEED = 1234
 SKETCH_DIM = 256  # the --sketch-dim default
 SKETCHED_LAYERS = 3  # the --sketch-layers default, top3
 EXPORT_ITERS = 30
-MIB = 2**20
 PAPER = "~0.4% wall-clock and ~2% memory overhead on Pythia-1B on GPUs (arXiv 2505.23878)"
 NOT_COMPARABLE = (
     "CPU, tiny models: these ratios are NOT comparable with the paper's " + PAPER + ". The sketch costs "
@@ -98,31 +96,14 @@ def run_argv(size: str, mixer: str, iters: int, options: argparse.Namespace, met
     return argv
 
 
-def child_env(threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    env.pop("MKL_NUM_THREADS", None)  # one knob for every run
-    return env
-
-
-def run_child(argv: list[str], env: dict, log_path: str) -> dict:
-    """Run to completion; wall time and the child's own peak RSS (from wait4, exact, not polled)."""
-    started = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
-    wall = time.perf_counter() - started
-    if process.returncode != 0:
-        with open(log_path) as log:
-            tail = log.read()[-3000:]
-        raise RuntimeError(f"{' '.join(argv)}\nexited with {process.returncode}; the end of {log_path}:\n{tail}")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss * 1024 / MIB}  # Linux: ru_maxrss in KiB
+def run_child(argv: list[str], threads: int, log_path: str) -> dict:
+    """Run to completion (a failure raises); wall time and the child's own peak RSS."""
+    child = run_process(argv, env=child_env(threads), log=log_path, check=True)
+    return {"wall_s": child["wall_s"], "peak_rss_mib": child["peak_rss_mib"]}
 
 
 def step_times(metrics_path: str, warmup: int) -> list[float]:
     """`iteration_ms` of every step after the warm-up (with --log-interval 1 each record is one step)."""
-    from megatron_acodm.training.metrics import read_metrics
-
     _, train, _ = read_metrics(metrics_path)
     return [float(record["iteration_ms"]) for record in train if record["iteration"] > warmup]
 
@@ -134,7 +115,7 @@ def measure(size: str, mixer: str, repeat: int, options: argparse.Namespace, pol
     metrics_path = os.path.join(folder, "metrics.jsonl")
     argv = run_argv(size, mixer, options.iters, options, metrics_path, policy)
     load_before = os.getloadavg()[0]
-    child = run_child(argv, child_env(options.threads), os.path.join(folder, "stdout.log"))
+    child = run_child(argv, options.threads, os.path.join(folder, "stdout.log"))
     steps = step_times(metrics_path, options.warmup)
     run = {
         "size": size, "mixer": mixer, "repeat": repeat, **child,
@@ -142,10 +123,10 @@ def measure(size: str, mixer: str, repeat: int, options: argparse.Namespace, pol
         "median_step_ms": statistics.median(steps),
         "step_ms": steps,
     }
-    print(
+    say(
         f"[{size:5s} {mixer:6s} r{repeat}] median step {run['median_step_ms']:7.1f} ms over {len(steps)} steps, "
         f"peak RSS {run['peak_rss_mib']:6.0f} MiB, wall {run['wall_s']:5.1f} s, load {load_before:.2f}",
-        flush=True,
+        sys.stdout,
     )
     return run
 
@@ -158,24 +139,12 @@ def export_policy(options: argparse.Namespace) -> dict:
     policy = os.path.join(folder, "policy.pt")
     argv = run_argv("small", "acodm", EXPORT_ITERS, options, os.path.join(folder, "metrics.jsonl"), None)
     argv += ["--acodm-export-policy", policy]
-    child = run_child(argv, child_env(options.threads), os.path.join(folder, "stdout.log"))
-    print(f"[export] {EXPORT_ITERS} small acodm steps wrote {policy} in {child['wall_s']:.1f} s", flush=True)
+    child = run_child(argv, options.threads, os.path.join(folder, "stdout.log"))
+    say(f"[export] {EXPORT_ITERS} small acodm steps wrote {policy} in {child['wall_s']:.1f} s", sys.stdout)
     return {"path": policy, "size": "small", "iters": EXPORT_ITERS, **child}
 
 
 # ---------------------------------------------------------------- in-process costs
-
-
-def time_calls(function: Callable[[], object], repeats: int) -> list[float]:
-    """Milliseconds of `repeats` calls after three warm-up calls."""
-    for _ in range(3):
-        function()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append((time.perf_counter() - began) * 1e3)
-    return times
 
 
 def build_mixers(names: list[str], initial_weights, total_steps: int, policy: str) -> dict:
@@ -227,6 +196,8 @@ def observe_costs(options: argparse.Namespace, policy: str) -> dict:
         times = []
         for step in range(warm + timed):
             signals = synthetic_signals(mixer, step, rng)
+            # Timed call by call, not by a benchmark timer's loop: each step's signals follow the
+            # weights the previous step chose, so no call can be repeated or run ahead.
             began = time.perf_counter()
             mixer.observe(signals)
             mixer.weights()
@@ -251,9 +222,9 @@ def sketch_cost(num_layers: int, hidden: int, repeats: int) -> dict:
     domains = torch.randint(0, 8, (tokens,), generator=generator)
     weight = torch.randn(hidden, 4 * hidden, generator=generator)
     sketches = torch.randn(8, SKETCH_DIM, generator=generator)
-    project = statistics.median(time_calls(lambda: project_and_segment_sum(x, delta, u, v, domains, 8), repeats))
-    gram = statistics.median(time_calls(lambda: gram_and_alignment(sketches), repeats))
-    norm = statistics.median(time_calls(lambda: weight.detach().double().pow(2).sum(), repeats))
+    project = time_cpu(lambda: project_and_segment_sum(x, delta, u, v, domains, 8), repeats)["median_ms"]
+    gram = time_cpu(lambda: gram_and_alignment(sketches), repeats)["median_ms"]
+    norm = time_cpu(lambda: weight.detach().double().pow(2).sum(), repeats)["median_ms"]
     return {
         "project_and_segment_sum_ms": project,
         "hooks_per_step_ms": project * layers * micro_batches,
@@ -382,18 +353,8 @@ def plot(summary: dict, path: str) -> None:
     axes[0].legend()
     figure.suptitle("AC-ODM overhead vs --mixer static on CPU (ratios on bars); tiny models: not comparable with the paper's GPU figures", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)
-
-
-def machine(threads: int) -> dict:
-    with open("/proc/cpuinfo") as cpuinfo:
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
-    versions = {name: importlib.metadata.version(name) for name in ("torch", "megatron-core", "numpy", "megatron-acodm")}
-    return {
-        "cpu_count": os.cpu_count(), "cpu_model": model, "omp_num_threads": threads,
-        "platform": platform.platform(), "python": platform.python_version(), **versions,
-    }
 
 
 def parse_options() -> argparse.Namespace:
@@ -436,13 +397,15 @@ def main() -> None:
         sys.exit(f"error: {options.data_path} missing; build it with examples/cpu_quickstart.sh steps 1-2")
     os.makedirs(options.scratch, exist_ok=True)
     began, load_start = time.time(), os.getloadavg()
-    policy = export_policy(options)
-    runs = [
-        measure(size, mixer, repeat, options, policy["path"])
-        for repeat in range(options.repeats)
-        for size in SIZES
-        for mixer in MIXERS
-    ]
+    with progress(1 + options.repeats * len(SIZES) * len(MIXERS), "overhead", "run") as bar:
+        policy = export_policy(options)
+        bar.update()
+        runs = []
+        for repeat in range(options.repeats):
+            for size in SIZES:
+                for mixer in MIXERS:
+                    runs.append(measure(size, mixer, repeat, options, policy["path"]))
+                    bar.update()
     import torch
 
     torch.set_num_threads(options.threads)
@@ -461,7 +424,11 @@ def main() -> None:
             "step_time": "metrics JSONL iteration_ms, --log-interval 1: mixer.weights() to mixer.observe(), iterations > warmup",
             "peak_memory": "ru_maxrss of each child from os.wait4(pid): that process's kernel high-water RSS",
         },
-        "machine": machine(options.threads),
+        "machine": describe_machine(
+            ("cpu_count", "cpu_model", "omp_num_threads", "platform", "python", "torch", "megatron-core", "numpy",
+             "megatron-acodm"),
+            omp_num_threads=options.threads,
+        ),
         "load_avg_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
         "duration_s": time.time() - began,
         "policy_export": policy,

@@ -8,11 +8,14 @@ delta = its output gradient (hidden 2048), k = 256 probes, K = 8 and 32 domains,
 Timed: `project_and_segment_sum` (the per-micro-batch hook work) and `gram_and_alignment` (once a
 step).
 
-- On a GPU: both implementations, CUDA-event timings, achieved bandwidth (x and delta read once)
-  against the GPU's peak, and achieved TFLOP/s (the projections are 2 T k (n + m) flops).
-- On a CPU: the reference only, plus the Triton kernels under TRITON_INTERPRET=1 on a tiny shape,
-  checked against the reference. Interpretation runs each program in numpy one after another: it
-  shows the kernels run and agree, and its time is no performance measure.
+- On a GPU: both implementations, timed by `triton.testing.do_bench` (CUDA events, L2 flushed
+  before every call, as many calls as fit its 100 ms budget; --repeats does not apply), achieved
+  bandwidth (x and delta read once) against the GPU's peak, and achieved TFLOP/s (the projections
+  are 2 T k (n + m) flops).
+- On a CPU (`torch.utils.benchmark`, --repeats calls or more): the reference only, plus the Triton
+  kernels under TRITON_INTERPRET=1 on a tiny shape, checked against the reference. Interpretation
+  runs each program in numpy one after another: it shows the kernels run and agree, and its time is
+  no performance measure.
 
 Writes <output-dir>/sketch_kernels.json and prints a markdown table.
 """
@@ -22,15 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 import warnings
 from functools import partial
 from typing import Callable, Optional
 
 import torch
 
-from results_file import write_json
+from common import describe_machine, time_cpu, time_gpu, write_json
 
 TOKENS = 8192
 FFN = 8192  # n: linear_fc2's input features
@@ -60,38 +61,22 @@ def inputs(tokens: int, in_features: int, out_features: int, dim: int, num_domai
     return x, delta, u, v, token_domain, num_domains
 
 
-def time_ms(function: Callable[[], object], repeats: int, cuda: bool) -> list[float]:
-    """Wall times of `repeats` calls after one warm-up call (CUDA events on a GPU)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            function()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            began = time.perf_counter()
-            function()
-            times.append((time.perf_counter() - began) * 1e3)
-    return times
+def time_ms(function: Callable[[], object], repeats: int, cuda: bool) -> dict:
+    """`median_ms`, `min_ms` and `repeats` (calls timed) of `function`."""
+    return time_gpu(function) if cuda else time_cpu(function, repeats)
 
 
 def peak_bandwidth(device_name: str) -> Optional[float]:
     return next((peak for fragment, peak in PEAK_BANDWIDTH_BYTES_PER_S if fragment in device_name), None)
 
 
-def record(implementation: str, operation: str, num_domains: int, dtype: torch.dtype, times: list[float], **extra) -> dict:
+def record(implementation: str, operation: str, num_domains: int, dtype: torch.dtype, timing: dict, **extra) -> dict:
     return {
         "implementation": implementation,
         "operation": operation,
         "num_domains": num_domains,
         "dtype": str(dtype).removeprefix("torch."),
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "repeats": len(times),
+        **timing,
         **extra,
     }
 
@@ -117,13 +102,13 @@ def realistic_shapes(implementations: dict, device: str, device_name: str, repea
         arguments = inputs(TOKENS, FFN, HIDDEN, DIM, num_domains, torch.bfloat16, device)
         sketches = torch.randn(num_domains, DIM, device=device)
         for name, module in implementations.items():
-            times = time_ms(partial(module.project_and_segment_sum, *arguments), repeats, cuda)
+            timing = time_ms(partial(module.project_and_segment_sum, *arguments), repeats, cuda)
             results.append(record(
-                name, "project_and_segment_sum", num_domains, torch.bfloat16, times,
-                **projection_rates(statistics.median(times), torch.bfloat16, device_name),
+                name, "project_and_segment_sum", num_domains, torch.bfloat16, timing,
+                **projection_rates(timing["median_ms"], torch.bfloat16, device_name),
             ))
-            times = time_ms(lambda: module.gram_and_alignment(sketches), repeats, cuda)
-            results.append(record(name, "gram_and_alignment", num_domains, torch.float32, times))
+            timing = time_ms(partial(module.gram_and_alignment, sketches), repeats, cuda)
+            results.append(record(name, "gram_and_alignment", num_domains, torch.float32, timing))
         del arguments
     return results
 
@@ -141,9 +126,9 @@ def interpreted_tiny(repeats: int) -> list[dict]:
     ):
         expected, got = call(reference), call(kernels)
         expected, got = (expected[0], got[0]) if isinstance(expected, tuple) else (expected, got)
-        times = time_ms(lambda: call(kernels), repeats, cuda=False)
+        timing = time_cpu(partial(call, kernels), repeats)
         results.append(record(
-            "triton (TRITON_INTERPRET=1)", operation, TINY["num_domains"], dtype, times,
+            "triton (TRITON_INTERPRET=1)", operation, TINY["num_domains"], dtype, timing,
             shape=TINY, max_difference_to_reference_relative_to_its_max=float((got - expected).abs().max() / expected.abs().max()),
             note="interpreted in numpy, one program at a time: a correctness demonstration, not a performance measure",
         ))
@@ -173,8 +158,6 @@ def main() -> None:
     if not cuda:
         # Triton reads this when the kernels are defined, i.e. when `kernels` is first imported below.
         os.environ["TRITON_INTERPRET"] = "1"
-    import triton
-
     from megatron_acodm.sketch import kernels, reference
 
     device = "cuda" if cuda else "cpu"
@@ -190,11 +173,10 @@ def main() -> None:
             "tokens": TOKENS, "in_features_ffn": FFN, "out_features_hidden": HIDDEN, "dim": DIM,
             "domain_counts": list(DOMAIN_COUNTS), "activation_dtype": "bfloat16", "repeats": options.repeats,
         },
-        "machine": {
-            "device": device, "device_name": device_name, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": triton.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": describe_machine(
+            ("device", "device_name", "cpu_count", "torch_threads", "torch", "triton", "python"),
+            device=device, device_name=device_name,
+        ),
         "results": results,
     }
     os.makedirs(options.output_dir, exist_ok=True)

@@ -7,11 +7,12 @@ before any process group or dataset is touched.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import Optional, Sequence
 
-from megatron_acodm.data.errors import report_error
+from megatron_acodm.errors import report_error
 from megatron_acodm.mixing import add_mixer_arguments
 
 
@@ -36,6 +37,20 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     group.add_argument("--bf16", action="store_true")
     group.add_argument("--fp16", action="store_true")
+    # What megatron.core's model also reads but this command line does not offer: Megatron-LM's
+    # defaults, defined here like every other setting, so that every Namespace this parser makes is
+    # complete for model/provider.py. No run can change them (so no checkpoint differs in them);
+    # code that builds a model without a command line, e.g. a test, may on its Namespace.
+    parser.set_defaults(
+        norm_epsilon=1e-5,
+        add_bias_linear=True,
+        add_qkv_bias=False,
+        qk_layernorm=False,
+        kv_channels=None,
+        use_cpu_initialization=False,
+        fp16_lm_cross_entropy=False,
+        virtual_pipeline_model_parallel_size=None,  # training.setup builds one model chunk per virtual stage
+    )
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sketch_arguments(parser)
     add_mixer_arguments(parser)
     return parser
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults() -> dict:
+    parser = build_parser()
+    # argparse keeps the options' and set_defaults' defaults here; it has no public list of them.
+    options = {action.dest: action.default for action in parser._actions if action.default is not argparse.SUPPRESS}
+    return {**options, **parser._defaults}
+
+
+def default_args() -> argparse.Namespace:
+    """Every setting at the parser's default, without a command line: required options (--data-path,
+    --train-iters, ...) are None and nothing derived is filled in. For code that reads a few settings,
+    e.g. a mixer built from a Namespace of its own (`mixing.build_mixer`). A fresh Namespace each call."""
+    return argparse.Namespace(**_defaults())
 
 
 def _fill_defaults(args: argparse.Namespace, world_size: int) -> None:

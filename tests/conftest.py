@@ -129,7 +129,7 @@ def make_jsonl_corpus() -> Callable[..., str]:
 @pytest.fixture(scope="session")
 def preprocessed_corpus(tmp_path_factory: pytest.TempPathFactory, tokenizer_model: str, domain_texts) -> str:
     """Path of `domains.json` for `domain_texts`, preprocessed with --append-eod, one worker."""
-    from megatron_acodm.data.preprocess import PreprocessOptions, discover_inputs, preprocess_all
+    from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
 
     root = tmp_path_factory.mktemp("preprocessed")
     corpus = write_jsonl_corpus(root / "jsonl", domain_texts)

@@ -1,20 +1,21 @@
-"""Trains a tiny GPT for a few steps with megatron.core at given parallel layouts; writes the numbers.
+"""Trains a tiny GPT for a few steps with the trainer's own setup at given parallel layouts; writes the numbers.
 
 Launched by tests/test_parallel_gpt.py, as a single process (`python parallel_worker.py ...`) or
-under `torchrun --nproc-per-node 2`. Each run in `--runs` (see `Layout`) builds its model chunks
-with `gpt_model_provider`, loads the initial weights of its model family from a dist_checkpointing
-checkpoint saved by the single process (`--save-checkpoints`), and then:
+under `torchrun --nproc-per-node 2`. Each run in `--runs` (see `layout_args`) gets its arguments from
+the trainer's `parse_args`, builds its model with `training.setup` (`initialize`, `build_model`),
+loads the initial weights of its model family from a dist_checkpointing checkpoint saved by the
+single process (`--save-checkpoints`), builds the optimizer and LR schedule (`build_optimizer`),
+and then:
 
-- evaluates the logits and the loss of a fixed global batch (logits gathered over tensor-parallel
-  ranks);
-- takes STEPS optimizer steps with megatron.core's DDP, `get_megatron_optimizer` (Adam, grad
-  clipping), `OptimizerParamScheduler` and `get_forward_backward_func`;
+- evaluates the logits (gathered over tensor-parallel ranks) and the loss of a fixed global batch;
+- takes STEPS optimizer steps with the trainer's `run_step` (its per-domain loss, over two domains);
 - evaluates the loss of the fixed batch again after the last step.
 
 Rank 0 writes `{run: {"losses", "grad_norms", "initial_eval_loss", "final_loss", "param_dtype"}}`
-to `--out` (the eval losses are those of the fixed batch before and after training); the
-last stage writes the logits to `<out>.<run>.logits.pt`. The forward step and the masked mean LM
-loss live here, not in the library: the trainer brings its own (per-domain) loss function.
+to `--out`; the last stage writes the logits to `<out>.<run>.logits.pt`.
+
+Worker-local, because the trainer has nothing to measure them with: reading the initial weights
+(the trainer's checkpoints also hold optimizer, mixer and data state) and the logits pass.
 """
 
 from __future__ import annotations
@@ -22,321 +23,156 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
-from functools import partial
-from types import SimpleNamespace
-from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region, model_parallel_cuda_manual_seed
-from megatron.core.transformer.module import Float16Module
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-from megatron_acodm.compat import activate_cpu_compat, init_distributed
-from megatron_acodm.model import gpt_model_provider, pad_vocab_size
+from megatron_acodm.arguments import parse_args
+from megatron_acodm.model import pad_vocab_size
+from megatron_acodm.training import step
+from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 
-SEED = 1234
 VOCAB = 512
-SEQ = 32
-MICRO_BATCH = 2
-GLOBAL_BATCH = 8
 STEPS = 3
-
-# Shared by both model families; Megatron-LM attribute names, as the trainer's Namespace has them.
-COMMON_ARGS = dict(
-    num_layers=4,
-    hidden_size=64,
-    ffn_hidden_size=128,
-    num_attention_heads=4,
-    seq_length=SEQ,
-    max_position_embeddings=SEQ,
-    init_method_std=0.02,
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-)
+NUM_DOMAINS = 2  # sequence i belongs to domain i % 2
+# A run's command line, as a user would give it; 3 Adam steps, LR decaying (cosine) from 1e-3 to 1e-4, clipping at 0.5.
+RUN_ARGV = [
+    "--data-path", "unused", "--tokenizer-model", "unused", "--train-iters", str(STEPS),
+    "--num-layers", "4", "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
+    "--seq-length", "32", "--hidden-dropout", "0", "--attention-dropout", "0",
+    "--micro-batch-size", "2", "--global-batch-size", "8",
+    "--lr", "1e-3", "--min-lr", "1e-4", "--weight-decay", "0.01", "--clip-grad", "0.5",
+]
+# Model families: (command line, settings the command line does not offer).
 MODELS = {
-    "llama": dict(
-        position_embedding_type="rope",
-        normalization="RMSNorm",
-        swiglu=True,
-        num_query_groups=2,
-        add_bias_linear=False,
-        untie_embeddings_and_output_weights=True,
+    "llama": (
+        ["--position-embedding-type", "rope", "--normalization", "RMSNorm", "--swiglu", "--num-query-groups", "2",
+         "--untie-embeddings-and-output-weights"],
+        {"add_bias_linear": False},
     ),
-    "gpt": dict(
-        position_embedding_type="learned_absolute",
-        normalization="LayerNorm",
-        swiglu=False,
-        num_query_groups=None,
-        add_bias_linear=True,
-        untie_embeddings_and_output_weights=False,
-    ),
+    "gpt": ([], {}),  # learned positions, LayerNorm, GeLU, biases, tied embeddings
 }
+LAYOUT_FLAGS = {"tp": "--tensor-model-parallel-size", "pp": "--pipeline-model-parallel-size",
+                "distopt": "--use-distributed-optimizer", "bf16": "--bf16"}
 
 
-@dataclass
-class Layout:
-    """A run spec such as `tp=2`, `pp=2,vp=2`, `dp=2,distopt`, `model=gpt,pp=2` or `bf16`."""
-
-    name: str
-    model: str = "llama"
-    tp: int = 1
-    pp: int = 1
-    vp: int | None = None
-    dp: int = 1
-    distributed_optimizer: bool = False
-    bf16: bool = False
-
-    @classmethod
-    def parse(cls, spec: str) -> "Layout":
-        layout = cls(name=spec)
-        for item in filter(None, spec.split(",")):
-            key, _, value = item.partition("=")
-            if key in ("tp", "pp", "vp", "dp"):
-                setattr(layout, key, int(value))
-            elif key == "model":
-                layout.model = value
-            elif key == "distopt":
-                layout.distributed_optimizer = True
-            elif key == "bf16":
-                layout.bf16 = True
-            else:
-                raise ValueError(f"unknown layout item {item!r} in {spec!r}")
-        return layout
+def layout_args(spec: str) -> tuple[str, argparse.Namespace]:
+    """The model family and the arguments of a run spec such as `tp=2`, `pp=2,vp=2`, `dp=2,distopt`,
+    `model=gpt,pp=2` or `bf16` (`dp` is not an argument: the world size leaves it)."""
+    items = dict(item.partition("=")[::2] for item in filter(None, spec.split(",")))
+    unknown = set(items) - set(LAYOUT_FLAGS) - {"model", "vp", "dp"}
+    if unknown:
+        raise ValueError(f"unknown layout items {sorted(unknown)} in {spec!r}")
+    family = items.get("model", "llama")
+    model_argv, model_settings = MODELS[family]
+    layout_argv = [part for key, value in items.items() if key in LAYOUT_FLAGS for part in (LAYOUT_FLAGS[key], value) if part]
+    args = parse_args(RUN_ARGV + model_argv + layout_argv)
+    assert args.data_parallel_size == int(items.get("dp", 1)), f"{spec}: the world leaves data-parallel size {args.data_parallel_size}"
+    vars(args).update(model_settings, virtual_pipeline_model_parallel_size=int(items["vp"]) if "vp" in items else None)
+    args.padded_vocab_size = pad_vocab_size(VOCAB, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    return family, args
 
 
-@dataclass
-class MicroBatch:
-    tokens: torch.Tensor
-    labels: torch.Tensor
-    loss_mask: torch.Tensor
-    position_ids: torch.Tensor
-
-
-def global_batches(count: int) -> list[list[torch.Tensor]]:
-    """`count` global batches of GLOBAL_BATCH token sequences (SEQ + 1 tokens), the same on every rank."""
-    generator = torch.Generator().manual_seed(SEED)
-    return [
-        list(torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ + 1), generator=generator))
-        for _ in range(count)
-    ]
-
-
-def micro_batches(sequences: list[torch.Tensor], dp_rank: int, dp_size: int) -> list[MicroBatch]:
-    """This data-parallel rank's contiguous share of a global batch, cut into micro-batches."""
-    per_rank = len(sequences) // dp_size
-    mine = torch.stack(sequences[dp_rank * per_rank : (dp_rank + 1) * per_rank])
+def global_batches(args: argparse.Namespace, count: int) -> list[list[dict]]:
+    """`count` global batches of samples as the blender gives them, the same on every rank."""
+    generator = torch.Generator().manual_seed(args.seed)
     batches = []
-    for chunk in mine.split(MICRO_BATCH):
-        tokens, labels = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-        # Leave labels divisible by 7 out of the loss, so that the mean really is a masked one.
-        loss_mask = (labels % 7 != 0).float()
-        position_ids = torch.arange(SEQ).expand_as(tokens)
-        batches.append(MicroBatch(tokens, labels, loss_mask, position_ids))
+    for _ in range(count):
+        sequences = torch.randint(0, VOCAB, (args.global_batch_size, args.seq_length + 1), generator=generator)
+        batches.append([
+            {"tokens": sequence[:-1], "labels": sequence[1:], "position_ids": torch.arange(args.seq_length),
+             # Leave labels divisible by 7 out of the loss, so that the mean really is a masked one.
+             "loss_mask": (sequence[1:] % 7 != 0).float(), "domain_id": index % NUM_DOMAINS}
+            for index, sequence in enumerate(sequences)
+        ])
     return batches
 
 
-def masked_lm_loss(
-    loss_mask: torch.Tensor, token_losses: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Megatron's 3-tuple loss: (loss sum, token count, reported [sum, count])."""
-    mask = loss_mask.reshape(-1)
-    loss_sum = torch.sum(token_losses.float().reshape(-1) * mask)
-    num_tokens = mask.sum().to(torch.int)
-    # The schedule divides `loss_sum` in place: report a copy.
-    reported = torch.stack([loss_sum.detach().clone(), mask.sum()])
-    return loss_sum, num_tokens, {"lm loss": reported}
+def rank_micro_batches(args: argparse.Namespace, samples: list[dict], dp_rank: int, dp_size: int) -> list[dict]:
+    """This data-parallel rank's micro-batches of a global batch, as the trainer cuts and collates them."""
+    domains = [sample["domain_id"] for sample in samples]
+    mine = data_parallel_slice(domains, list(range(len(samples))), dp_rank, dp_size)
+    return micro_batches(lambda domain, index: samples[index], *mine, args.micro_batch_size)
 
 
-def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
-    batch = next(data_iterator)
-    # No attention mask: the layer spec's attention is causal by itself.
-    token_losses = model(batch.tokens, batch.position_ids, None, labels=batch.labels)
-    return token_losses, partial(masked_lm_loss, batch.loss_mask)
+def loss_of(outcome: step.StepOutcome) -> float:
+    return float(outcome.domain_sums[:, 0].sum() / outcome.domain_sums[:, 1].sum())
 
 
-def gathered_logits(logits: torch.Tensor, non_loss_data: bool = True) -> torch.Tensor:
-    """The full-vocabulary logits of a micro-batch (the model's output is vocab-parallel)."""
-    return gather_from_tensor_model_parallel_region(logits).detach().clone()
+def full_logits(model: list, args: argparse.Namespace, batches: list[dict]) -> torch.Tensor | None:
+    """The full-vocabulary logits of every micro-batch at the last stage (None on other stages)."""
 
+    def gathered(logits: torch.Tensor, non_loss_data: bool = True) -> torch.Tensor:  # the output is vocab-parallel
+        return gather_from_tensor_model_parallel_region(logits).detach().clone()
 
-def logits_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
-    batch = next(data_iterator)
-    return model(batch.tokens, batch.position_ids, None), gathered_logits
+    def logits_step(data_iterator, chunk):
+        batch = next(data_iterator)
+        return chunk(batch["tokens"], batch["position_ids"], None), gathered
 
-
-def build_model_chunks(layout: Layout) -> list[torch.nn.Module]:
-    """Initialise megatron's parallel state for `layout` and build this rank's model chunks."""
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp,
-        pipeline_model_parallel_size=layout.pp,
-        virtual_pipeline_model_parallel_size=layout.vp,
+    outputs = get_forward_backward_func()(
+        forward_step_func=logits_step,
+        data_iterator=[iter(batches) for _ in model],
+        model=model,
+        num_microbatches=len(batches),
+        seq_length=args.seq_length,
+        micro_batch_size=args.micro_batch_size,
+        forward_only=True,
+        collect_non_loss_data=True,
     )
-    model_parallel_cuda_manual_seed(SEED)
-    args = SimpleNamespace(
-        **COMMON_ARGS,
-        **MODELS[layout.model],
-        padded_vocab_size=pad_vocab_size(VOCAB, 128, layout.tp),
-        tensor_model_parallel_size=layout.tp,
-        pipeline_model_parallel_size=layout.pp,
-        virtual_pipeline_model_parallel_size=layout.vp,
-        bf16=layout.bf16,
-    )
-    return [
-        gpt_model_provider(
-            args,
-            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
-            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-            vp_stage=stage,
-        )
-        for stage in (range(layout.vp) if layout.vp else [None])
+    return torch.cat(outputs) if outputs else None
+
+
+def load_initial_weights(model: list, checkpoint: str) -> None:
+    # One load for all virtual stages: each sees only its own layers of the stacked tensors.
+    sharded = {f"model{index}": chunk.module.sharded_state_dict() for index, chunk in enumerate(model)}
+    state = dist_checkpointing.load(sharded, checkpoint)
+    for index, chunk in enumerate(model):
+        chunk.module.load_state_dict(state[f"model{index}"])
+
+
+def run_layout(spec: str, checkpoints: str, out: str) -> dict:
+    family, args = layout_args(spec)
+    initialize(args)
+    model = build_model(args)
+    # Before the optimizer copies the weights into its fp32 main parameters.
+    load_initial_weights(model, os.path.join(checkpoints, family))
+    optimizer, scheduler = build_optimizer(args, model)
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    *train_batches, fixed = global_batches(args, STEPS + 1)
+    fixed_batches = rank_micro_batches(args, fixed, dp_rank, dp_size)
+    logits = full_logits(model, args, rank_micro_batches(args, fixed, 0, 1))  # every rank: the whole batch
+    if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0 and dp_rank == 0:
+        torch.save(logits.float(), f"{out}.{spec}.logits.pt")
+    initial = step.run_step(model, fixed_batches, args, NUM_DOMAINS, device())
+    outcomes = [
+        step.run_step(model, rank_micro_batches(args, samples, dp_rank, dp_size), args, NUM_DOMAINS, device(), optimizer, scheduler)
+        for samples in train_batches
     ]
-
-
-class Run:
-    """One layout: parallel state, model chunks, DDP, optimizer, scheduler."""
-
-    def __init__(self, layout: Layout, checkpoint: str):
-        self.layout = layout
-        self.chunks = build_model_chunks(layout)
-        self.load(checkpoint)
-        if layout.bf16:
-            # As Megatron-LM's get_model does: every parameter in bf16, fp32 outputs at the last stage.
-            self.chunks = [Float16Module(chunk.config, chunk) for chunk in self.chunks]
-        self.models: list[torch.nn.Module] = self.chunks
-        self.dp_rank = parallel_state.get_data_parallel_rank()
-        self.dp_size = parallel_state.get_data_parallel_world_size()
-        assert self.dp_size == layout.dp, f"{layout.name}: the world leaves data-parallel size {self.dp_size}"
-        self.is_loss_reporter = (
-            parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
-        )
-
-    def load(self, checkpoint: str) -> None:
-        # One load for all virtual stages: each sees only its own layers of the stacked tensors.
-        sharded = {f"model{index}": chunk.sharded_state_dict() for index, chunk in enumerate(self.chunks)}
-        state = dist_checkpointing.load(sharded, checkpoint)
-        for index, chunk in enumerate(self.chunks):
-            chunk.load_state_dict(state[f"model{index}"])
-
-    def forward_backward(
-        self, batches: list[MicroBatch], step_func: Callable, forward_only: bool, collect: bool = False
-    ) -> list:
-        # Every virtual stage walks the same micro-batches in order.
-        return get_forward_backward_func()(
-            forward_step_func=step_func,
-            data_iterator=[iter(batches) for _ in self.chunks],
-            model=self.models,
-            num_microbatches=len(batches),
-            seq_length=SEQ,
-            micro_batch_size=MICRO_BATCH,
-            forward_only=forward_only,
-            collect_non_loss_data=collect,
-        )
-
-    def logits(self, sequences: list[torch.Tensor]) -> torch.Tensor | None:
-        """Full logits of a whole global batch (every rank runs all of it) at the last stage, else None."""
-        batches = micro_batches(sequences, dp_rank=0, dp_size=1)
-        outputs = self.forward_backward(batches, logits_step, forward_only=True, collect=True)
-        return torch.cat(outputs) if outputs else None
-
-    def wrap_for_training(self) -> None:
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=True,
-            use_distributed_optimizer=self.layout.distributed_optimizer,
-            bucket_size=4096,
-        )
-        config = self.chunks[0].config
-        self.models = [
-            DistributedDataParallel(config, ddp_config, chunk, disable_bucketing=index > 0)
-            for index, chunk in enumerate(self.chunks)
-        ]
-        config.no_sync_func = [model.no_sync for model in self.models]
-        config.finalize_model_grads_func = finalize_model_grads
-        if len(self.models) == 1:
-            config.no_sync_func = config.no_sync_func[0]
-        optimizer_config = OptimizerConfig(
-            optimizer="adam",
-            lr=1e-3,
-            min_lr=1e-4,
-            weight_decay=0.01,
-            clip_grad=0.5,
-            bf16=self.layout.bf16,
-            params_dtype=config.params_dtype,
-            use_distributed_optimizer=self.layout.distributed_optimizer,
-        )
-        self.optimizer = get_megatron_optimizer(optimizer_config, self.models)
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=1e-4,
-            max_lr=1e-3,
-            min_lr=1e-4,
-            lr_warmup_steps=1,
-            lr_decay_steps=STEPS,
-            lr_decay_style="cosine",
-            start_wd=0.01,
-            end_wd=0.01,
-            wd_incr_steps=STEPS,
-            wd_incr_style="constant",
-        )
-
-    def reported_loss(self, outputs: list[dict]) -> float:
-        """Token-mean loss over the global batch (micro-batches and data-parallel ranks)."""
-        total = torch.zeros(2, dtype=torch.float64)
-        if self.is_loss_reporter:
-            total += sum(output["lm loss"].double() for output in outputs)
-        dist.all_reduce(total)
-        return (total[0] / total[1]).item()
-
-    def train_step(self, sequences: list[torch.Tensor]) -> tuple[float, float]:
-        for model in self.models:
-            model.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        batches = micro_batches(sequences, self.dp_rank, self.dp_size)
-        outputs = self.forward_backward(batches, forward_step, forward_only=False)
-        succeeded, grad_norm, _ = self.optimizer.step()
-        assert succeeded
-        self.scheduler.step(increment=1)
-        return self.reported_loss(outputs), float(grad_norm)
-
-    def eval_loss(self, sequences: list[torch.Tensor]) -> float:
-        batches = micro_batches(sequences, self.dp_rank, self.dp_size)
-        outputs = self.forward_backward(batches, forward_step, forward_only=True)
-        return self.reported_loss(outputs)
-
-
-def run_layout(layout: Layout, checkpoints: str, out: str) -> dict:
-    run = Run(layout, os.path.join(checkpoints, layout.model))
-    batches = global_batches(STEPS + 1)
-    logits = run.logits(batches[-1])
-    if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0 and run.dp_rank == 0:
-        torch.save(logits.float(), f"{out}.{layout.name}.logits.pt")
-    initial_loss = run.eval_loss(batches[-1])
-    run.wrap_for_training()
-    losses, grad_norms = zip(*(run.train_step(batch) for batch in batches[:STEPS]))
-    result = {
-        "losses": list(losses),
-        "grad_norms": list(grad_norms),
-        "initial_eval_loss": initial_loss,
-        "final_loss": run.eval_loss(batches[-1]),
-        "param_dtype": str(next(run.chunks[0].parameters()).dtype),
-    }
+    final = step.run_step(model, fixed_batches, args, NUM_DOMAINS, device())
+    assert all(outcome.update_successful for outcome in outcomes)
     parallel_state.destroy_model_parallel()
-    return result
+    return {
+        "losses": [loss_of(outcome) for outcome in outcomes],
+        "grad_norms": [outcome.grad_norm for outcome in outcomes],
+        "initial_eval_loss": loss_of(initial),
+        "final_loss": loss_of(final),
+        "param_dtype": str(next(model[0].parameters()).dtype),
+    }
 
 
 def save_initial_checkpoints(checkpoints: str) -> None:
     """The initial weights of each model family, built in one process, for every layout to start from."""
-    for model_name in MODELS:
-        (model,) = build_model_chunks(Layout(name=model_name, model=model_name))
-        folder = os.path.join(checkpoints, model_name)
+    for family in MODELS:
+        _, args = layout_args(f"model={family}")
+        initialize(args)
+        (model,) = build_model(args)
+        folder = os.path.join(checkpoints, family)
         os.makedirs(folder)
-        dist_checkpointing.save({"model0": model.sharded_state_dict()}, folder)
+        dist_checkpointing.save({"model0": model.module.sharded_state_dict()}, folder)
         parallel_state.destroy_model_parallel()
 
 
@@ -347,13 +183,10 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=[])
     parser.add_argument("--out", required=True)
     options = parser.parse_args()
-
-    activate_cpu_compat()
-    rank, _ = init_distributed()
     if options.save_checkpoints:
         save_initial_checkpoints(options.checkpoints)
-    results = {spec: run_layout(Layout.parse(spec), options.checkpoints, options.out) for spec in options.runs}
-    if rank == 0:
+    results = {spec: run_layout(spec, options.checkpoints, options.out) for spec in options.runs}
+    if dist.get_rank() == 0:
         with open(options.out, "w") as stream:
             json.dump(results, stream, indent=1)
     dist.barrier()

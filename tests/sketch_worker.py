@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 from functools import partial
-from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import torch
@@ -45,21 +44,14 @@ LAYOUT_DIM = 256
 MEAN_DIM = 16
 MEAN_SEEDS = 200
 SPLIT_DIM = 64
-MODEL_ARGS = dict(
-    num_layers=4,
-    hidden_size=64,
-    ffn_hidden_size=128,
-    num_attention_heads=4,
-    max_position_embeddings=SEQ,
-    init_method_std=0.02,
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-    position_embedding_type="rope",
-    normalization="RMSNorm",
-    swiglu=True,
-    add_bias_linear=False,
-    untie_embeddings_and_output_weights=True,
-)
+NUM_LAYERS = 4
+# The model, as the trainer's command line gives it (without biases, which it does not offer).
+MODEL_ARGV = [
+    "--data-path", "unused", "--tokenizer-model", "unused", "--train-iters", "1",
+    "--num-layers", str(NUM_LAYERS), "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
+    "--seq-length", str(SEQ), "--hidden-dropout", "0", "--attention-dropout", "0",
+    "--position-embedding-type", "rope", "--normalization", "RMSNorm", "--swiglu", "--untie-embeddings-and-output-weights",
+]
 
 
 def global_batch() -> dict[str, torch.Tensor]:
@@ -102,15 +94,13 @@ def forward_step(sketchers: list, only_domain: int | None, data_iterator: Iterat
 def build_model(tp: int = 1, pp: int = 1, bf16: bool = False) -> torch.nn.Module:
     from megatron.core import parallel_state
 
+    from megatron_acodm.arguments import parse_args
     from megatron_acodm.model import gpt_model_provider, pad_vocab_size
 
-    args = SimpleNamespace(
-        **MODEL_ARGS,
-        padded_vocab_size=pad_vocab_size(VOCAB, 128, tp),
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        bf16=bf16,
-    )
+    layout_argv = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)] + (["--bf16"] if bf16 else [])
+    args = parse_args(MODEL_ARGV + layout_argv)
+    args.add_bias_linear = False
+    args.padded_vocab_size = pad_vocab_size(VOCAB, args.make_vocab_size_divisible_by, tp)
     model = gpt_model_provider(
         args, pre_process=parallel_state.is_pipeline_first_stage(), post_process=parallel_state.is_pipeline_last_stage()
     )
@@ -178,7 +168,7 @@ def exact_domain_gradients(model, batch: dict) -> torch.Tensor:
     """`[K, P]` float64: each domain's summed gradient of the sketched layers' linear_fc2 weights, flattened."""
     from megatron_acodm.sketch import parse_sketch_layers
 
-    layers = parse_sketch_layers(SKETCH_LAYERS, MODEL_ARGS["num_layers"])
+    layers = parse_sketch_layers(SKETCH_LAYERS, NUM_LAYERS)
     weights = [model.decoder.layers[index].mlp.linear_fc2.weight for index in layers]
     gradients = []
     for domain in range(NUM_DOMAINS):

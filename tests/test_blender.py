@@ -11,8 +11,9 @@ import torch
 
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from megatron_acodm.data import DataError, DynamicBlender, Manifest, load_manifest, parse_data_path
+from megatron_acodm.data import DynamicBlender, Manifest, load_manifest, parse_data_path
 from megatron_acodm.data.manifest import Domain
+from megatron_acodm.errors import UserError
 
 SEQ = 16
 BATCH = 12
@@ -126,7 +127,7 @@ def test_initial_weights_from_megatron_data_path(corpus, tokenizer):
     folder = os.path.dirname(corpus)
     manifest = parse_data_path(["0.2", f"{folder}/alpha_text_document", "0.8", f"{folder}/gamma_text_document"])
     assert manifest.names == ["alpha", "gamma"]
-    blender = DynamicBlender(manifest, tokenizer, seq_length=SEQ, global_batch_size=10)
+    blender = DynamicBlender(manifest, tokenizer, seq_length=SEQ, global_batch_size=10, seed=7)
     assert numpy.allclose(blender.initial_weights, [0.2, 0.8])
 
 
@@ -144,13 +145,13 @@ def test_initial_weights_from_megatron_data_path(corpus, tokenizer):
     ],
 )
 def test_bad_data_path_is_refused_clearly(data_path, message):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(UserError, match=message):
         parse_data_path(data_path)
 
 
 def test_bad_weights_at_plan_time_are_refused(corpus, tokenizer):
     blender = _blender(corpus, tokenizer)
-    with pytest.raises(DataError, match="not a finite number"):
+    with pytest.raises(UserError, match="not a finite number"):
         blender.plan(0, [float("nan"), 0.5, 0.5])
     with pytest.raises(ValueError, match="expected 3 weights"):
         blender.plan(0, [0.5, 0.5])
@@ -175,24 +176,24 @@ def _corrupt(corpus, domain, action):
 )
 def test_corrupt_files_are_named(corpus, tokenizer, action, message):
     _corrupt(corpus, "beta", action)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(UserError, match=message):
         _blender(corpus, tokenizer)
 
 
 def test_token_ids_beyond_vocabulary_are_refused(tmp_path, tokenizer):
     prefix = _write_domain(str(tmp_path), "wide", [[5, 6, tokenizer.vocab_size + 3]] * 40)
     manifest = parse_data_path([prefix])
-    with pytest.raises(DataError, match=rf"wide_text_document\.bin: token id {tokenizer.vocab_size + 3} is beyond"):
-        DynamicBlender(manifest, tokenizer, seq_length=SEQ, global_batch_size=4)
+    with pytest.raises(UserError, match=rf"wide_text_document\.bin: token id {tokenizer.vocab_size + 3} is beyond"):
+        DynamicBlender(manifest, tokenizer, seq_length=SEQ, global_batch_size=4, seed=7)
 
 
 def test_empty_and_too_short_domains_are_refused(tmp_path, tokenizer):
     empty = _write_domain(str(tmp_path), "empty", [])
-    with pytest.raises(DataError, match="holds no documents"):
-        DynamicBlender(parse_data_path([empty]), tokenizer, seq_length=SEQ, global_batch_size=4)
+    with pytest.raises(UserError, match="holds no documents"):
+        DynamicBlender(parse_data_path([empty]), tokenizer, seq_length=SEQ, global_batch_size=4, seed=7)
     short = _write_domain(str(tmp_path), "short", [[5, 6, 7]] * 3)
-    with pytest.raises(DataError, match="'short' has no training sample of 17 tokens"):
-        DynamicBlender(parse_data_path([short]), tokenizer, seq_length=SEQ, global_batch_size=4)
+    with pytest.raises(UserError, match="'short' has no training sample of 17 tokens"):
+        DynamicBlender(parse_data_path([short]), tokenizer, seq_length=SEQ, global_batch_size=4, seed=7)
 
 
 def test_manifest_from_another_tokenizer_is_refused(corpus, tokenizer):
@@ -201,7 +202,7 @@ def test_manifest_from_another_tokenizer_is_refused(corpus, tokenizer):
     document["tokenizer"]["model_sha256"] = "0" * 64
     with open(corpus, "w") as stream:
         json.dump(document, stream)
-    with pytest.raises(DataError, match="pass the tokenizer the corpus was made with"):
+    with pytest.raises(UserError, match="pass the tokenizer the corpus was made with"):
         _blender(corpus, tokenizer)
 
 
@@ -216,9 +217,9 @@ def test_state_of_other_domains_is_refused(corpus, tokenizer, tmp_path):
 def test_unreadable_manifest_names_the_file(tmp_path):
     path = tmp_path / "domains.json"
     path.write_text("{not json")
-    with pytest.raises(DataError, match=r"domains\.json: not valid JSON"):
+    with pytest.raises(UserError, match=r"domains\.json: not valid JSON"):
         load_manifest(str(path))
-    with pytest.raises(DataError, match=r"no such manifest; create it with tools/preprocess_domains.py"):
+    with pytest.raises(UserError, match=r"no such manifest; create it with tools/preprocess_domains.py"):
         load_manifest(str(tmp_path / "missing.json"))
 
 
@@ -229,14 +230,14 @@ def test_weights_near_the_float_maximum_normalise_without_overflow():
 
 def test_folder_as_data_path_points_to_its_manifest(corpus, tmp_path):
     folder = os.path.dirname(corpus)
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(UserError) as caught:
         parse_data_path([folder])
     assert str(caught.value) == (
         f"--data-path {folder}: is a folder; pass the domains.json that tools/preprocess_domains.py wrote there: "
         f"--data-path {corpus}"
     )
     (tmp_path / "jsonl").mkdir()
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(UserError) as caught:
         parse_data_path(["0.5", str(tmp_path / "jsonl"), "0.5", f"{folder}/alpha_text_document"])
     assert str(caught.value) == (
         f"--data-path {tmp_path / 'jsonl'}: is a folder, not a domains.json or a .bin/.idx prefix; pass the "
@@ -246,7 +247,7 @@ def test_folder_as_data_path_points_to_its_manifest(corpus, tmp_path):
 
 @pytest.mark.parametrize("data_path", [["books.jsonl"], ["web.jsonl.gz"], ["0.5", "a_text_document", "0.5", "web.jsonl.zst"]])
 def test_raw_jsonl_as_data_path_says_to_preprocess_first(data_path):
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(UserError) as caught:
         parse_data_path(data_path)
     raw = data_path[-1]
     assert str(caught.value) == (
@@ -271,7 +272,7 @@ def test_mistyped_manifest_field_is_named(tmp_path, field, value, label, expecte
     entries = [{"name": "ok", "prefix": "ok_text_document"}, {"name": "web", "prefix": "web_text_document", field: value}]
     path = tmp_path / "domains.json"
     path.write_text(json.dumps({"version": 1, "tokenizer": None, "domains": entries}))
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(UserError) as caught:
         parse_data_path([str(path)])
     assert str(caught.value) == (
         f"{path}: domain {label}: field '{field}' is {json.dumps(value)}, expected {expected}; "
@@ -283,5 +284,5 @@ def test_mistyped_manifest_tokenizer_is_named(tmp_path):
     path = tmp_path / "domains.json"
     path.write_text(json.dumps({"version": 1, "tokenizer": "spm", "domains": [{"name": "a", "prefix": "a"}]}))
     message = r"domains\.json: field 'tokenizer' is \"spm\", expected an object .* or null; correct it, or delete the manifest"
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(UserError, match=message):
         load_manifest(str(path))

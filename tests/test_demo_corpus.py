@@ -1,108 +1,152 @@
 """Tests of the demo-corpus builder's readers, shaping, selection, output and error handling.
 
-Everything here runs offline on small inputs the tests make themselves.
+Everything here runs offline: on small inputs the tests make themselves, on files R wrote (an
+index embedded below, and objects in the rdata wheel's test data) and, when a demo-corpus build
+has cached it, on the Debian package the books source reads.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import json
 import shutil
 import struct
 import subprocess
+import zipfile
 import zlib
 from pathlib import Path
 
+import numpy
 import pytest
+import rdata
 import sentencepiece
 
-from megatron_acodm.corpus import build as build_module
-from megatron_acodm.corpus import tokenizer
-from megatron_acodm.corpus.build import BuildOptions, build
-from megatron_acodm.corpus.documents import finish, pack, split_long
-from megatron_acodm.corpus.fetch import Fetcher, FetchError
-from megatron_acodm.corpus.formats import bsdquiz, dictd, mallard, miniyaml
-from megatron_acodm.corpus.formats.fortune import is_offensive, split_fortunes
-from megatron_acodm.corpus.formats.metamath import strip_proofs
-from megatron_acodm.corpus.formats.rdata import read_character_vectors
-from megatron_acodm.corpus.output import atomic_path, jsonl_bytes, write_bytes
-from megatron_acodm.corpus.selection import hash_order, take_balanced
-from megatron_acodm.corpus.sources import Extracted, Source, SourceUnavailable
-from megatron_acodm.corpus.sources.books import austen_chapters
-from megatron_acodm.corpus.sources.multilingual import SOURCES as MULTILINGUAL_SOURCES
+from demo_corpus import build as build_module
+from demo_corpus import tokenizer_training
+from demo_corpus.build import BuildOptions, build
+from demo_corpus.documents import finish, pack, split_long
+from demo_corpus.fetch import DEFAULT_CACHE_DIR, Fetcher, FetchError
+from demo_corpus.formats import bsdquiz, dictd, mallard
+from demo_corpus.formats.fortune import is_offensive, split_fortunes
+from demo_corpus.formats.metamath import strip_proofs
+from demo_corpus.formats.r_lazyload import (
+    RDataError,
+    read_character_vectors,
+    read_lazyload_index,
+    read_lazyload_record,
+)
+from demo_corpus.output import jsonl_bytes, write_bytes
+from demo_corpus.selection import hash_order, take_balanced
+from demo_corpus.sources import Extracted, Source, SourceUnavailable
+from demo_corpus.sources.books import austen_chapters, austen_novels
+from demo_corpus.sources.dialogue import CHATTERBOT, chatterbot_english
+from demo_corpus.sources.multilingual import SOURCES as MULTILINGUAL_SOURCES
+from demo_corpus.sources.targets import GSM8K_TASK, LM_EVAL, gsm8k_exemplars
+from megatron_acodm.atomic_files import atomic_write
 
 # ---------------------------------------------------------------------------------------------
-# R serialization: a minimal XDR writer for what R stores in a package's data lazy-load database.
+# R data: lazy-load databases as R writes them, objects read by the rdata package
 
-CHARSXP, SYMSXP, LISTSXP, LGLSXP, INTSXP, STRSXP, VECSXP = 9, 1, 2, 10, 13, 16, 19
-HAS_ATTRIBUTES, HAS_TAG = 1 << 9, 1 << 10
-ASCII_LEVEL, UTF8_LEVEL = 1 << 6, 1 << 3
-
-
-def xdr(number: int) -> bytes:
-    return struct.pack(">i", number)
-
-
-class RWriter:
-    """Writes one serialization stream; symbols are written once and then referenced, as R does."""
-
-    def __init__(self):
-        self.symbols: list[str] = []
-
-    def stream(self, item: bytes) -> bytes:
-        return b"X\n" + xdr(3) + xdr(0x040201) + xdr(0x030500) + xdr(5) + b"UTF-8" + item
-
-    def string(self, text) -> bytes:
-        if text is None:
-            return xdr(CHARSXP) + xdr(-1)
-        data = text.encode("utf-8")
-        level = ASCII_LEVEL if text.isascii() else UTF8_LEVEL
-        return xdr(CHARSXP | (level << 12)) + xdr(len(data)) + data
-
-    def symbol(self, name: str) -> bytes:
-        if name in self.symbols:
-            return xdr(((self.symbols.index(name) + 1) << 8) | 0xFF)  # REFSXP
-        self.symbols.append(name)
-        return xdr(SYMSXP) + self.string(name)
-
-    def character(self, values) -> bytes:
-        return xdr(STRSXP) + xdr(len(values)) + b"".join(self.string(value) for value in values)
-
-    def integers(self, values) -> bytes:
-        return xdr(INTSXP) + xdr(len(values)) + b"".join(xdr(value) for value in values)
-
-    def named_list(self, items: dict) -> bytes:
-        names_attribute = xdr(LISTSXP | HAS_TAG) + self.symbol("names") + self.character(list(items)) + xdr(254)
-        return xdr(VECSXP | HAS_ATTRIBUTES) + xdr(len(items)) + b"".join(items.values()) + names_attribute
+# usr/lib/R/site-library/janeaustenr/data/Rdata.rdx from Debian's r-cran-janeaustenr 1.0.0-1, as R
+# 4.2.1 wrote it when the package was built: the index of the database the books source reads.
+JANEAUSTENR_RDX = base64.b64decode(
+    "H4sIAAAAAAAAA1WQ0UrDMBSG/6apsEJnxT3BLhXvBYeXPoGCFxNJ2zMXbdKSbMIewjfxAQTxKXwcQU3TkLGLk/z/d8LJn9znAFJw"
+    "liDNnER2d3tzcQmwU98Y9yNXhSsGf+TxPPpBZ8u36PPPD7D3ZfTFegb2fRZ9eXUNPv+KfvbwA36ygEvgfAKOyXCDFoqsE6W/fISc"
+    "lBJBF0pou5LUNr0wLwEe685s1kI/kRFVRbuA856M3QorOx3ItDeyod7Q87aRNQVaWtKWhkVWspWbnWO/4QMwBkz+QiaMPeQ+tK+D"
+    "fhpmTl6FkaJq3WNCGEMrMqTrPak75aJYS80w9B/7URx+kQEAAA=="
+)
+# Objects R serialized (`serialize(x, con, xdr = TRUE, version = 3)`), shipped in the rdata wheel.
+R_WRITTEN = {
+    "utf8": ("test_encoding_utf8", ["eĥoŝanĝo ĉiuĵaŭde"]),
+    "latin1": ("test_encoding_latin1", ["cañón"]),
+    "missing": ("test_na_string", [None]),
+    "ascii": (
+        "test_ascii_characters",
+        [
+            "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+            "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ \t\n\r\v\f\r\n"
+        ],
+    ),
+    "a_list": ("test_list", None),  # list(1, c("a", "b", "c"), c(2, 3), "hi"): not a character vector
+}
 
 
-def r_lazyload_database(vectors: dict) -> tuple[bytes, bytes]:
-    """(.rdx, .rdb) bytes holding `vectors`, laid out like R's makeLazyLoadDB with zlib compression."""
-    rdb, variables = b"", {}
-    index_writer = RWriter()
-    for name, values in vectors.items():
-        writer = RWriter()
-        payload = writer.stream(writer.character(values))
+def r_serialization(name: str) -> bytes:
+    return (rdata.TESTDATA_PATH / "generated" / f"{name}__xdr__version_3.rds").read_bytes()
+
+
+def lazyload_records(payloads: dict) -> tuple[bytes, dict]:
+    """An .rdb of `payloads` framed as makeLazyLoadDB does (size, zlib stream) and their (offset, length)."""
+    rdb, places = b"", {}
+    for name, payload in payloads.items():
         record = struct.pack(">I", len(payload)) + zlib.compress(payload)
-        variables[name] = index_writer.integers([len(rdb), len(record)])
+        places[name] = (len(rdb), len(record))
         rdb += record
-    index = index_writer.named_list(
-        {
-            "variables": index_writer.named_list(variables),
-            "references": index_writer.named_list({}),
-            "compressed": xdr(LGLSXP) + xdr(1) + xdr(1),
-        }
-    )
-    return gzip.compress(index_writer.stream(index)), rdb
+    return rdb, places
 
 
-def test_r_reader_returns_the_character_vectors_exactly():
-    vectors = {
-        "emma": ["EMMA", "", "By Jane Austen", "Café — naïve", None],
-        "persuasion": ["Persuasion", "Chapter 1", "Sir Walter Elliot, of Kellynch Hall"],
+def test_lazyload_index_written_by_r_gives_each_novels_place():
+    assert read_lazyload_index(JANEAUSTENR_RDX) == {
+        "emma": (0, 352043),
+        "mansfieldpark": (352043, 351373),
+        "northangerabbey": (703416, 175196),
+        "persuasion": (878612, 185130),
+        "prideprejudice": (1063742, 271037),
+        "sensesensibility": (1334779, 266556),
     }
-    rdx, rdb = r_lazyload_database(vectors)
-    assert read_character_vectors(rdx, rdb) == vectors
+
+
+def test_records_r_serialized_come_back_as_exact_character_vectors(tmp_path):
+    rdb, places = lazyload_records({name: r_serialization(file) for name, (file, _) in R_WRITTEN.items()})
+    for name, (_, expected) in R_WRITTEN.items():
+        value = read_lazyload_record(rdb, *places[name])
+        if expected is not None:
+            assert value.tolist() == expected, name
+    # The index itself written by rdata's writer (R's own index is checked above).
+    variables = {name: numpy.array(place, dtype=numpy.int32) for name, place in places.items()}
+    rdata.write_rds(tmp_path / "Rdata.rdx", {"variables": variables, "compressed": True})
+    vectors = read_character_vectors((tmp_path / "Rdata.rdx").read_bytes(), rdb)
+    assert vectors == {name: expected for name, (_, expected) in R_WRITTEN.items() if expected is not None}
+    assert list(vectors) == ["utf8", "latin1", "missing", "ascii"]  # the index's order
+
+
+def test_unreadable_r_data_is_an_rdata_error():
+    with pytest.raises(RDataError, match="not a lazy-load index"):
+        read_lazyload_index(gzip.compress(r_serialization("test_list")))
+    with pytest.raises(RDataError, match="not a readable R serialization"):
+        read_lazyload_index(b"not R data at all")
+    rdb, places = lazyload_records({"utf8": r_serialization("test_encoding_utf8")})
+    with pytest.raises(RDataError, match="offset 0 inflates to"):
+        read_lazyload_record(struct.pack(">I", 1) + rdb[4:], *places["utf8"])
+    with pytest.raises(RDataError, match="offset 0 is not a zlib-compressed record"):
+        read_lazyload_record(b"\0\0\0\5hello", 0, 9)
+    rdb, places = lazyload_records({"cut": r_serialization("test_list")[:-20]})
+    with pytest.raises(RDataError, match="not a readable R serialization"):
+        read_lazyload_record(rdb, *places["cut"])
+
+
+AUSTEN_DEB = DEFAULT_CACHE_DIR / "debian" / "r-cran-janeaustenr_1.0.0-1_all.deb"
+
+
+@pytest.mark.skipif(
+    not AUSTEN_DEB.is_file() or shutil.which("dpkg-deb") is None,
+    reason=f"needs {AUSTEN_DEB} (cached by a demo-corpus build) and dpkg-deb",
+)
+def test_austen_novels_read_from_the_cached_debian_package_are_unchanged(tmp_path):
+    """The whole R-written database of the books source: the same 269 chapters as the previous reader."""
+    (tmp_path / "debian").mkdir()
+    shutil.copy(AUSTEN_DEB, tmp_path / "debian")
+    extracted = austen_novels(Fetcher(tmp_path))
+    titles = {document.split("\n\n", 1)[0] for document in extracted.documents}
+    assert titles == {
+        "EMMA", "MANSFIELD PARK", "NORTHANGER ABBEY", "PRIDE AND PREJUDICE", "Persuasion", "SENSE AND SENSIBILITY"
+    }
+    assert len(extracted.documents) == 269
+    assert extracted.documents[0].startswith("EMMA\n\nCHAPTER I\n\nEmma Woodhouse, handsome, clever, and rich,")
+    digest = hashlib.sha256("\0".join(extracted.documents).encode("utf-8")).hexdigest()
+    assert digest == "2400902603c8c50756edb8142cf7a14226f2c25ee55ff598fadc943c328addc4"
 
 
 def test_austen_chapters_unwrap_paragraphs_and_carry_the_title():
@@ -212,30 +256,84 @@ def test_bsd_quiz_patterns_take_optional_text_and_first_alternatives():
     ]
 
 
-def test_miniyaml_reads_chatterbot_and_lm_eval_styles():
-    chatterbot = (
-        "categories:\n- AI\nconversations:\n- - What is AI?\n  - A branch of\n    engineering.\n"
-        "- - Yes\n  - |\n    code:\n      x = 1\n\n- - 'It''s'\n  - \"tab\\tand \\u00e9\"\n"
-    )
-    assert miniyaml.load(chatterbot) == {
-        "categories": ["AI"],
-        "conversations": [
-            ["What is AI?", "A branch of engineering."],
-            ["Yes", "code:\n  x = 1\n"],
-            ["It's", "tab\tand é"],
-        ],
-    }
-    task = (
-        "doc_to_text: 'Q: {{question}}\n\n  A:'\nfewshot_config:\n  sampler: first_n\n  samples:\n"
-        "  - question: There are 15 trees in the\n      grove. # comment\n    target: The answer is 6.\n"
-    )
-    assert miniyaml.load(task) == {
-        "doc_to_text": "Q: {{question}}\nA:",
-        "fewshot_config": {
-            "sampler": "first_n",
-            "samples": [{"question": "There are 15 trees in the grove.", "target": "The answer is 6."}],
+def cached_wheel(cache_dir: Path, package: tuple[str, str], members: dict) -> None:
+    """Put a wheel holding `members` where the Fetcher looks for `package`, so nothing is downloaded."""
+    folder = cache_dir / "pypi"
+    folder.mkdir(parents=True, exist_ok=True)
+    name, version = package
+    with zipfile.ZipFile(folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as wheel:
+        for member, text in members.items():
+            wheel.writestr(member, text)
+
+
+def offline_fetcher(cache_dir: Path) -> Fetcher:
+    def run(command, **kwargs):
+        raise AssertionError(f"nothing should be downloaded: {command}")
+
+    return Fetcher(cache_dir, run=run)
+
+
+CHATTERBOT_AI = (
+    "categories:\n- AI\nconversations:\n- - What is AI?\n  - A branch of\n    engineering.\n"
+    "- - Yes\n  - |\n    code:\n      x = 1\n\n- - 'It''s'\n  - \"tab\\tand \\u00e9\"\n- - No\n  - 3.10\n"
+)
+
+
+def test_chatterbot_dialogues_keep_every_turn_as_written(tmp_path):
+    cached_wheel(
+        tmp_path,
+        CHATTERBOT,
+        {
+            "chatterbot_corpus/data/english/ai.yml": CHATTERBOT_AI,
+            "chatterbot_corpus/data/english/notes.txt": "not: [yaml",
+            "chatterbot_corpus/data/spanish/ia.yml": "conversations:\n- - Hola\n  - Hola\n",
         },
-    }
+    )
+    extracted = chatterbot_english(offline_fetcher(tmp_path))
+    # Plain, multi-line, block, quoted and escaped scalars; "Yes", "No" and "3.10" stay the text written.
+    assert extracted.documents == [
+        "A: What is AI?\nB: A branch of engineering.\n\nA: Yes\nB: code:\n  x = 1\n\n"
+        "A: It's\nB: tab\tand é\n\nA: No\nB: 3.10"
+    ]
+    assert extracted.origins[0]["file"] == "chatterbot_corpus-1.3.3-py3-none-any.whl"
+
+
+def test_gsm8k_exemplars_come_from_the_lm_eval_task_file(tmp_path):
+    task = (
+        "doc_to_text: 'Q: {{question}}\n\n  A:'\nprocess_results: !function utils.process_results\n"
+        "fewshot_config:\n  sampler: first_n\n  samples:\n"
+        "  - question: There are 15 trees in the\n      grove. # comment\n    target: The answer is 6.\n"
+        "  - question: How many is 3 + 2?\n    target: 5\n"
+    )
+    cached_wheel(tmp_path, LM_EVAL, {GSM8K_TASK: task})
+    extracted = gsm8k_exemplars(offline_fetcher(tmp_path))
+    assert extracted.documents == [
+        "Question: There are 15 trees in the grove.\nAnswer: The answer is 6.",
+        "Question: How many is 3 + 2?\nAnswer: 5",
+    ]
+    assert extracted.origins == [
+        {"registry": "pypi", "package": "lm-eval", "version": "0.4.13", "file": "lm_eval-0.4.13-py3-none-any.whl",
+         "member": GSM8K_TASK}
+    ]
+
+
+def test_unparsable_yaml_is_a_skipped_source_naming_the_file_and_line(tmp_path):
+    unclosed = "conversations:\n- - Hi\n  - [unclosed\n"
+    cached_wheel(tmp_path / "a", CHATTERBOT, {"chatterbot_corpus/data/english/ai.yml": unclosed})
+    with pytest.raises(SourceUnavailable) as raised:
+        chatterbot_english(offline_fetcher(tmp_path / "a"))
+    message = str(raised.value)
+    assert message.startswith(
+        "cannot parse chatterbot_corpus/data/english/ai.yml in chatterbot_corpus-1.3.3-py3-none-any.whl: "
+    )
+    assert "line 4" in message and "\n" not in message
+    cached_wheel(tmp_path / "b", LM_EVAL, {GSM8K_TASK: "fewshot_config:\n  samples: [\n"})
+    wheel = "lm_eval-0.4.13-py3-none-any.whl"
+    with pytest.raises(SourceUnavailable, match=f"cannot parse {GSM8K_TASK} in {wheel}: .*line 3"):
+        gsm8k_exemplars(offline_fetcher(tmp_path / "b"))
+    cached_wheel(tmp_path / "c", LM_EVAL, {GSM8K_TASK: "fewshot_config: none\n"})
+    with pytest.raises(SourceUnavailable, match=f"no few-shot samples in {GSM8K_TASK}"):
+        gsm8k_exemplars(offline_fetcher(tmp_path / "c"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +383,8 @@ def test_interrupted_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_p
     target = tmp_path / "jsonl" / "books.jsonl"
     write_bytes(target, b"complete\n")
     with pytest.raises(KeyboardInterrupt):
-        with atomic_path(target) as temporary:
-            temporary.write_bytes(b"half a li")
+        with atomic_write(target, "wb") as stream:  # the writer write_bytes uses
+            stream.write(b"half a li")
             raise KeyboardInterrupt
     assert target.read_bytes() == b"complete\n"
     assert [path.name for path in target.parent.iterdir()] == ["books.jsonl"]
@@ -294,7 +392,7 @@ def test_interrupted_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_p
 
 def test_tokenizer_training_is_deterministic_with_distinct_pad_and_eos():
     sample = [f"line {i} of the sample, with words like alpha beta gamma {i * 7}\n  indented {i}" for i in range(300)]
-    first, second = tokenizer.train(sample, 300), tokenizer.train(sample, 300)
+    first, second = tokenizer_training.train(sample, 300), tokenizer_training.train(sample, 300)
     assert first == second
     processor = sentencepiece.SentencePieceProcessor(model_proto=first)
     assert (processor.unk_id(), processor.bos_id(), processor.eos_id(), processor.pad_id()) == (0, 1, 2, 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord, validation_means
 from run_metrics import read_metrics
 
@@ -324,7 +324,7 @@ def test_plot_errors_name_the_file_and_line(tmp_path, capsys, content, message):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and str(metrics) in error and message in error
     if content is not None and "training records" not in message:
-        with pytest.raises(DataError, match=re.escape(message)):
+        with pytest.raises(UserError, match=re.escape(message)):
             read_metrics(metrics)
 
 

@@ -10,7 +10,9 @@ import warnings
 
 import numpy
 import pytest
+import torch
 
+from megatron_acodm.arguments import parse_args
 from megatron_acodm.mixing import (
     DOMAIN_LOSSES,
     MIXERS,
@@ -228,6 +230,25 @@ def test_registry_builds_every_mixer_and_parses_its_options():
     assert isinstance(mixer, ODMMixer)
     assert (mixer.smoothing, mixer.warmup_steps, mixer.importance_weighting) == (0.9, 0, False)
     assert parser.parse_args([]).mixer == "static"
+
+
+def test_options_a_namespace_lacks_take_the_trainers_defaults():
+    """A partial Namespace (a test's, a benchmark's) builds the mixer the trainer's command line builds,
+    --seed included (AC-ODM's generator), from the one parser that defines the defaults."""
+    def run(*argv: str) -> argparse.Namespace:
+        return parse_args(["--data-path", "d.json", "--tokenizer-model", "t.model", "--train-iters", "100", *argv])
+
+    partial = argparse.Namespace(train_iters=100)
+    for name in MIXERS:
+        from_run, from_partial = (
+            build_mixer(name, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=args) for args in (run(), partial)
+        )
+        assert numpy.array_equal(from_run.weights(), from_partial.weights())
+    acodm = {
+        label: build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=args).generator.get_state()
+        for label, args in (("default", run()), ("partial", partial), ("7", run("--seed", "7")))
+    }
+    assert torch.equal(acodm["default"], acodm["partial"]) and not torch.equal(acodm["default"], acodm["7"])
 
 
 def test_unknown_mixer_is_refused_with_the_choices(capsys):

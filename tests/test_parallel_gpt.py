@@ -1,12 +1,14 @@
-"""megatron.core's GPT training machinery on CPU/gloo: every parallel layout gives the single-process numbers.
+"""The trainer's megatron.core machinery on CPU/gloo: every parallel layout gives the single-process numbers.
 
 Two launches of tests/parallel_worker.py serve all checks: one single process (which also saves
 the initial weights of two model families with dist_checkpointing) and one `torchrun
 --nproc-per-node 2` that runs TP=2, PP=2 (plain and interleaved), DP=2 (with and without the
-distributed optimizer), each loading those weights into its own layout. The families: "llama"
-(RoPE, RMSNorm, SwiGLU, 2 query groups, no biases, untied output layer) and "gpt" (learned
-positions, LayerNorm, GeLU, biases, tied embeddings); 4 layers, hidden 64, 4 heads, seq 32,
-vocab 512, micro-batch 2, global batch 8, 3 Adam steps with clipping.
+distributed optimizer), each loading those weights into its own layout. The worker takes its
+arguments from the trainer's parser and trains with `training.setup` (model, DDP, optimizer, LR
+schedule) and `training.step.run_step` (schedule, per-domain loss, all-reduce, update). The
+families: "llama" (RoPE, RMSNorm, SwiGLU, 2 query groups, no biases, untied output layer) and "gpt"
+(learned positions, LayerNorm, GeLU, biases, tied embeddings); 4 layers, hidden 64, 4 heads, seq
+32, vocab 512, micro-batch 2, global batch 8 over 2 domains, 3 Adam steps with clipping.
 
 Tolerance: 1e-5 relative on losses and gradient norms. The layouts sum the same fp32 products in
 another order (split matmuls, all-reduces): measured below 5e-7 relative.

@@ -1,4 +1,4 @@
-"""tools/preprocess_domains.py and megatron_acodm.data.preprocess: JSONL -> Megatron .bin/.idx + domains.json."""
+"""tools/preprocess_domains.py and tools/domain_indexing.py: JSONL -> Megatron .bin/.idx + domains.json."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
-from megatron_acodm.data import preprocess
-from megatron_acodm.data.errors import DataError
+import domain_indexing
+from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
 from megatron_acodm.data.manifest import Manifest, load_manifest
-from megatron_acodm.data.preprocess import PreprocessOptions, discover_inputs, preprocess_all
+from megatron_acodm.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "preprocess_domains.py")
-PROGRESS = preprocess.PROGRESS_NAME
+PROGRESS = domain_indexing.PROGRESS_NAME
 
 TRICKY_TEXTS = [
     "Plain ASCII prose.",
@@ -177,7 +177,7 @@ def test_zst_without_zstandard_names_the_file_and_the_fix(tmp_path, tokenizer_mo
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "web.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")
-    with pytest.raises(DataError, match=r"web\.jsonl\.zst.*pip install zstandard"):
+    with pytest.raises(UserError, match=r"web\.jsonl\.zst.*pip install zstandard"):
         run(inputs, tmp_path / "out", tokenizer_model)
 
 
@@ -263,7 +263,7 @@ def test_failed_run_leaves_the_previous_manifest_as_it_was(tmp_path, tokenizer_m
 
     make_jsonl_corpus(corpus, {"a": ["new text"]})  # rewritten before c fails
     make_jsonl_corpus(corpus, {"c": ["c text"]}, key="content")
-    with pytest.raises(DataError, match=r"c\.jsonl:1: no 'text' field"):
+    with pytest.raises(UserError, match=r"c\.jsonl:1: no 'text' field"):
         run(corpus, out, tokenizer_model)
     assert (out / "domains.json").read_bytes() == published
     assert load_manifest(str(out / PROGRESS)).names == ["a", "b"]
@@ -283,7 +283,7 @@ class Interrupted(Exception):
 
 def interrupt_after(monkeypatch, documents: int) -> None:
     """Make the writer raise after `documents` more documents, as a crash or Ctrl-C would."""
-    original = preprocess.IndexedDatasetBuilder.add_document
+    original = domain_indexing.IndexedDatasetBuilder.add_document
     calls = {"count": 0}
 
     def add_document(self, *args, **kwargs):
@@ -292,7 +292,7 @@ def interrupt_after(monkeypatch, documents: int) -> None:
             raise Interrupted()
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(preprocess.IndexedDatasetBuilder, "add_document", add_document)
+    monkeypatch.setattr(domain_indexing.IndexedDatasetBuilder, "add_document", add_document)
 
 
 def test_interrupted_run_keeps_finished_domains_and_leaves_no_half_files(
@@ -333,7 +333,7 @@ def test_bad_json_line_names_file_and_line(tmp_path, tokenizer_model, workers):
     lines = [json.dumps({"text": f"document {index}"}) for index in range(200)]
     lines[150] = '{"text": "unterminated'
     (inputs / "web.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=rf"{inputs / 'web.jsonl'}:151: not valid JSON"):
+    with pytest.raises(UserError, match=rf"{inputs / 'web.jsonl'}:151: not valid JSON"):
         run(inputs, tmp_path / "out", tokenizer_model, workers=workers)
     assert not [name for name in os.listdir(tmp_path / "out") if "web" in name]
 
@@ -352,7 +352,7 @@ def test_bad_records_name_file_and_line(tmp_path, tokenizer_model, line, message
     inputs.mkdir()
     raw = line if isinstance(line, bytes) else line.encode()
     (inputs / "web.jsonl").write_bytes(b'{"text": "fine"}\n' + raw + b"\n")
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(UserError, match=message):
         run(inputs, tmp_path / "out", tokenizer_model)
 
 
@@ -361,21 +361,21 @@ def test_truncated_gzip_names_the_file(tmp_path, tokenizer_model):
     inputs.mkdir()
     data = gzip.compress(b'{"text": "repeated line"}\n' * 1000)
     (inputs / "web.jsonl.gz").write_bytes(data[:-20])
-    with pytest.raises(DataError, match=r"web\.jsonl\.gz: cannot be read.*check the file is complete"):
+    with pytest.raises(UserError, match=r"web\.jsonl\.gz: cannot be read.*check the file is complete"):
         run(inputs, tmp_path / "out", tokenizer_model)
 
 
 @pytest.mark.parametrize("texts", [[], ["", ""]])
 def test_empty_domain_is_an_error(tmp_path, tokenizer_model, make_jsonl_corpus, texts):
     corpus = make_jsonl_corpus(tmp_path / "in", {"empty": texts})
-    with pytest.raises(DataError, match=r"empty\.jsonl: domain 'empty' has no text.*drop it or add text"):
+    with pytest.raises(UserError, match=r"empty\.jsonl: domain 'empty' has no text.*drop it or add text"):
         run(corpus, tmp_path / "out", tokenizer_model)
     assert os.listdir(tmp_path / "out") == []
 
 
 def test_missing_tokenizer_model(tmp_path, make_jsonl_corpus):
     corpus = make_jsonl_corpus(tmp_path / "in", {"a": ["text"]})
-    with pytest.raises(DataError, match=r"missing\.model.*does not exist"):
+    with pytest.raises(UserError, match=r"missing\.model.*does not exist"):
         run(corpus, tmp_path / "out", str(tmp_path / "missing.model"))
 
 
@@ -388,7 +388,7 @@ def test_manifest_from_another_tokenizer_is_refused_without_force(tmp_path, toke
     stored["tokenizer"]["model_sha256"] = "0" * 64
     stored["domains"].append({"name": "other", "prefix": "other_text_document"})
     manifest_path.write_text(json.dumps(stored))
-    with pytest.raises(DataError, match=r"domains\.json: written with another tokenizer.*--force.*--output-dir"):
+    with pytest.raises(UserError, match=r"domains\.json: written with another tokenizer.*--force.*--output-dir"):
         run(corpus, out, tokenizer_model)
     manifest = run(corpus, out, tokenizer_model, force=True)
     assert manifest.tokenizer == tokenizer.identity.to_json() and manifest.names == ["a"]
@@ -405,20 +405,20 @@ def test_manifest_from_another_tokenizer_is_refused_without_force(tmp_path, toke
     ],
 )
 def test_bad_domain_arguments(kwargs, message):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(UserError, match=message):
         discover_inputs(**kwargs)
 
 
 def test_input_folder_problems(tmp_path, make_jsonl_corpus):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no domains found"):
+    with pytest.raises(UserError, match="no domains found"):
         discover_inputs(input_dir=str(tmp_path / "empty"))
     (tmp_path / "empty" / "web").mkdir()
-    with pytest.raises(DataError, match=r"web: holds no \.jsonl"):
+    with pytest.raises(UserError, match=r"web: holds no \.jsonl"):
         discover_inputs(input_dir=str(tmp_path / "empty"))
     make_jsonl_corpus(tmp_path / "twice", {"web": ["x"]})
     (tmp_path / "twice" / "web.jsonl.gz").write_bytes(gzip.compress(b'{"text": "x"}\n'))
-    with pytest.raises(DataError, match="'web' appears twice"):
+    with pytest.raises(UserError, match="'web' appears twice"):
         discover_inputs(input_dir=str(tmp_path / "twice"))
 
 

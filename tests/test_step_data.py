@@ -46,7 +46,7 @@ def test_data_parallel_slices_partition_the_global_batch():
 
 
 def test_micro_batches_tag_every_sequence_with_its_domain(preprocessed_corpus, tokenizer):
-    blender = DynamicBlender(parse_data_path([preprocessed_corpus]), tokenizer, seq_length=16, global_batch_size=8, split="90,10,0")
+    blender = DynamicBlender(parse_data_path([preprocessed_corpus]), tokenizer, seq_length=16, global_batch_size=8, seed=7, split="90,10,0")
     plan = blender.plan(0, [0.25, 0.25, 0.5])
     batches = micro_batches(blender.sample, plan.domain_ids, plan.sample_ids, 4)
     assert len(batches) == 2 and batches[0]["tokens"].shape == (4, 16)

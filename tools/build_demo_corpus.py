@@ -16,16 +16,22 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_acodm.corpus.build import (
-    ALL_PARTS,
-    DEFAULT_MAX_MB_PER_DOMAIN,
-    DEFAULT_VOCAB_SIZE,
-    VOCAB_SIZE_RANGE,
-    BuildError,
-    BuildOptions,
-    build,
-)
-from megatron_acodm.corpus.fetch import DEFAULT_CACHE_DIR, FetchError
+try:
+    from demo_corpus.build import (
+        ALL_PARTS,
+        DEFAULT_MAX_MB_PER_DOMAIN,
+        DEFAULT_VOCAB_SIZE,
+        VOCAB_SIZE_RANGE,
+        BuildError,
+        BuildOptions,
+        build,
+    )
+    from demo_corpus.fetch import DEFAULT_CACHE_DIR, FetchError
+except ModuleNotFoundError as missing:
+    if missing.name not in ("yaml", "rdata"):
+        raise
+    sys.exit(f"error: the demo corpus builder needs PyYAML and rdata ({missing.name} is missing): "
+             'pip install -e ".[demo]"')
 
 
 def parse_parts(text: str) -> tuple[str, ...]:

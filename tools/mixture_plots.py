@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any, Optional, Sequence, Union
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from run_metrics import read_metrics
 
 _INSTALL_HINT = "pip install matplotlib (or pip install 'megatron-acodm[plot]')"
@@ -33,7 +33,7 @@ def plot_mixture(metrics_path: Union[str, os.PathLike], output_path: Optional[Un
     metrics_path = os.fspath(metrics_path)
     headers, train, valid = read_metrics(metrics_path)
     if not train:
-        raise DataError(f"{metrics_path}: no training records (kind \"train\") to plot")
+        raise UserError(f"{metrics_path}: no training records (kind \"train\") to plot")
     output = os.fspath(output_path) if output_path is not None else default_output_path(metrics_path)
     figure = _draw(headers, train, valid)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

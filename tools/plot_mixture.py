@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from mixture_plots import PlotDependencyError, plot_mixture
 
 
@@ -28,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         output = plot_mixture(args.metrics, args.output)
-    except (DataError, PlotDependencyError) as error:
+    except (UserError, PlotDependencyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {output}")

@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 # megatron.core warns at import that Transformer Engine and Apex are missing; tokenizing needs neither.
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
 
-from megatron_acodm.data.errors import DataError  # noqa: E402
-from megatron_acodm.data.preprocess import (  # noqa: E402
+from megatron_acodm.errors import UserError  # noqa: E402
+from domain_indexing import (  # noqa: E402
     DEFAULT_JSON_KEY,
     PreprocessOptions,
     discover_inputs,
@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         preprocess_all(discover_inputs(args.input, args.domain), options)
-    except DataError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -10,18 +10,18 @@ import json
 import os
 from typing import Any, Union
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 
 
 def _parse_line(path: str, number: int, line: str) -> dict[str, Any]:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}, line {number}: not a JSON record ({error.msg})") from None
+        raise UserError(f"{path}, line {number}: not a JSON record ({error.msg})") from None
     if not isinstance(data, dict):
-        raise DataError(f"{path}, line {number}: a record must be a JSON object")
+        raise UserError(f"{path}, line {number}: a record must be a JSON object")
     if data.get("kind") in ("train", "valid") and not isinstance(data.get("iteration"), int):
-        raise DataError(f"{path}, line {number}: a {data['kind']} record needs an integer iteration")
+        raise UserError(f"{path}, line {number}: a {data['kind']} record needs an integer iteration")
     return data
 
 
@@ -39,11 +39,11 @@ def read_metrics(
         with open(path, encoding="utf-8") as file:
             lines = file.readlines()
     except FileNotFoundError:
-        raise DataError(f"{path}: no such metrics file") from None
+        raise UserError(f"{path}: no such metrics file") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read it ({error})") from None
+        raise UserError(f"{path}: cannot read it ({error})") from None
     if not any(line.strip() for line in lines):
-        raise DataError(f"{path}: the metrics file is empty")
+        raise UserError(f"{path}: the metrics file is empty")
     headers: list[dict[str, Any]] = []
     by_kind: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "valid": {}}
     for number, line in enumerate(lines, start=1):

@@ -1,12 +1,10 @@
 """Per-domain corpora: the domains manifest, tokenizer adapters and the dynamic blender."""
 
 from megatron_acodm.data.blender import DynamicBlender, StepPlan
-from megatron_acodm.data.errors import DataError
 from megatron_acodm.data.manifest import Domain, Manifest, load_manifest, parse_data_path
 from megatron_acodm.data.tokenizers import Tokenizer
 
 __all__ = [
-    "DataError",
     "Domain",
     "DynamicBlender",
     "Manifest",

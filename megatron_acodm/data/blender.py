@@ -18,10 +18,10 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
 
 from megatron_acodm.data.apportion import apportion
-from megatron_acodm.data.errors import DataError
 from megatron_acodm.data.indexed import open_indexed_dataset
 from megatron_acodm.data.manifest import Manifest, validate_weights
 from megatron_acodm.data.tokenizers import Tokenizer
+from megatron_acodm.errors import UserError
 
 STATE_VERSION = 1
 _ORDER_STREAM = 0x0DE5  # keeps the batch-order stream apart from the domains' epoch streams
@@ -78,7 +78,7 @@ class DynamicBlender:
         *,
         seq_length: int,
         global_batch_size: int,
-        seed: int = 1234,
+        seed: int,
         split: str = "969,30,1",
         data_cache_path: Optional[str] = None,
         reset_position_ids: bool = False,
@@ -120,7 +120,7 @@ class DynamicBlender:
         self.valid_datasets = [self._build(index, Split.valid) for index in range(len(self.names))]
         for domain, dataset in zip(manifest.domains, self.train_datasets):
             if dataset is None or len(dataset) == 0:
-                raise DataError(
+                raise UserError(
                     f"{domain.prefix}.bin: domain {domain.name!r} has no training sample of "
                     f"{seq_length + 1} tokens under --split {split}; give it more text, lower "
                     f"--seq-length, or drop it from --data-path"
@@ -186,7 +186,7 @@ class DynamicBlender:
         largest = max(int(item["tokens"].max()), int(item["labels"].max()))
         if largest >= self.vocab_size:
             prefix = self.manifest.domains[domain_id].prefix
-            raise DataError(
+            raise UserError(
                 f"{prefix}.bin: sample {sample_id} holds token id {largest}, beyond the tokenizer's "
                 f"vocabulary ({self.vocab_size} ids); the file changed since it was indexed: preprocess "
                 f"this domain again with tools/preprocess_domains.py",
@@ -211,20 +211,20 @@ class DynamicBlender:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"blender state version {state.get('version')!r}, expected {STATE_VERSION}")
+            raise UserError(f"blender state version {state.get('version')!r}, expected {STATE_VERSION}")
         if state["domains"] != self.names:
-            raise DataError(
+            raise UserError(
                 f"the checkpoint's blender has domains {state['domains']}, this run has {self.names}; "
                 f"resume with the same --data-path"
             )
         sizes = [walker.size for walker in self._walkers]
         if state["samples_per_epoch"] != sizes:
-            raise DataError(
+            raise UserError(
                 f"the checkpoint's domains have {state['samples_per_epoch']} samples per epoch, this run "
                 f"has {sizes}: the data, --seq-length or --split changed since the checkpoint"
             )
         if state["seed"] != self.seed or state["global_batch_size"] != self.global_batch_size:
-            raise DataError(
+            raise UserError(
                 f"the checkpoint's blender used seed {state['seed']} and global batch "
                 f"{state['global_batch_size']}, this run {self.seed} and {self.global_batch_size}"
             )
@@ -238,7 +238,7 @@ class DynamicBlender:
 def _check_tokenizer_matches(manifest: Manifest, tokenizer: Tokenizer) -> None:
     recorded = manifest.tokenizer
     if recorded and recorded.get("model_sha256") != tokenizer.identity.model_sha256:
-        raise DataError(
+        raise UserError(
             f"{manifest.path}: its domains were tokenized with a {recorded.get('type')} model of "
             f"sha256 {str(recorded.get('model_sha256'))[:12]}... ({recorded.get('vocab_size')} ids), but "
             f"--tokenizer-model {tokenizer.model} is {tokenizer.identity.model_sha256[:12]}...; pass the "

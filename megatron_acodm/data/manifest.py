@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 from megatron_acodm.atomic_files import write_text_atomically
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 
 MANIFEST_NAME = "domains.json"
 MANIFEST_VERSION = 1
@@ -80,12 +80,12 @@ def validate_weights(weights: Sequence[float], source: str) -> list[float]:
     values = [float(weight) for weight in weights]
     for value in values:
         if math.isnan(value) or math.isinf(value):
-            raise DataError(f"{source}: weight {value} is not a finite number; give weights >= 0")
+            raise UserError(f"{source}: weight {value} is not a finite number; give weights >= 0")
         if value < 0:
-            raise DataError(f"{source}: weight {value} is negative; give weights >= 0")
+            raise UserError(f"{source}: weight {value} is negative; give weights >= 0")
     largest = max(values, default=0.0)
     if largest <= 0:
-        raise DataError(f"{source}: all weights are zero; give at least one domain a positive weight")
+        raise UserError(f"{source}: all weights are zero; give at least one domain a positive weight")
     # Scaling by the largest first keeps the sum finite even for weights near the float maximum.
     scaled = [value / largest for value in values]
     total = sum(scaled)
@@ -94,7 +94,7 @@ def validate_weights(weights: Sequence[float], source: str) -> list[float]:
 
 def load_manifest(path: str) -> Manifest:
     if not os.path.isfile(path):
-        raise DataError(
+        raise UserError(
             f"{path}: no such manifest; create it with tools/preprocess_domains.py "
             f"--input DIR --output-dir {os.path.dirname(path) or '.'}"
         )
@@ -102,14 +102,14 @@ def load_manifest(path: str) -> Manifest:
         with open(path, encoding="utf-8") as stream:
             document = json.load(stream)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error}); regenerate it with tools/preprocess_domains.py") from error
+        raise UserError(f"{path}: not valid JSON ({error}); regenerate it with tools/preprocess_domains.py") from error
     if not isinstance(document, dict) or not isinstance(document.get("domains"), list):
-        raise DataError(f"{path}: not a domains manifest (no 'domains' list); regenerate it with tools/preprocess_domains.py")
+        raise UserError(f"{path}: not a domains manifest (no 'domains' list); regenerate it with tools/preprocess_domains.py")
     if document.get("version") != MANIFEST_VERSION:
-        raise DataError(f"{path}: manifest version {document.get('version')!r}, expected {MANIFEST_VERSION}")
+        raise UserError(f"{path}: manifest version {document.get('version')!r}, expected {MANIFEST_VERSION}")
     tokenizer = document.get("tokenizer")
     if not isinstance(tokenizer, (dict, type(None))):
-        raise DataError(
+        raise UserError(
             f"{path}: field 'tokenizer' is {json.dumps(tokenizer)}, expected an object (the tokenizer's identity) "
             f"or null; correct it, or delete the manifest and rerun tools/preprocess_domains.py to regenerate it"
         )
@@ -156,13 +156,13 @@ _REQUIRED_FIELDS = ("name", "prefix")
 def _domain_from_entry(entry, index: int, path: str) -> Domain:
     """One manifest entry, its fields type-checked so a hand edit fails here, by name, not deep in training."""
     if not isinstance(entry, dict) or any(key not in entry for key in _REQUIRED_FIELDS):
-        raise DataError(f"{path}: every domain needs a 'name' and a 'prefix', got {entry!r}")
+        raise UserError(f"{path}: every domain needs a 'name' and a 'prefix', got {entry!r}")
     fields = {key: value for key, value in entry.items() if key in Domain.__dataclass_fields__}
     for key, value in fields.items():
         is_valid, expected = _FIELD_CHECKS[key]
         if not (is_valid(value) or (value is None and key not in _REQUIRED_FIELDS)):
             label = repr(entry["name"]) if _is_text(entry["name"]) else f"#{index + 1}"
-            raise DataError(
+            raise UserError(
                 f"{path}: domain {label}: field {key!r} is {json.dumps(value)}, expected {expected}; "
                 f"correct the field, or delete the manifest and rerun tools/preprocess_domains.py to regenerate it"
             )
@@ -173,10 +173,10 @@ def check_unique_names(names: Sequence[str], source: str) -> None:
     seen = set()
     for name in names:
         if name in seen:
-            raise DataError(f"{source}: domain name {name!r} appears twice; give each domain its own name")
+            raise UserError(f"{source}: domain name {name!r} appears twice; give each domain its own name")
         seen.add(name)
     if not names:
-        raise DataError(f"{source}: no domains given")
+        raise UserError(f"{source}: no domains given")
 
 
 def parse_data_path(data_path: Sequence[str]) -> Manifest:
@@ -185,7 +185,7 @@ def parse_data_path(data_path: Sequence[str]) -> Manifest:
     if len(items) == 1 and items[0].endswith(".json"):
         return load_manifest(items[0])
     if not items:
-        raise DataError("--data-path is empty; give a domains.json or `weight prefix` pairs")
+        raise UserError("--data-path is empty; give a domains.json or `weight prefix` pairs")
     weights, prefixes = _split_weights(items)
     for prefix in prefixes:
         _check_prefix(prefix)
@@ -211,7 +211,7 @@ def _split_weights(items: list[str]) -> tuple[Optional[list[float]], list[str]]:
     weights = []
     for raw in items[0::2]:
         if not _parses_as_float(raw):
-            raise DataError(f"--data-path: weight {raw!r} does not parse as a number; {_PAIRS_EXAMPLE}")
+            raise UserError(f"--data-path: weight {raw!r} does not parse as a number; {_PAIRS_EXAMPLE}")
         weights.append(float(raw))
     validate_weights(weights, source="--data-path")
     return weights, items[1::2]
@@ -220,12 +220,12 @@ def _split_weights(items: list[str]) -> tuple[Optional[list[float]], list[str]]:
 def _check_prefix(prefix: str) -> None:
     """Refuse what cannot be a `.bin/.idx` prefix: a stray weight, a folder, raw JSONL."""
     if _parses_as_float(prefix):
-        raise DataError(f"--data-path: {prefix!r} looks like a weight but the list has no matching prefix; {_PAIRS_EXAMPLE}")
+        raise UserError(f"--data-path: {prefix!r} looks like a weight but the list has no matching prefix; {_PAIRS_EXAMPLE}")
     # megatron.core keeps its default index cache in a folder named like the prefix itself.
     if os.path.isdir(prefix) and not os.path.isfile(f"{prefix}.idx"):
-        raise DataError(_folder_message(prefix))
+        raise UserError(_folder_message(prefix))
     if prefix.endswith(INPUT_SUFFIXES):
-        raise DataError(
+        raise UserError(
             f"--data-path {prefix}: is raw JSONL, not a Megatron .bin/.idx dataset; index it first with "
             f"tools/preprocess_domains.py (e.g. --domain NAME={prefix} --output-dir OUT), "
             f"then pass --data-path OUT/{MANIFEST_NAME}"

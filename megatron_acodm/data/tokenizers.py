@@ -13,7 +13,7 @@ import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 
 # Megatron-LM's --tokenizer-type names -> megatron.core tokenizer library.
 TOKENIZER_LIBRARIES = {
@@ -64,12 +64,12 @@ class Tokenizer:
 
     def __init__(self, tokenizer_type: str, model: str):
         if tokenizer_type not in TOKENIZER_LIBRARIES:
-            raise DataError(
+            raise UserError(
                 f"--tokenizer-type {tokenizer_type} is not supported; "
                 f"choose one of {', '.join(sorted(TOKENIZER_LIBRARIES))}"
             )
         if not model or not os.path.exists(model):
-            raise DataError(
+            raise UserError(
                 f"tokenizer model {model!r} does not exist; pass --tokenizer-model with the path "
                 f"to the model file (for the demo corpus: data/demo/tokenizer.model)"
             )
@@ -79,12 +79,12 @@ class Tokenizer:
         try:
             self._impl = MegatronTokenizer.from_pretrained(model, metadata_path={"library": library})
         except ImportError as error:
-            raise DataError(
+            raise UserError(
                 f"--tokenizer-type {tokenizer_type} needs a package that is not installed ({error}); "
                 f"install it (e.g. `pip install transformers`) or use a SentencePiece model"
             ) from error
         except Exception as error:  # a corrupt model file surfaces here as whatever the library raises
-            raise DataError(f"cannot load tokenizer model {model}: {error}") from error
+            raise UserError(f"cannot load tokenizer model {model}: {error}") from error
         self.type = tokenizer_type
         self.model = model
         self.vocab_size = int(self._impl.vocab_size)

@@ -19,8 +19,8 @@ from typing import Any, Optional, Sequence
 
 import numpy
 
-from megatron_acodm.data.errors import DataError
 from megatron_acodm.data.manifest import validate_weights
+from megatron_acodm.errors import UserError
 
 # Signals a mixer may declare in `needs`, so the step computes only what some mixer reads.
 # Realised counts come with every step: they cost nothing.
@@ -85,7 +85,7 @@ class Mixer(abc.ABC):
         if len(initial_weights) != len(self.names):
             raise ValueError(f"{len(initial_weights)} initial weights for {len(self.names)} domains {self.names}")
         if not 0.0 <= floor <= 1.0 / len(self.names):
-            raise DataError(
+            raise UserError(
                 f"--mixing-floor ({floor}) must be in [0, 1/K] = [0, {1.0 / len(self.names):.4g}] for the "
                 f"{len(self.names)} domains of --data-path; lower it"
             )
@@ -140,11 +140,11 @@ class Mixer(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         names = state.get("names")
         if names != self.names:
-            raise DataError(
+            raise UserError(
                 f"the mixer state is for domains {names}, this run has {self.names}; resume with the same --data-path"
             )
         if state.get("mixer") != type(self).__name__:
-            raise DataError(f"the mixer state is from {state.get('mixer')}, this run uses {type(self).__name__}")
+            raise UserError(f"the mixer state is from {state.get('mixer')}, this run uses {type(self).__name__}")
         self._load_state(state)
 
     @abc.abstractmethod

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
 
 
@@ -46,9 +46,9 @@ class ODMMixer(Mixer):
     ):
         super().__init__(names, initial_weights, floor)
         if not 0.0 <= smoothing < 1.0:
-            raise DataError(f"--odm-smoothing must be in [0, 1), got {smoothing}")
+            raise UserError(f"--odm-smoothing must be in [0, 1), got {smoothing}")
         if warmup_steps < 0:
-            raise DataError(f"--odm-warmup-steps must be >= 0, got {warmup_steps}")
+            raise UserError(f"--odm-warmup-steps must be >= 0, got {warmup_steps}")
         self.smoothing = smoothing
         self.warmup_steps = warmup_steps
         self.importance_weighting = importance_weighting
@@ -127,7 +127,7 @@ class ODMMixer(Mixer):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if state["importance_weighting"] != self.importance_weighting:
-            raise DataError(
+            raise UserError(
                 f"the ODM state was saved with --odm-importance-weighting={state['importance_weighting']}, "
                 f"this run has {self.importance_weighting}; its rewards mean something else"
             )

@@ -48,11 +48,16 @@ def build_mixer(
     domain_tokens: Optional[Sequence[float]] = None,
     args: Optional[Any] = None,
 ) -> Mixer:
-    """The mixer `name` for these domains; options `args` lacks take their command-line defaults."""
+    """The mixer `name` for these domains. `args` is the run's Namespace (`arguments.parse_args`);
+    a partial one (tests, benchmarks) is completed from the trainer's parser, the one place every
+    option's default is defined (the --mixer options and the run's, e.g. --seed and --train-iters)."""
     if name not in MIXERS:
         raise ValueError(f"unknown mixer {name!r}; choose one of: {', '.join(MIXERS)}")
-    defaults = add_mixer_arguments(argparse.ArgumentParser()).parse_args([])
-    options = argparse.Namespace(**{**vars(defaults), **vars(args if args is not None else argparse.Namespace())})
+    from megatron_acodm.arguments import default_args  # arguments builds its parser from this module
+
+    options = default_args()
+    if args is not None:
+        vars(options).update(vars(args))
     return MIXERS[name].from_args(
         names=names, initial_weights=initial_weights, domain_tokens=domain_tokens, args=options
     )

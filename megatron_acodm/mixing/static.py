@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 import numpy
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.base import Mixer
 
 
@@ -60,17 +60,17 @@ class TemperatureMixer(StaticMixer):
         cls, *, names: Sequence[str], domain_tokens: Optional[Sequence[float]], args: argparse.Namespace, **_: Any
     ) -> Mixer:
         if domain_tokens is None:
-            raise DataError("--mixer temperature needs each domain's token count; give a domains.json manifest")
+            raise UserError("--mixer temperature needs each domain's token count; give a domains.json manifest")
         return cls(names, domain_tokens, args.mixing_temperature, floor=args.mixing_floor)
 
 
 def temperature_weights(tokens: Sequence[float], temperature: float) -> list[float]:
     """`tokens^(1/T)`, unnormalised, computed in log space so that no T over- or underflows."""
     if not temperature > 0:
-        raise DataError(f"--mixing-temperature must be positive, got {temperature}")
+        raise UserError(f"--mixing-temperature must be positive, got {temperature}")
     counts = numpy.asarray(tokens, dtype=numpy.float64)
     if not (numpy.all(numpy.isfinite(counts)) and numpy.all(counts >= 0) and numpy.any(counts > 0)):
-        raise DataError(f"domain token counts must be finite, >= 0 and not all zero, got {counts.tolist()}")
+        raise UserError(f"domain token counts must be finite, >= 0 and not all zero, got {counts.tolist()}")
     with numpy.errstate(divide="ignore"):  # an empty domain has log 0 = -inf, hence weight 0
         logits = numpy.log(counts) / temperature
     return numpy.exp(logits - logits.max()).tolist()

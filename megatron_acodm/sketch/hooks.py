@@ -22,7 +22,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.model import layers_at_depths, mlp_output_projections, unwrap
 from megatron_acodm.sketch import backend
 from megatron_acodm.sketch.probes import rank_one_probes
@@ -38,12 +38,12 @@ def parse_sketch_layers(spec: str, num_layers: int) -> list[int]:
     if spec.startswith("top"):
         count = int(spec[3:])
         if count < 1:
-            raise DataError(f"sketch layers {spec!r}: N must be at least 1")
+            raise UserError(f"sketch layers {spec!r}: N must be at least 1")
         # The default top3 on a shallower model (a small proxy) takes all of its layers.
         return list(range(max(0, num_layers - count), num_layers))
     depths = [float(item) for item in spec.split(",")]
     if not all(0.0 <= depth <= 1.0 for depth in depths):
-        raise DataError(f"sketch layers {spec!r}: relative depths must lie in [0, 1]")
+        raise UserError(f"sketch layers {spec!r}: relative depths must lie in [0, 1]")
     return sorted(set(layers_at_depths(depths, num_layers)))
 
 
@@ -102,7 +102,7 @@ class GradientSketcher:
         _check_supported(config)
         wanted = parse_sketch_layers(layers, config.num_layers) if isinstance(layers, str) else sorted(set(layers))
         if not all(0 <= index < config.num_layers for index in wanted):
-            raise DataError(f"sketch layers {wanted}: the model has layers 0..{config.num_layers - 1}")
+            raise UserError(f"sketch layers {wanted}: the model has layers 0..{config.num_layers - 1}")
         tensor_parallel_rank = parallel_state.get_tensor_model_parallel_rank()
 
         self.num_domains = num_domains

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
 from megatron_acodm.atomic_files import write_text_atomically
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 COMMON_STATE = "common.pt"  # dist_checkpointing's file of the state every rank shares
@@ -42,7 +42,7 @@ def latest_iteration(root: str) -> Optional[int]:
     with open(tracker, "rb") as stream:
         text = stream.read(64).decode("ascii", errors="backslashreplace").strip()
     if not text.isdigit():
-        raise DataError(
+        raise UserError(
             f"{tracker}: expected an iteration number, found {text[:24]!r}; "
             f"{_earlier_complete_checkpoint(root, None)}"
         )
@@ -97,7 +97,7 @@ def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
         return None
     path = checkpoint_path(root, iteration)
     if not os.path.isdir(path):
-        raise DataError(
+        raise UserError(
             f"{os.path.join(root, TRACKER)} names iteration {iteration} but {path} is missing; "
             f"{_earlier_complete_checkpoint(root, iteration)}"
         )
@@ -107,7 +107,7 @@ def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
             return path, dist_checkpointing.load_common_state_dict(path)["run"]
         except Exception as error:  # a damaged common.pt fails inside torch.load with many types
             problem = f"{COMMON_STATE} is unreadable ({type(error).__name__})"
-    raise DataError(f"{path}: the checkpoint is broken, {problem}; {_earlier_complete_checkpoint(root, iteration)}")
+    raise UserError(f"{path}: the checkpoint is broken, {problem}; {_earlier_complete_checkpoint(root, iteration)}")
 
 
 def _layout() -> dict:
@@ -214,7 +214,7 @@ def load_checkpoint(path: str, run_state: dict, model, optimizer, distributed_op
     same_layout = saved == current
     same_model_layout = all(saved[key] == current[key] for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"))
     if distributed_optimizer and not same_model_layout:
-        raise DataError(
+        raise UserError(
             f"{path}: saved at tensor x pipeline parallel {saved['tensor_model_parallel_size']} x "
             f"{saved['pipeline_model_parallel_size']}, this run is {current['tensor_model_parallel_size']} x "
             f"{current['pipeline_model_parallel_size']}; the distributed optimizer's state reshards only across "

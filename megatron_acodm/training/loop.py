@@ -11,7 +11,8 @@ import torch
 
 from megatron.core import parallel_state
 
-from megatron_acodm.data import DataError, DynamicBlender, Tokenizer, parse_data_path
+from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, StepSignals, build_mixer
 from megatron_acodm.model import layers_at_depths, pad_vocab_size
 from megatron_acodm.sketch import GradientSketcher, gram_and_alignment
@@ -106,7 +107,7 @@ def pretrain(args: Namespace) -> None:
     run_device = device()
     tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
     if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
-        raise DataError(
+        raise UserError(
             f"--vocab-size {args.vocab_size} but --tokenizer-model {args.tokenizer_model} has "
             f"{tokenizer.vocab_size} ids; give the tokenizer's size or drop --vocab-size"
         )

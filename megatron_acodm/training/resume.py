@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from megatron_acodm.data import DataError, DynamicBlender
+from megatron_acodm.data import DynamicBlender
+from megatron_acodm.errors import UserError
 
 # Arguments a checkpoint fixes: (argument, flag, what a change breaks).
 _FIXED_ARGUMENTS = [
@@ -72,12 +73,12 @@ def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender:
     for name, flag, what in _FIXED_ARGUMENTS:
         saved, current = saved_args.get(name), getattr(args, name)
         if saved is not None and saved != current:
-            raise DataError(
+            raise UserError(
                 f"{path}: saved with {_describe(flag, saved)}, this run has {_describe(flag, current)}, which "
                 f"changes {what}; {_back_to(flag, saved)}, {new_run}"
             )
     if not args.remap_domains and state["domains"] != blender.names:
-        raise DataError(
+        raise UserError(
             f"{path}: trained on domains {state['domains']}, this run has {blender.names}; resume with the "
             f"same --data-path, or pass --remap-domains to keep the model and optimizer and restart the "
             f"mixer and blender on the new domains"
@@ -88,7 +89,7 @@ def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender:
             for name, saved, current in zip(blender.names, state["domain_tokens"], blender.domain_tokens.tolist())
             if saved != current
         )
-        raise DataError(
+        raise UserError(
             f"{path}: domain {name!r} held {saved} tokens when the checkpoint was written, --data-path now "
             f"gives it {current}: the same names hold other data; resume on the data the run was trained "
             f"on, or pass --remap-domains to restart the mixer and blender on this data"
@@ -98,7 +99,7 @@ def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender:
     ours = scheduler.state_dict()
     for field, flag in _SCHEDULE_FIELDS:
         if state["scheduler"][field] != ours[field]:
-            raise DataError(
+            raise UserError(
                 f"{path}: the checkpoint's LR schedule has {flag} {state['scheduler'][field]}, these arguments "
                 f"give {ours[field]}; pass --override-opt_param-scheduler to follow the arguments or "
                 f"--use-checkpoint-opt_param-scheduler to keep the checkpoint's schedule"

@@ -19,7 +19,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
 from megatron_acodm import compat
-from megatron_acodm.model import gpt_model_provider, transformer_config_from_args
+from megatron_acodm.model import gpt_model_provider, params_dtype_from_args
 
 
 def initialize(args: Namespace) -> None:
@@ -29,6 +29,7 @@ def initialize(args: Namespace) -> None:
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
     )
     seed_everything(args.seed)
 
@@ -47,21 +48,29 @@ def device() -> torch.device:
 
 
 def build_model(args: Namespace) -> list[DistributedDataParallel]:
-    """This rank's GPTModel stage wrapped in megatron.core's DDP (one chunk: no virtual stages)."""
-    model = gpt_model_provider(
-        args,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
-    ).to(device())
-    if args.bf16 or args.fp16:
-        # As Megatron-LM: casts inputs and norms to half precision, returns fp32 at the last stage.
-        model = Float16Module(model.config, model)
+    """This rank's GPTModel stage wrapped in megatron.core's DDP: one chunk, or, as Megatron-LM's
+    get_model builds them, one per virtual stage (`virtual_pipeline_model_parallel_size`, which the
+    command line does not offer: the trainer's step and checkpoints take one chunk; tests set it)."""
+    stages = range(args.virtual_pipeline_model_parallel_size) if args.virtual_pipeline_model_parallel_size else [None]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
         use_distributed_optimizer=args.use_distributed_optimizer,
     )
-    return [DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)]
+    chunks = []
+    for index, stage in enumerate(stages):
+        model = gpt_model_provider(
+            args,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            vp_stage=stage,
+        ).to(device())
+        if args.bf16 or args.fp16:
+            # As Megatron-LM: casts inputs and norms to half precision, returns fp32 at the last stage.
+            model = Float16Module(model.config, model)
+        # As Megatron-LM: only the first chunk's gradients are bucketed.
+        chunks.append(DistributedDataParallel(model.config, ddp_config, model, disable_bucketing=index > 0))
+    return chunks
 
 
 def build_optimizer(args: Namespace, model: list[DistributedDataParallel]):
@@ -78,7 +87,7 @@ def build_optimizer(args: Namespace, model: list[DistributedDataParallel]):
             clip_grad=args.clip_grad,
             bf16=args.bf16,
             fp16=args.fp16,
-            params_dtype=transformer_config_from_args(args).params_dtype,
+            params_dtype=params_dtype_from_args(args),
             use_distributed_optimizer=args.use_distributed_optimizer,
         ),
         model,
@@ -88,7 +97,7 @@ def build_optimizer(args: Namespace, model: list[DistributedDataParallel]):
     config = model[0].config
     config.grad_scale_func = optimizer.scale_loss
     config.finalize_model_grads_func = finalize_model_grads
-    config.no_sync_func = model[0].no_sync
+    config.no_sync_func = model[0].no_sync if len(model) == 1 else [chunk.no_sync for chunk in model]
     return optimizer, scheduler
 
 

@@ -77,7 +77,8 @@ def run_step(
     norm_squares = None if norm_layers is None else layer_weight_norm_squares(model, norm_layers, device)
     losses_reduced = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, num_domains, device, sketcher),
-        data_iterator=iter(micro_batch_list),
+        # One iterator per model chunk (virtual pipeline stages), each over the same micro-batches.
+        data_iterator=[iter(micro_batch_list) for _ in model],
         model=model,
         num_microbatches=len(micro_batch_list),
         seq_length=args.seq_length,

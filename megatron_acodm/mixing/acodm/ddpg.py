@@ -20,7 +20,7 @@ import numpy
 import torch
 from torch import nn
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.acodm.networks import Actor, Critic, NetworkConfig, floored_softmax
 
 
@@ -47,12 +47,12 @@ class DDPGConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise DataError(message)
+                raise UserError(message)
 
     def action_floor(self, num_domains: int) -> float:
         floor = 1.0 / (10 * num_domains) if self.floor is None else self.floor
         if not 0.0 <= floor <= 1.0 / num_domains:
-            raise DataError(f"--acodm-floor must be in [0, 1/K] = [0, {1.0 / num_domains:.4g}], got {floor}")
+            raise UserError(f"--acodm-floor must be in [0, 1/K] = [0, {1.0 / num_domains:.4g}], got {floor}")
         return floor
 
 
@@ -101,7 +101,7 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.size = len(state["rewards"])
         if self.size > self.capacity:
-            raise DataError(
+            raise UserError(
                 f"the saved replay buffer holds {self.size} transitions, --acodm-buffer-size is {self.capacity}"
             )
         for name in ("states", "actions", "rewards", "next_states"):

@@ -2,7 +2,7 @@
 
 Every feature is scale-free (a z-score, a ratio, a share, a fraction), so an actor trained on a
 small proxy model reads a large target's state the same way. Layout, K domains and L layers,
-dimension 4K + 2L + 1 (DESIGN's 3K + 2L + 1 plus one K block of staleness):
+dimension 4K + 2L + 1:
 
     [0, K)          loss_zscore     each domain's last mean loss, z-scored across the domains seen so far
     [K, 2K)         loss_log_ratio  log(L_k / L_k,0), L_k,0 the first loss seen for k (a log rather than
@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy
 import torch
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 
 DEFAULT_LAYER_DEPTHS = (0.25, 0.5, 0.75, 1.0)
@@ -44,7 +44,7 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         if not self.layer_depths or not all(0.0 < depth <= 1.0 for depth in self.layer_depths):
-            raise DataError(f"--acodm-feature-depths must be relative depths in (0, 1], got {list(self.layer_depths)}")
+            raise UserError(f"--acodm-feature-depths must be relative depths in (0, 1], got {list(self.layer_depths)}")
 
     @property
     def num_layers(self) -> int:
@@ -109,7 +109,7 @@ class StateBuilder:
 
     def __init__(self, spec: FeatureSpec, total_steps: int):
         if total_steps < 1:
-            raise DataError(f"AC-ODM needs the run's length (--train-iters) >= 1, got {total_steps}")
+            raise UserError(f"AC-ODM needs the run's length (--train-iters) >= 1, got {total_steps}")
         self.spec = spec
         self.total_steps = total_steps
         self.initial_norms: Optional[numpy.ndarray] = None

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy
 import torch
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 
 
 class SignalMemory:
@@ -21,7 +21,7 @@ class SignalMemory:
 
     def __init__(self, num_domains: int, decay: float):
         if not 0.0 <= decay < 1.0:
-            raise DataError(f"--acodm-stale-decay must be in [0, 1), got {decay}")
+            raise UserError(f"--acodm-stale-decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.initial_loss = numpy.full(num_domains, numpy.nan)  # first loss seen; NaN until then
         self.loss = numpy.full(num_domains, numpy.nan)

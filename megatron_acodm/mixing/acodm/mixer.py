@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy
 import torch
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig
 from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, DEFAULT_STALE_DECAY, FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
@@ -38,8 +38,6 @@ from megatron_acodm.mixing.acodm.policy import FrozenPolicy, load_policy, save_p
 from megatron_acodm.mixing.acodm.reward import domain_alignments, mixture_reward
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, Mixer, StepSignals
 from megatron_acodm.mixing.odm import ODMMixer
-
-DEFAULT_SEED = 1234  # Megatron's --seed default, for callers whose arguments carry none
 
 
 @contextlib.contextmanager
@@ -72,7 +70,7 @@ class ACODMMixer(Mixer):
         initial_weights: Sequence[float],
         *,
         total_steps: int,
-        seed: int = DEFAULT_SEED,
+        seed: int,
         config: Optional[DDPGConfig] = None,
         hidden: int = 256,
         depth: int = 2,
@@ -88,7 +86,7 @@ class ACODMMixer(Mixer):
         and stale decay are then the policy's, and `odm`, `hidden`, `depth` go unused."""
         super().__init__(names, initial_weights, floor)
         if not 0.0 <= warmup_fraction <= 1.0:
-            raise DataError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
+            raise UserError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
         self.config = config or DDPGConfig()
         self.action_floor = self.config.action_floor(self.num_domains)
         self.policy = policy
@@ -120,12 +118,12 @@ class ACODMMixer(Mixer):
         policy: FrozenPolicy, layer_depths: Optional[Sequence[float]], stale_decay: Optional[float]
     ) -> None:
         if layer_depths is not None and tuple(layer_depths) != policy.spec.layer_depths:
-            raise DataError(
+            raise UserError(
                 f"--acodm-feature-depths {list(layer_depths)} differs from the policy's "
                 f"{list(policy.spec.layer_depths)}: the frozen actor reads the depths it was trained on; leave it out"
             )
         if stale_decay is not None and stale_decay != policy.spec.stale_decay:
-            raise DataError(
+            raise UserError(
                 f"--acodm-stale-decay {stale_decay} differs from the policy's {policy.spec.stale_decay}; leave it out"
             )
 
@@ -203,7 +201,7 @@ class ACODMMixer(Mixer):
     ) -> Mixer:
         total_steps = getattr(args, "train_iters", None)
         if total_steps is None:
-            raise DataError(
+            raise UserError(
                 "--mixer acodm needs --train-iters: the state holds progress t/T, the warm-up is part of T"
             )
         policy = load_policy(args.acodm_policy, names) if args.acodm_policy else None
@@ -224,7 +222,7 @@ class ACODMMixer(Mixer):
             names,
             initial_weights,
             total_steps=total_steps,
-            seed=getattr(args, "seed", DEFAULT_SEED),
+            seed=args.seed,
             config=config,
             hidden=args.acodm_hidden,
             depth=args.acodm_depth,
@@ -315,12 +313,12 @@ class ACODMMixer(Mixer):
     def _load_state(self, state: dict[str, Any]) -> None:
         mode = "train" if self.policy is None else "proxy"
         if state["mode"] != mode:
-            raise DataError(
+            raise UserError(
                 f"the AC-ODM state is from {state['mode']} mode, this run's is {mode} (see --acodm-policy)"
             )
         for key, current in (("feature_spec", self.spec.to_dict()), ("network", self.network.to_dict())):
             if state[key] != current:
-                raise DataError(
+                raise UserError(
                     f"the AC-ODM state has {key} {state[key]}, this run has {current}; "
                     f"resume with the same --acodm-* options"
                 )

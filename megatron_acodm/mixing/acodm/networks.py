@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 
 OUTPUT_INIT_BOUND = 3e-3  # DDPG's choice for the last layer (Lillicrap et al. 2015)
 
@@ -28,7 +28,7 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.depth < 1:
-            raise DataError(f"--acodm-hidden and --acodm-depth must be >= 1, got {self.hidden} and {self.depth}")
+            raise UserError(f"--acodm-hidden and --acodm-depth must be >= 1, got {self.hidden} and {self.depth}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

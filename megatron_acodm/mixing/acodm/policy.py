@@ -17,7 +17,7 @@ import numpy
 import torch
 
 from megatron_acodm.atomic_files import atomic_write
-from megatron_acodm.data.errors import DataError
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.acodm.features import FeatureSpec
 from megatron_acodm.mixing.acodm.networks import Actor, NetworkConfig, floored_softmax
 
@@ -26,7 +26,7 @@ POLICY_VERSION = 1
 _EXPORT_FIX = "re-export it with --mixer acodm --acodm-export-policy"
 
 
-class PolicyError(DataError):
+class PolicyError(UserError):
     """A policy file that this run cannot use; the message names the file and the fix."""
 
 

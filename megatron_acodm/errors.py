@@ -8,7 +8,7 @@ EXIT_STATUS = 2  # argparse's status for a usage error
 _SILENT_RANK_GRACE_S = 2.0
 
 
-class DataError(ValueError):
+class UserError(ValueError):
     """Bad input (data, arguments, checkpoints): the message names the file or argument and the fix.
 
     Most bad inputs are seen alike by every rank, and only rank 0 reports them; `rank_local` marks

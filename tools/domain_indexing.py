@@ -36,8 +36,8 @@ import numpy
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder, get_bin_path, get_idx_path
 from tqdm import tqdm
 
-from megatron_acodm.data.errors import DataError
 from megatron_acodm.data.indexed import check_indexed_files
+from megatron_acodm.errors import UserError
 from megatron_acodm.data.manifest import (
     INPUT_SUFFIXES,
     MANIFEST_NAME,
@@ -112,7 +112,7 @@ def _folder_files(folder: str) -> tuple[str, ...]:
         and os.path.isfile(os.path.join(folder, name))
     )
     if not files:
-        raise DataError(
+        raise UserError(
             f"{folder}: holds no {', '.join(INPUT_SUFFIXES)} files; add the domain's documents there or remove the folder"
         )
     return files
@@ -120,7 +120,7 @@ def _folder_files(folder: str) -> tuple[str, ...]:
 
 def _domain_from_path(name: str, path: str) -> DomainInput:
     if not _DOMAIN_NAME.match(name):
-        raise DataError(
+        raise UserError(
             f"{path}: domain name {name!r} cannot name output files; use letters, digits, '_', '-', '.', '+' "
             f"(not first) only"
         )
@@ -128,7 +128,7 @@ def _domain_from_path(name: str, path: str) -> DomainInput:
         return DomainInput(name, path, _folder_files(path))
     if os.path.isfile(path):
         return DomainInput(name, path, (path,))
-    raise DataError(f"{path}: no such file or folder (domain {name!r}); fix the path")
+    raise UserError(f"{path}: no such file or folder (domain {name!r}); fix the path")
 
 
 def discover_inputs(input_dir: Optional[str] = None, domain_specs: Sequence[str] = ()) -> list[DomainInput]:
@@ -136,7 +136,7 @@ def discover_inputs(input_dir: Optional[str] = None, domain_specs: Sequence[str]
     domains = []
     if input_dir is not None:
         if not os.path.isdir(input_dir):
-            raise DataError(f"--input {input_dir}: not a folder; give a folder of <domain>.jsonl files or <domain>/ folders")
+            raise UserError(f"--input {input_dir}: not a folder; give a folder of <domain>.jsonl files or <domain>/ folders")
         for entry in sorted(os.listdir(input_dir)):
             path = os.path.join(input_dir, entry)
             if entry.startswith("."):
@@ -146,17 +146,17 @@ def discover_inputs(input_dir: Optional[str] = None, domain_specs: Sequence[str]
             elif _strip_input_suffix(entry) is not None:
                 domains.append(_domain_from_path(_strip_input_suffix(entry), path))
         if not domains:
-            raise DataError(
+            raise UserError(
                 f"--input {input_dir}: no domains found; put one <domain>.jsonl (or .jsonl.gz, .jsonl.zst) file "
                 f"or one <domain>/ folder of them per domain there"
             )
     for spec in domain_specs:
         name, separator, path = spec.partition("=")
         if not separator or not name or not path:
-            raise DataError(f"--domain {spec!r}: expected NAME=PATH, e.g. --domain books=/data/books.jsonl")
+            raise UserError(f"--domain {spec!r}: expected NAME=PATH, e.g. --domain books=/data/books.jsonl")
         domains.append(_domain_from_path(name, path))
     if input_dir is None and not domain_specs:
-        raise DataError("no input: give --input DIR or --domain NAME=PATH")
+        raise UserError("no input: give --input DIR or --domain NAME=PATH")
     check_unique_names([domain.name for domain in domains], source="--input/--domain")
     return domains
 
@@ -182,7 +182,7 @@ def plan_jobs(domains: Sequence[DomainInput], json_keys: Sequence[str], output_d
 
 @contextlib.contextmanager
 def _open_binary(path: str) -> Iterator[IO[bytes]]:
-    """Open `path`, decompressing by suffix; read errors in the block become a DataError naming it."""
+    """Open `path`, decompressing by suffix; read errors in the block become a UserError naming it."""
     read_errors: tuple[type[BaseException], ...] = (OSError, EOFError)
     if path.endswith(".gz"):
         stream = gzip.open(path, "rb")
@@ -190,7 +190,7 @@ def _open_binary(path: str) -> Iterator[IO[bytes]]:
         try:
             import zstandard
         except ImportError:
-            raise DataError(
+            raise UserError(
                 f"{path}: reading .zst files needs the zstandard module; `pip install zstandard` "
                 f"or decompress the file"
             ) from None
@@ -204,21 +204,21 @@ def _open_binary(path: str) -> Iterator[IO[bytes]]:
         try:
             yield stream
         except read_errors as error:  # truncated or corrupt compressed data
-            raise DataError(f"{path}: cannot be read ({error}); check the file is complete") from None
+            raise UserError(f"{path}: cannot be read ({error}); check the file is complete") from None
 
 
 def _parse_line(line: bytes, key: str, path: str, number: int) -> str:
     try:
         record = json.loads(line)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
-        raise DataError(f"{path}:{number}: not valid JSON ({error}); each line must be one JSON object") from None
+        raise UserError(f"{path}:{number}: not valid JSON ({error}); each line must be one JSON object") from None
     if not isinstance(record, dict) or key not in record:
-        raise DataError(
+        raise UserError(
             f"{path}:{number}: no {key!r} field; give every line one, or name the field holding the text with --json-keys"
         )
     text = record[key]
     if not isinstance(text, str):
-        raise DataError(
+        raise UserError(
             f"{path}:{number}: field {key!r} is a {type(text).__name__}, not a string; store the document's text as a string"
         )
     return text
@@ -359,7 +359,7 @@ def write_domain(job: Job, tokenizer: Tokenizer, encode: Encode, inputs_sha256: 
                 bar.update(batch.lengths.size)
                 bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
         if documents == 0:
-            raise DataError(
+            raise UserError(
                 f"{job.domain.source}: domain {job.name!r} has no text under key {job.key!r} "
                 f"(no documents, or only empty ones); drop it or add text"
             )
@@ -396,7 +396,7 @@ def _existing_entries(path: str, identity: TokenizerIdentity, force: bool, log: 
     manifest = load_manifest(path)
     if manifest.tokenizer != identity.to_json():
         if not force:
-            raise DataError(
+            raise UserError(
                 f"{path}: written with another tokenizer ({manifest.tokenizer}), not {identity.to_json()}; "
                 f"its domains' token ids would mix two vocabularies. Pass --force to rebuild this folder with "
                 f"this tokenizer (its other domains are dropped from the manifest) or choose another --output-dir"
@@ -411,7 +411,7 @@ def _up_to_date(job: Job, recorded: Optional[Domain], fingerprint: str) -> bool:
         return False
     try:
         check_indexed_files(job.prefix)
-    except DataError:
+    except UserError:
         return False
     return True
 

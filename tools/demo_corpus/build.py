@@ -16,12 +16,12 @@ from typing import Optional
 
 import sentencepiece
 
-from megatron_acodm.corpus import tokenizer
-from megatron_acodm.corpus.documents import MAX_DOCUMENT_BYTES, MIN_DOCUMENT_BYTES, PACK_TARGET_BYTES, finish, utf8_size
-from megatron_acodm.corpus.fetch import DEFAULT_CACHE_DIR, Fetcher
-from megatron_acodm.corpus.output import jsonl_bytes, write_bytes, write_json
-from megatron_acodm.corpus.selection import hash_order, take_balanced
-from megatron_acodm.corpus.sources import ALL_SOURCES, TARGETS, TRAINING_DOMAINS, Source, SourceUnavailable
+from demo_corpus import tokenizer_training
+from demo_corpus.documents import MAX_DOCUMENT_BYTES, MIN_DOCUMENT_BYTES, PACK_TARGET_BYTES, finish, utf8_size
+from demo_corpus.fetch import DEFAULT_CACHE_DIR, Fetcher
+from demo_corpus.output import jsonl_bytes, write_bytes, write_json
+from demo_corpus.selection import hash_order, take_balanced
+from demo_corpus.sources import ALL_SOURCES, TARGETS, TRAINING_DOMAINS, Source, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -159,22 +159,22 @@ def write_documents(output_dir: Path, relative_path: str, documents: list[str]) 
 
 def train_tokenizer(chosen_by_domain: dict[str, list[str]], vocab_size: int, output_dir: Path) -> dict:
     sample_cap = int(TOKENIZER_SAMPLE_MB_PER_DOMAIN * MEGABYTE)
-    sample = tokenizer.tokenizer_sample(chosen_by_domain, sample_cap)
+    sample = tokenizer_training.tokenizer_sample(chosen_by_domain, sample_cap)
     sample_bytes = sum(map(utf8_size, sample))
     log.info("training a %d-piece BPE tokenizer on %.1f MiB", vocab_size, sample_bytes / MEGABYTE)
     started = time.monotonic()
     try:
-        model = tokenizer.train(sample, vocab_size)
+        model = tokenizer_training.train(sample, vocab_size)
     except RuntimeError as error:  # e.g. a vocabulary larger than a small sample supports
         raise BuildError(f"tokenizer training failed ({error}); lower --vocab-size or build more domains") from error
-    sha256 = tokenizer.write_model(model, output_dir / TOKENIZER_NAME)
+    sha256 = tokenizer_training.write_model(model, output_dir / TOKENIZER_NAME)
     log.info("tokenizer trained in %.1f s", time.monotonic() - started)
     return {
         "file": TOKENIZER_NAME,
         "sha256": sha256,
         "type": "sentencepiece-bpe",
         "vocab_size": vocab_size,
-        "special_ids": tokenizer.SPECIAL_IDS,
+        "special_ids": tokenizer_training.SPECIAL_IDS,
         "trained_on": {
             "domains": list(chosen_by_domain),
             "documents": len(sample),

@@ -6,10 +6,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from megatron_acodm.corpus.documents import as_text
-from megatron_acodm.corpus.fetch import Artifact, Fetcher, read_deb_files
+import yaml
+
+from demo_corpus.documents import as_text
+from demo_corpus.fetch import Artifact, Fetcher, read_deb_files
 
 TRAINING_DOMAINS = ("books", "encyclopedic", "code", "math", "technical", "legal", "dialogue", "multilingual")
 TARGETS = "targets"  # small task-specific sets, kept apart from the training domains
@@ -30,6 +32,19 @@ class Source:
     name: str
     domain: str  # one of TRAINING_DOMAINS, or TARGETS
     extract: Callable[[Fetcher], Extracted]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """One YAML document as dicts, lists and strings. The base loader keeps every scalar a string
+    (no YAML 1.1 `yes` -> True or `3.10` -> 3.1 in dialogue text); a syntax error is
+    `SourceUnavailable` naming `where` (the file) and the line."""
+    try:
+        return yaml.load(text, Loader=yaml.BaseLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SourceUnavailable(f"cannot parse {where}: {problem}{position}") from error
 
 
 def deb_texts(fetcher: Fetcher, package: str, wanted: Callable[[str], bool]) -> tuple[Artifact, dict[str, str]]:

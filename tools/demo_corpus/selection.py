@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 
-from megatron_acodm.corpus.documents import utf8_size
+from demo_corpus.documents import utf8_size
 
 
 def hash_order(documents: list[str], salt: str) -> list[str]:

@@ -11,11 +11,10 @@ import gzip
 import json
 import zipfile
 
-from megatron_acodm.corpus.documents import as_text
-from megatron_acodm.corpus.fetch import Fetcher
-from megatron_acodm.corpus.formats.bsdquiz import question_answer_texts, read_index
-from megatron_acodm.corpus.formats.miniyaml import YamlError, load
-from megatron_acodm.corpus.sources.base import TARGETS, Extracted, Source, SourceUnavailable, deb_texts
+from demo_corpus.documents import as_text
+from demo_corpus.fetch import Fetcher
+from demo_corpus.formats.bsdquiz import question_answer_texts, read_index
+from demo_corpus.sources.base import TARGETS, Extracted, Source, SourceUnavailable, deb_texts, parse_yaml
 
 QUIZ_FOLDER = "usr/share/games/bsdgames/quiz/"
 LM_EVAL = ("lm-eval", "0.4.13")
@@ -48,9 +47,10 @@ def _wheel_member(fetcher: Fetcher, package: tuple[str, str], member: str) -> tu
 
 def gsm8k_exemplars(fetcher: Fetcher) -> Extracted:
     origin, data = _wheel_member(fetcher, LM_EVAL, GSM8K_TASK)
+    task = parse_yaml(as_text(data), f"{GSM8K_TASK} in {origin['file']}")
     try:
-        samples = load(as_text(data))["fewshot_config"]["samples"]
-    except (YamlError, KeyError, TypeError) as error:
+        samples = task["fewshot_config"]["samples"]
+    except (KeyError, TypeError) as error:
         raise SourceUnavailable(f"no few-shot samples in {GSM8K_TASK}: {error!r}") from error
     documents = [f"Question: {sample['question']}\nAnswer: {sample['target']}" for sample in samples]
     return Extracted(documents, [{**origin, "member": GSM8K_TASK}])

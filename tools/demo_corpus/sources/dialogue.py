@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import zipfile
 
-from megatron_acodm.corpus.documents import as_text, pack
-from megatron_acodm.corpus.fetch import Fetcher
-from megatron_acodm.corpus.formats.miniyaml import YamlError, load
-from megatron_acodm.corpus.sources.base import Extracted, Source, SourceUnavailable
-from megatron_acodm.corpus.sources.fortunes import fortune_cookies
+from demo_corpus.documents import as_text, pack
+from demo_corpus.fetch import Fetcher
+from demo_corpus.sources.base import Extracted, Source, SourceUnavailable, parse_yaml
+from demo_corpus.sources.fortunes import fortune_cookies
 
 CHATTERBOT = ("chatterbot-corpus", "1.3.3")
 CHATTERBOT_ENGLISH = "chatterbot_corpus/data/english/"
@@ -29,10 +28,7 @@ def chatterbot_english(fetcher: Fetcher) -> Extracted:
             name for name in archive.namelist() if name.startswith(CHATTERBOT_ENGLISH) and name.endswith(".yml")
         )
         for name in names:
-            try:
-                topic = load(as_text(archive.read(name)))
-            except YamlError as error:
-                raise SourceUnavailable(f"cannot parse {name} in {wheel.path.name}: {error}") from error
+            topic = parse_yaml(as_text(archive.read(name)), f"{name} in {wheel.path.name}")
             conversations = topic.get("conversations") if isinstance(topic, dict) else None
             if isinstance(conversations, list):
                 documents.extend(pack(format_conversation(turns) for turns in conversations if isinstance(turns, list)))

@@ -1,0 +1,177 @@
+"""Mixing quality, the analysis: from the runs' curves to the figures every report reads.
+
+Validation curves and the steps to reach the reference's final loss, final losses with their spread
+over seeds and their differences to the reference paired by seed, the realised mixture, step time
+and peak memory. Used by `mixing_quality.py`, `mixing_quality_report.py` and `mixing_quality_plots.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from typing import Any, Optional, Sequence
+
+REFERENCE = "uniform"  # a static blend: the reference of steps, time and memory
+METRICS = ("lm_loss_uniform", "lm_loss")
+METRIC_TITLES = {"lm_loss_uniform": "uniform mean over domains", "lm_loss": "corpus-token-weighted mean"}
+
+
+def eval_interval(args: argparse.Namespace) -> int:
+    return max(1, args.steps // args.evaluations)
+
+
+def log_interval(args: argparse.Namespace) -> int:
+    return max(1, args.steps // args.log_points)
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def steps_to_reach(iterations: Sequence[int], losses: Sequence[Optional[float]], target: float) -> Optional[float]:
+    """The first step where the validation curve reaches `target`, linear between evaluations; None if never.
+
+    An evaluation already at or below the target at the first point counts as that point's step
+    (no evaluation at step 0 to interpolate from)."""
+    previous = None
+    for iteration, loss in zip(iterations, losses):
+        if loss is None:
+            continue
+        if loss <= target:
+            if previous is None:
+                return float(iteration)
+            previous_iteration, previous_loss = previous
+            return previous_iteration + (previous_loss - target) / (previous_loss - loss) * (iteration - previous_iteration)
+        previous = (iteration, loss)
+    return None
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """n, mean, sample standard deviation, min and max of the values that are not None."""
+    values = [float(value) for value in values if value is not None]
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {"n": len(values), "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def standard_error(spread: dict[str, Any]) -> float:
+    """The standard error of a spread's mean: infinite with fewer than two values."""
+    return spread["std"] / math.sqrt(spread["n"]) if spread["n"] > 1 else math.inf
+
+
+def paired_differences(values: dict[int, float], reference: dict[int, float]) -> list[float]:
+    """value - reference at every seed that both have, in the order of `values`."""
+    return [value - reference[seed] for seed, value in values.items() if seed in reference]
+
+
+def mean_lists(lists: Sequence[Sequence[Optional[float]]]) -> list[Optional[float]]:
+    """The mean curve of equally long curves; None where any of them has no value."""
+    out = []
+    for column in zip(*lists):
+        present = [value for value in column if value is not None]
+        out.append(statistics.mean(present) if len(present) == len(column) else None)
+    return out
+
+
+def effective_domains(shares: Sequence[float]) -> float:
+    """exp(entropy) of a mixture: K for uniform over K domains, 1 for a single one."""
+    total = sum(shares)
+    return math.exp(-sum(share / total * math.log(share / total) for share in shares if share > 0))
+
+
+# ------------------------------------------------------------------------------------------ analysis
+
+
+def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str, dict], names: list[str]) -> dict[str, Any]:
+    """Every run's result and curves (`curves` holds the finished runs'), each mixer's summary against
+    the reference, and the proxy's, from the runs' `results` and `curves` by run name."""
+    per_run = {name: {**result, **curves[name]} if name in curves else {**result, "failed": True}
+               for name, result in results.items()}
+    mixers = [mixer for mixer in args.mixers]
+    ok = lambda mixer: [per_run[f"{mixer}-seed{seed}"] for seed in args.seeds if not per_run[f"{mixer}-seed{seed}"].get("failed")]
+    reference_runs = ok(REFERENCE)
+    if not reference_runs:
+        raise SystemExit(f"error: every {REFERENCE} run failed; nothing to compare against")
+    iterations = reference_runs[0]["valid"]["iteration"]
+    targets = {metric: statistics.mean(run["valid"][metric][-1] for run in reference_runs) for metric in METRICS}
+
+    summary: dict[str, Any] = {}
+    for mixer in mixers:
+        mixer_runs = ok(mixer)
+        entry: dict[str, Any] = {"seeds_ok": [run["seed"] for run in mixer_runs],
+                                 "seeds_failed": [seed for seed in args.seeds if per_run[f"{mixer}-seed{seed}"].get("failed")]}
+        if not mixer_runs:
+            summary[mixer] = entry
+            continue
+        for metric in METRICS:
+            mean_curve = mean_lists([run["valid"][metric] for run in mixer_runs])
+            per_seed = [steps_to_reach(run["valid"]["iteration"], run["valid"][metric], targets[metric]) for run in mixer_runs]
+            entry[metric] = {
+                "mean_curve": mean_curve,
+                "steps_to_target_mean_curve": steps_to_reach(iterations, mean_curve, targets[metric]),
+                "steps_to_target_per_seed": per_seed,
+                "steps_to_target_spread": spread([steps for steps in per_seed if steps is not None]),
+                "reached_seeds": sum(steps is not None for steps in per_seed),
+                "final": spread([run["valid"][metric][-1] for run in mixer_runs]),
+                "final_per_seed": [run["valid"][metric][-1] for run in mixer_runs],
+            }
+            paired = paired_differences({run["seed"]: run["valid"][metric][-1] for run in mixer_runs},
+                                        {run["seed"]: run["valid"][metric][-1] for run in reference_runs})
+            entry[metric]["paired_difference_vs_uniform"] = spread(paired)
+        entry["final_domain_loss"] = {name: spread([run["valid"]["domain_loss"][name][-1] for run in mixer_runs]) for name in names}
+        entry["mixture"] = {
+            "iteration": mixer_runs[0]["train"]["iteration"],
+            "share_mean": {name: mean_lists([run["train"]["share"][name] for run in mixer_runs]) for name in names},
+            "weight_mean": {name: mean_lists([run["train"]["weight"][name] for run in mixer_runs]) for name in names},
+        }
+        entry["median_step_ms"] = spread([run["median_step_ms"] for run in mixer_runs])
+        entry["peak_rss_mib"] = spread([run["peak_rss_mib"] for run in mixer_runs])
+        entry["wall_s"] = spread([run["wall_s"] for run in mixer_runs])
+        summary[mixer] = entry
+
+    reference = summary[REFERENCE]
+    for mixer, entry in summary.items():
+        if not entry.get("seeds_ok"):
+            continue
+        for metric in METRICS:
+            own, base = entry[metric]["steps_to_target_mean_curve"], reference[metric]["steps_to_target_mean_curve"]
+            entry[metric]["ratio_to_uniform"] = own / base if own is not None and base else None
+        entry["step_time_ratio"] = entry["median_step_ms"]["mean"] / reference["median_step_ms"]["mean"]
+        entry["peak_rss_ratio"] = entry["peak_rss_mib"]["mean"] / reference["peak_rss_mib"]["mean"]
+
+    proxy_runs = [per_run[f"proxy-seed{seed}"] for seed in args.seeds if f"proxy-seed{seed}" in per_run and not per_run[f"proxy-seed{seed}"].get("failed")]
+    proxy = None
+    if proxy_runs:
+        proxy_ms = statistics.mean(run["median_step_ms"] for run in proxy_runs)
+        proxy = {
+            "layers": args.proxy_layers, "hidden": args.proxy_hidden, "steps_per_policy": args.steps,
+            "median_step_ms": spread([run["median_step_ms"] for run in proxy_runs]),
+            "peak_rss_mib": spread([run["peak_rss_mib"] for run in proxy_runs]),
+            "wall_s": spread([run["wall_s"] for run in proxy_runs]),
+            "parameters": parameter_count(args.proxy_layers, args.proxy_hidden, args),
+            "target_step_equivalents": args.steps * proxy_ms / reference["median_step_ms"]["mean"],
+            "final_lm_loss_uniform": spread([run["valid"]["lm_loss_uniform"][-1] for run in proxy_runs]),
+            "mixture": {
+                "iteration": proxy_runs[0]["train"]["iteration"],
+                "share_mean": {name: mean_lists([run["train"]["share"][name] for run in proxy_runs]) for name in names},
+            },
+        }
+    return {"names": names, "targets": targets, "iterations": iterations, "summary": summary, "proxy": proxy, "runs": per_run}
+
+
+def parameter_count(layers: int, hidden: int, args: argparse.Namespace, vocab: Optional[int] = None) -> int:
+    """GPT parameters (tied embeddings, 4h MLP, learned positions, LayerNorms with biases)."""
+    if vocab is None:
+        with open(args.data_path, encoding="utf-8") as stream:
+            vocab = json.load(stream).get("tokenizer", {}).get("vocab_size") or 0
+        vocab = int(math.ceil(vocab / 128) * 128)
+    per_layer = 12 * hidden * hidden + 13 * hidden
+    return layers * per_layer + vocab * hidden + args.seq_length * hidden + 2 * hidden
+

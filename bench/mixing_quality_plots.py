@@ -1,0 +1,93 @@
+"""Mixing quality, the figures: validation curves by mixer, and each mixer's realised mixture over the run."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from common import save_figure
+from mixing_quality_analysis import METRIC_TITLES, METRICS, log_interval
+
+COLOURS = {"static": "tab:gray", "uniform": "black", "temperature": "tab:blue", "odm": "tab:orange",
+           "acodm": "tab:red", "acodm_proxy": "tab:purple"}
+
+
+def plot_curves(args: argparse.Namespace, analysis: dict, path: str, mode: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, runs = analysis["summary"], analysis["runs"]
+    figure, axes = plt.subplots(2, 2, figsize=(13, 9))
+    for column, metric in enumerate(METRICS):
+        for row in range(2):
+            axis = axes[row][column]
+            low_values = []
+            for mixer in args.mixers:
+                entry = summary.get(mixer, {})
+                if not entry.get("seeds_ok"):
+                    continue
+                curves = [runs[f"{mixer}-seed{seed}"]["valid"][metric] for seed in entry["seeds_ok"]]
+                iterations = runs[f"{mixer}-seed{entry['seeds_ok'][0]}"]["valid"]["iteration"]
+                mean = entry[metric]["mean_curve"]
+                lower = [min(values) for values in zip(*curves)]
+                upper = [max(values) for values in zip(*curves)]
+                colour = COLOURS.get(mixer)
+                axis.plot(iterations, mean, marker="o", markersize=3, label=f"{mixer} (n={len(curves)})", color=colour)
+                axis.fill_between(iterations, lower, upper, alpha=0.15, color=colour)
+                start = len(iterations) * 2 // 5
+                low_values += lower[start:] + upper[start:]
+            axis.axhline(analysis["targets"][metric], color="black", linestyle=":", linewidth=1, label="uniform's final mean")
+            axis.set_xlabel("step")
+            axis.set_ylabel("validation loss")
+            if row == 0:
+                axis.set_title(f"{METRIC_TITLES[metric]} (band: min-max over seeds)")
+                axis.legend(fontsize=8)
+            else:
+                axis.set_title(f"{METRIC_TITLES[metric]}: last 60% of the run")
+                axis.set_xlim(args.steps * 0.38, args.steps * 1.02)
+                if low_values:
+                    span = max(low_values) - min(low_values)
+                    axis.set_ylim(min(low_values) - 0.05 * span, max(low_values) + 0.05 * span)
+            axis.grid(alpha=0.3)
+    figure.suptitle(f"Validation loss by mixer ({mode}: {args.layers}x{args.hidden} GPT, {args.steps} steps, seeds {args.seeds})")
+    figure.tight_layout()
+    save_figure(figure, path, dpi=110)
+    plt.close(figure)
+
+
+def plot_weights(args: argparse.Namespace, analysis: dict, path: str, mode: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, summary, proxy = analysis["names"], analysis["summary"], analysis["proxy"]
+    panels = [(mixer, summary[mixer]["mixture"]) for mixer in args.mixers if summary.get(mixer, {}).get("seeds_ok")]
+    if proxy:
+        panels.append((f"proxy {proxy['layers']}x{proxy['hidden']} (AC-ODM training)", proxy["mixture"]))
+    columns = 3
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for index, (label, mixture) in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        # a record's share covers the log interval that ends at its iteration: drawn from the interval's start
+        iterations = [0, *mixture["iteration"]]
+        shares = [[mixture["share_mean"][name][0], *mixture["share_mean"][name]] for name in names]
+        axis.stackplot(iterations, *shares, labels=names, colors=colours[: len(names)], step="pre")
+        axis.set_title(label, fontsize=10)
+        axis.set_ylim(0, 1)
+        axis.set_xlim(0, args.steps)
+        axis.set_xlabel("step")
+        axis.set_ylabel("share of samples")
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(names), fontsize=9)
+    figure.suptitle(f"Realised mixture per log interval ({log_interval(args)} steps), mean over seeds ({mode})")
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    save_figure(figure, path, dpi=110)
+    plt.close(figure)
+
