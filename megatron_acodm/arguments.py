@@ -92,6 +92,10 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data-path", nargs="+", required=True, help="a domains.json, or [w1] prefix1 [w2] prefix2 ...")
     group.add_argument("--split", default="969,30,1", help="train,valid,test document shares per domain")
+    group.add_argument(
+        "--min-samples-per-domain", type=int, default=0,
+        help="samples every domain gets in every global batch, whatever its weight; the rest follows the weights",
+    )
     group.add_argument("--data-cache-path", default=None)
     group.add_argument("--tokenizer-type", default="SentencePieceTokenizer")
     group.add_argument("--tokenizer-model", default=None)
@@ -206,6 +210,7 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.save_interval is not None and args.save is None, "--save-interval needs --save"),
         (args.save_interval is not None and args.save_interval < 1, "--save-interval must be >= 1"),
         (args.eval_interval < 1 or args.log_interval < 1, "--eval-interval and --log-interval must be >= 1"),
+        (args.min_samples_per_domain < 0, f"--min-samples-per-domain ({args.min_samples_per_domain}) must be >= 0"),
         (args.eval_iters < 0, f"--eval-iters ({args.eval_iters}) must be >= 0 (0 turns evaluation off)"),
         (args.exit_signal_handler and args.save is None, "--exit-signal-handler needs --save (where the checkpoint goes)"),
         (not 0 <= args.mixing_floor < 1, f"--mixing-floor ({args.mixing_floor}) must be in [0, 1/K] for K domains"),

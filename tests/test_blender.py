@@ -72,6 +72,32 @@ def test_plan_tracks_cumulative_weights(corpus, tokenizer):
         assert numpy.abs(blender.realised_counts - target).max() < 1.0
 
 
+def test_minimum_per_domain_reaches_every_domain_every_step_and_the_rest_tracks_the_weights(corpus, tokenizer):
+    minimum = 2
+    blender = _blender(corpus, tokenizer, min_samples_per_domain=minimum)
+    target = numpy.zeros(3)
+    for step in range(150):
+        weights = _weights(step)  # some steps give two domains weight zero
+        plan = blender.plan(step, weights)
+        assert plan.counts.min() >= minimum and plan.counts.sum() == BATCH
+        assert numpy.allclose(plan.weights, (minimum + weights * (BATCH - 3 * minimum)) / BATCH, rtol=0, atol=1e-15)
+        target += plan.weights * BATCH
+        assert numpy.abs(blender.realised_counts - target).max() < 1.0  # the same bound, for the mixture followed
+
+
+def test_without_a_minimum_the_plan_follows_the_weights_exactly(corpus, tokenizer):
+    blender = _blender(corpus, tokenizer)
+    weights = numpy.array([0.2, 0.3, 0.5])
+    assert numpy.array_equal(blender.plan(0, weights).weights, weights)
+
+
+@pytest.mark.parametrize("minimum", [-1, 5])
+def test_a_minimum_the_batch_cannot_hold_is_refused(corpus, tokenizer, minimum):
+    with pytest.raises(UserError, match=rf"--min-samples-per-domain {minimum}: the 3 domains of --data-path and the "
+                                        rf"global batch of {BATCH} allow a value in \[0, 4\]"):
+        _blender(corpus, tokenizer, min_samples_per_domain=minimum)
+
+
 def test_same_seed_same_plans_other_seed_other_plans(corpus, tokenizer):
     first, second, other = (_blender(corpus, tokenizer, seed=seed) for seed in (7, 7, 8))
     differs = False

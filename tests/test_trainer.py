@@ -151,3 +151,13 @@ def test_tracker_naming_a_missing_checkpoint_is_refused_clearly(tmp_path, prepro
     refused = run(runs.ENTRY, arguments, cwd=str(tmp_path))
     assert refused.returncode == 2
     assert f"names iteration 7 but {save}/iter_0000007 is missing" in refused.stderr
+
+
+def test_min_samples_per_domain_reaches_every_domain_every_step(tmp_path, preprocessed_corpus, tokenizer_model):
+    save = str(tmp_path / "run")
+    runs.train(tmp_path, runs.arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "4", "--mixer", "odm",
+                                        "--min-samples-per-domain", "2"))
+    for record in runs.losses(save)[2]:  # one record per step (--log-interval 1), global batch 8
+        domains = record["domains"].values()
+        assert min(domain["share"] for domain in domains) >= 2 / 8
+        assert min(domain["weight"] for domain in domains) >= 2 / 8 - 1e-12  # the logged mixture is the one followed

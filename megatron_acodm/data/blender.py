@@ -35,6 +35,7 @@ class StepPlan:
     domain_ids: numpy.ndarray
     sample_ids: numpy.ndarray
     counts: numpy.ndarray  # samples per domain in this batch
+    weights: numpy.ndarray  # the mixture the counts follow: the given weights with the per-domain minimum
 
 
 class _EpochWalker:
@@ -80,6 +81,7 @@ class DynamicBlender:
         global_batch_size: int,
         seed: int,
         split: str = "969,30,1",
+        min_samples_per_domain: int = 0,
         data_cache_path: Optional[str] = None,
         reset_position_ids: bool = False,
         reset_attention_mask: bool = False,
@@ -89,8 +91,15 @@ class DynamicBlender:
         if global_batch_size < 1:
             raise ValueError(f"global batch size must be positive, got {global_batch_size}")
         _check_tokenizer_matches(manifest, tokenizer)
+        most = global_batch_size // len(manifest.names)
+        if not 0 <= min_samples_per_domain <= most:
+            raise UserError(
+                f"--min-samples-per-domain {min_samples_per_domain}: the {len(manifest.names)} domains of "
+                f"--data-path and the global batch of {global_batch_size} allow a value in [0, {most}]"
+            )
         self.manifest = manifest
         self.names = manifest.names
+        self.min_samples_per_domain = min_samples_per_domain
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.initial_weights = numpy.array(manifest.initial_weights())
@@ -160,7 +169,13 @@ class DynamicBlender:
         if weights.shape != (self.num_domains,):
             raise ValueError(f"expected {self.num_domains} weights ({', '.join(self.names)}), got shape {weights.shape}")
         weights = numpy.array(validate_weights(weights, source=f"mixture weights at step {step}"))
-        counts, self._carry = apportion(self._carry, weights, self.global_batch_size)
+        # Every domain first gets its minimum; the rest of the batch follows the weights, with the
+        # carries tracking that part alone (so they stay bounded whatever the minimum takes).
+        reserved = self.min_samples_per_domain
+        weighted = self.global_batch_size - reserved * self.num_domains
+        counts, self._carry = apportion(self._carry, weights, weighted)
+        counts += reserved
+        followed = weights * (weighted / self.global_batch_size) + reserved / self.global_batch_size
         domain_ids = numpy.repeat(numpy.arange(self.num_domains), counts)
         sample_ids = numpy.concatenate([walker.take(int(count)) for walker, count in zip(self._walkers, counts)])
         # Shuffle the batch so every micro-batch (and data-parallel slice) sees the mixture.
@@ -169,7 +184,7 @@ class DynamicBlender:
         ).permutation(self.global_batch_size)
         self.realised_counts += counts
         self.next_step += 1
-        return StepPlan(step, domain_ids[order], sample_ids[order].astype(numpy.int64), counts)
+        return StepPlan(step, domain_ids[order], sample_ids[order].astype(numpy.int64), counts, followed)
 
     def sample(self, domain_id: int, sample_id: int) -> dict:
         """Megatron's GPT training sample (tokens, labels, masks, position ids) tagged with its domain."""

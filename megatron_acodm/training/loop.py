@@ -37,6 +37,7 @@ def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
             global_batch_size=args.global_batch_size,
             seed=args.seed,
             split=args.split,
+            min_samples_per_domain=args.min_samples_per_domain,
             data_cache_path=args.data_cache_path,
             reset_position_ids=args.reset_position_ids,
             reset_attention_mask=args.reset_attention_mask,
@@ -148,8 +149,7 @@ def pretrain(args: Namespace) -> None:
     run_started = time.perf_counter()
     for iteration in range(start, args.train_iters):
         step_started = time.perf_counter()
-        weights = mixer.weights()
-        plan = blender.plan(iteration, weights)
+        plan = blender.plan(iteration, mixer.weights())
         batch = micro_batches(blender.sample, *data_parallel_slice(plan.domain_ids, plan.sample_ids, dp_rank, dp_size), args.micro_batch_size)
         outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler, sketcher, norm_layers)
         mixer.observe(_signals(iteration, outcome, plan.counts))
@@ -158,7 +158,7 @@ def pretrain(args: Namespace) -> None:
         logger.advance(1)
         if done % args.log_interval == 0 or done == args.train_iters:
             lr = scheduler.get_lr(optimizer.param_groups[0])
-            logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, weights))
+            logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, plan.weights))
             interval.reset()
         if eval_batches and (done % args.eval_interval == 0 or done == args.train_iters):
             sums = evaluate(model, blender, eval_batches, args, dp_rank, dp_size, run_device)
