@@ -29,7 +29,7 @@ thread the agent's own switch to one thread (`_one_thread`) costs nothing, as it
   difference in MiB says more than the ratio.
 - In-process, on this process's thread count: `mixer.observe` of each mixer on synthetic signals at
   K = 8 (the agent's own cost), and the sketch work of one step (`project_and_segment_sum` on each
-  hooked layer and micro-batch, `gram_and_alignment`, the layer norms; `torch.utils.benchmark`) at
+  hooked layer and micro-batch, `gram`, the layer norms; `torch.utils.benchmark`) at
   both sizes.
 - Analytic: the sketch's share of a step's FLOPs at both sizes and at Pythia-1B, the paper's scale.
 
@@ -211,7 +211,7 @@ def sketch_cost(num_layers: int, hidden: int, repeats: int) -> dict:
     """Milliseconds of one step's sketch work at one size on this process's threads (fp32, CPU reference)."""
     import torch
 
-    from megatron_acodm.sketch import gram_and_alignment, project_and_segment_sum
+    from megatron_acodm.sketch import gram, project_and_segment_sum
 
     generator = torch.Generator().manual_seed(SEED)
     tokens, micro_batches, layers = SEQ_LENGTH * MICRO_BATCH, GLOBAL_BATCH // MICRO_BATCH, min(SKETCHED_LAYERS, num_layers)
@@ -223,12 +223,12 @@ def sketch_cost(num_layers: int, hidden: int, repeats: int) -> dict:
     weight = torch.randn(hidden, 4 * hidden, generator=generator)
     sketches = torch.randn(8, SKETCH_DIM, generator=generator)
     project = time_cpu(lambda: project_and_segment_sum(x, delta, u, v, domains, 8), repeats)["median_ms"]
-    gram = time_cpu(lambda: gram_and_alignment(sketches), repeats)["median_ms"]
+    gram_ms = time_cpu(lambda: gram(sketches), repeats)["median_ms"]
     norm = time_cpu(lambda: weight.detach().double().pow(2).sum(), repeats)["median_ms"]
     return {
         "project_and_segment_sum_ms": project,
         "hooks_per_step_ms": project * layers * micro_batches,
-        "gram_and_alignment_ms": gram,
+        "gram_ms": gram_ms,
         "layer_norms_per_step_ms": norm * 4,  # four feature depths (0.25, 0.5, 0.75, 1.0)
         "sketched_layers": layers,
         "micro_batches": micro_batches,
@@ -313,7 +313,7 @@ def markdown(summary: dict, observe: dict, sketch: dict, shares: dict) -> str:
             f"| sketch hooks, {size} ({cost['sketched_layers']} layers x {cost['micro_batches']} micro-batches) | "
             f"{cost['hooks_per_step_ms']:.2f} |"
         )
-        lines.append(f"| gram_and_alignment + 4 layer norms, {size} | {cost['gram_and_alignment_ms'] + cost['layer_norms_per_step_ms']:.3f} |")
+        lines.append(f"| gram + 4 layer norms, {size} | {cost['gram_ms'] + cost['layer_norms_per_step_ms']:.3f} |")
     lines += ["", "| sketch share of a step's FLOPs | |", "|---|---|"]
     lines += [f"| {name} | {share:.2%} |" for name, share in shares.items()]
     lines += ["", NOT_COMPARABLE]

@@ -5,7 +5,7 @@
 
 Shapes of a realistic step on one layer: T = 8192 tokens, x = the `linear_fc2` input (ffn 8192),
 delta = its output gradient (hidden 2048), k = 256 probes, K = 8 and 32 domains, bf16 activations.
-Timed: `project_and_segment_sum` (the per-micro-batch hook work) and `gram_and_alignment` (once a
+Timed: `project_and_segment_sum` (the per-micro-batch hook work) and `gram` (once a
 step).
 
 - On a GPU: both implementations, timed by `triton.testing.do_bench` (CUDA events, L2 flushed
@@ -107,8 +107,8 @@ def realistic_shapes(implementations: dict, device: str, device_name: str, repea
                 name, "project_and_segment_sum", num_domains, torch.bfloat16, timing,
                 **projection_rates(timing["median_ms"], torch.bfloat16, device_name),
             ))
-            timing = time_ms(partial(module.gram_and_alignment, sketches), repeats, cuda)
-            results.append(record(name, "gram_and_alignment", num_domains, torch.float32, timing))
+            timing = time_ms(partial(module.gram, sketches), repeats, cuda)
+            results.append(record(name, "gram", num_domains, torch.float32, timing))
         del arguments
     return results
 
@@ -122,7 +122,7 @@ def interpreted_tiny(repeats: int) -> list[dict]:
     sketches = torch.randn(TINY["num_domains"], TINY["dim"])
     for operation, dtype, call in (
         ("project_and_segment_sum", torch.bfloat16, lambda module: module.project_and_segment_sum(*arguments)),
-        ("gram_and_alignment", torch.float32, lambda module: module.gram_and_alignment(sketches)),
+        ("gram", torch.float32, lambda module: module.gram(sketches)),
     ):
         expected, got = call(reference), call(kernels)
         expected, got = (expected[0], got[0]) if isinstance(expected, tuple) else (expected, got)

@@ -64,6 +64,6 @@ def project_and_segment_sum(
     return _implementation(x.device).project_and_segment_sum(x, delta, u, v, token_domain, num_domains)
 
 
-def gram_and_alignment(sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """See `reference.gram_and_alignment`."""
-    return _implementation(sketches.device).gram_and_alignment(sketches)
+def gram(sketches: torch.Tensor) -> torch.Tensor:
+    """See `reference.gram`."""
+    return _implementation(sketches.device).gram(sketches)

@@ -19,7 +19,6 @@ _MAX_PROBES_PER_TILE = 64
 _DOMAINS_PER_TILE = 16
 _SKETCH_COLUMNS_PER_STEP = 64
 # A global that a kernel reads must be a constexpr.
-_FLOAT32_TINY = tl.constexpr(1.1754943508222875e-38)
 # The interpreter multiplies bf16 operands of tl.dot as their raw bits (triton-lang/triton#11584;
 # its docs: cast bf16 to fp32 first). Upcasting there changes nothing: a product of two bf16 values
 # is exact in fp32, and the GPU path accumulates in fp32 too.
@@ -131,34 +130,15 @@ def project_and_segment_sum(
 
 
 @triton.jit
-def _gram_and_alignment_kernel(
-    sketch_ptr, gram_ptr, alignment_ptr, num_domains, num_columns, stride_domain, stride_column,
+def _gram_kernel(
+    sketch_ptr, gram_ptr, num_domains, num_columns, stride_domain, stride_column,
     DOMAINS: tl.constexpr, COLUMNS: tl.constexpr,
 ):
     program = tl.program_id(0)
     offsets = tl.arange(0, DOMAINS)
     columns_in_step = tl.arange(0, COLUMNS)
-
-    # mean_i |g_i| over all domains. Every program computes it (K * k work, next to its own
-    # DOMAINS * K * k) rather than waiting on a second launch.
-    norm_total = 0.0
-    for first in range(0, num_domains, DOMAINS):
-        domains = first + offsets
-        squares = tl.zeros((DOMAINS,), dtype=tl.float32)
-        for start in range(0, num_columns, COLUMNS):
-            columns = start + columns_in_step
-            block = tl.load(
-                sketch_ptr + domains[:, None] * stride_domain + columns[None, :] * stride_column,
-                mask=(domains[:, None] < num_domains) & (columns[None, :] < num_columns),
-                other=0.0,
-            ).to(tl.float32)
-            squares += tl.sum(block * block, axis=1)
-        norm_total += tl.sum(tl.sqrt(squares / num_columns))
-    mean_norm = tl.maximum(norm_total / num_domains, _FLOAT32_TINY)
-
     rows = program * DOMAINS + offsets
     row_ok = rows < num_domains
-    off_diagonal_sums = tl.zeros((DOMAINS,), dtype=tl.float32)
     for first in range(0, num_domains, DOMAINS):
         cols = first + offsets
         col_ok = cols < num_domains
@@ -177,28 +157,20 @@ def _gram_and_alignment_kernel(
                 other=0.0,
             ).to(tl.float32)
             products = tl.dot(row_block, col_block, products, input_precision="ieee")
-        gram_block = products / num_columns
         tl.store(
             gram_ptr + rows[:, None] * num_domains + cols[None, :],
-            gram_block,
+            products / num_columns,
             mask=row_ok[:, None] & col_ok[None, :],
         )
-        off_diagonal_sums += tl.sum(tl.where(rows[:, None] != cols[None, :], gram_block, 0.0), axis=1)
-    tl.store(alignment_ptr + rows, off_diagonal_sums / mean_norm, mask=row_ok)
 
 
-def gram_and_alignment(sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """As `reference.gram_and_alignment`: the Gram matrix `[K, K]` and the alignment `[K]`, fp32.
-
-    One program per block of 16 Gram rows; the diagonal for the mean norm comes from squared
-    sketch entries, which equal the Gram diagonal up to fp32 order.
-    """
+def gram(sketches: torch.Tensor) -> torch.Tensor:
+    """As `reference.gram`: the estimated Gram matrix `[K, K]`, fp32; one program per block of 16 rows."""
     num_domains, num_columns = sketches.shape
-    gram = torch.empty(num_domains, num_domains, dtype=torch.float32, device=sketches.device)
-    alignment = torch.empty(num_domains, dtype=torch.float32, device=sketches.device)
+    result = torch.empty(num_domains, num_domains, dtype=torch.float32, device=sketches.device)
     grid = (triton.cdiv(num_domains, _DOMAINS_PER_TILE),)
-    _gram_and_alignment_kernel[grid](
-        sketches, gram, alignment, num_domains, num_columns, sketches.stride(0), sketches.stride(1),
+    _gram_kernel[grid](
+        sketches, result, num_domains, num_columns, sketches.stride(0), sketches.stride(1),
         DOMAINS=_DOMAINS_PER_TILE, COLUMNS=_SKETCH_COLUMNS_PER_STEP,
     )
-    return gram, alignment
+    return result

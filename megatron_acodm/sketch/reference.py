@@ -29,15 +29,7 @@ def project_and_segment_sum(
     return sketch.index_add_(0, token_domain.to(x.device), x_projected * delta_projected)
 
 
-def gram_and_alignment(sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The estimated Gram matrix `S S^T / k` `[K, K]` and the per-domain alignment `[K]`.
-
-    `alignment_k = sum_{j != k} gram[k, j] / mean_i |g_i|`, with `|g_i|` estimated as
-    `sqrt(gram[i, i])`. All-zero sketches give zero alignment, not NaN.
-    """
+def gram(sketches: torch.Tensor) -> torch.Tensor:
+    """The estimated Gram matrix `S S^T / k` `[K, K]`: entry (a, b) estimates `<G_a, G_b>`."""
     sketches = sketches.float()
-    gram = sketches @ sketches.T / sketches.shape[1]
-    diagonal = gram.diagonal()
-    mean_norm = diagonal.clamp_min(0).sqrt().mean()
-    off_diagonal_sums = gram.sum(dim=1) - diagonal
-    return gram, off_diagonal_sums / mean_norm.clamp_min(torch.finfo(torch.float32).tiny)
+    return sketches @ sketches.T / sketches.shape[1]

@@ -15,7 +15,7 @@ from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, StepSignals, build_mixer
 from megatron_acodm.model import layers_at_depths, pad_vocab_size
-from megatron_acodm.sketch import GradientSketcher, gram_and_alignment
+from megatron_acodm.sketch import GradientSketcher, gram
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
 from megatron_acodm.training.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
 from megatron_acodm.training.evaluation import evaluate, evaluation_batches
@@ -96,7 +96,7 @@ def _signals(iteration: int, outcome: StepOutcome, counts: numpy.ndarray) -> Ste
         domain_loss_sum=outcome.domain_sums[:, 0],
         domain_tokens=outcome.domain_sums[:, 1],
         realised_counts=counts,
-        domain_gram=None if outcome.sketch is None else gram_and_alignment(outcome.sketch)[0].double().cpu().numpy(),
+        domain_gram=None if outcome.sketch is None else gram(outcome.sketch).double().cpu().numpy(),
         layer_weight_norms=outcome.layer_norms,
     )
 
