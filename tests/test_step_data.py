@@ -55,3 +55,16 @@ def test_micro_batches_tag_every_sequence_with_its_domain(preprocessed_corpus, t
         assert torch.equal(batches[0]["tokens"][row], blender.sample(int(domain), int(sample))["tokens"])
     padding = micro_batches(blender.valid_sample, numpy.array([0, 1]), [0, None], 2)[0]
     assert padding["loss_mask"][1].sum() == 0 and padding["loss_mask"][0].sum() > 0
+
+
+@pytest.mark.parametrize("create_attention_mask", [False, True])
+def test_micro_batches_carry_an_explicit_mask_only_when_asked(preprocessed_corpus, tokenizer, create_attention_mask):
+    # The trainer asks only with --reset-attention-mask: for plain causal attention the kernel masks itself,
+    # and a [1, seq, seq] mask per sample costs the host (bench/attention_mask.py).
+    blender = DynamicBlender(parse_data_path([preprocessed_corpus]), tokenizer, seq_length=16, global_batch_size=8, seed=7,
+                             split="90,10,0", create_attention_mask=create_attention_mask)
+    plan = blender.plan(0, [0.25, 0.25, 0.5])
+    (batch,) = micro_batches(blender.sample, plan.domain_ids[:4], plan.sample_ids[:4], 4)
+    assert ("attention_mask" in batch) == create_attention_mask
+    if create_attention_mask:
+        assert batch["attention_mask"].shape == (4, 1, 16, 16)

@@ -86,7 +86,7 @@ class DynamicBlender:
         reset_position_ids: bool = False,
         reset_attention_mask: bool = False,
         eod_mask_loss: bool = False,
-        create_attention_mask: bool = True,
+        create_attention_mask: bool = False,
     ):
         if global_batch_size < 1:
             raise ValueError(f"global batch size must be positive, got {global_batch_size}")

@@ -42,6 +42,8 @@ def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
             reset_position_ids=args.reset_position_ids,
             reset_attention_mask=args.reset_attention_mask,
             eod_mask_loss=args.eod_mask_loss,
+            # The attention kernel applies the causal mask itself; only document-wise masks must be built.
+            create_attention_mask=args.reset_attention_mask,
         )
 
     blender = build() if torch.distributed.get_rank() == 0 else None
