@@ -117,7 +117,7 @@ class DynamicBlender:
         )
         self.vocab_size = tokenizer.vocab_size
         self._indexed = [
-            open_indexed_dataset(domain.prefix, tokenizer.vocab_size, domain.max_token_id)
+            open_indexed_dataset(domain.prefix, self.vocab_size, domain.max_token_id)
             for domain in manifest.domains
         ]
         # Tokens per domain in its whole indexed dataset: what a temperature blend and the

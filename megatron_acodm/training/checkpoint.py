@@ -34,7 +34,7 @@ def checkpoint_path(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
 
-def latest_iteration(root: str) -> Optional[int]:
+def _latest_iteration(root: str) -> Optional[int]:
     """The iteration the tracker under `root` names (None when there is no tracker)."""
     tracker = os.path.join(root, TRACKER)
     if not os.path.isfile(tracker):
@@ -49,7 +49,7 @@ def latest_iteration(root: str) -> Optional[int]:
     return int(text)
 
 
-def checkpoint_problem(path: str) -> Optional[str]:
+def _checkpoint_problem(path: str) -> Optional[str]:
     """What keeps the checkpoint at `path` from loading (a missing or truncated file), or None.
 
     Every tensor file is checked against the byte ranges that torch's checkpoint metadata promises,
@@ -85,14 +85,14 @@ def _earlier_complete_checkpoint(root: str, before: Optional[int]) -> str:
         reverse=True,
     )
     for iteration in found:
-        if (before is None or iteration < before) and checkpoint_problem(checkpoint_path(root, iteration)) is None:
+        if (before is None or iteration < before) and _checkpoint_problem(checkpoint_path(root, iteration)) is None:
             return f"{checkpoint_path(root, iteration)} is complete: write {iteration} into {tracker} to resume from it"
     return f"no complete checkpoint is left under {root}: delete {tracker} to start afresh"
 
 
 def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
     """The latest checkpoint under `root` and its run state, after checking that it is whole."""
-    iteration = latest_iteration(root)
+    iteration = _latest_iteration(root)
     if iteration is None:
         return None
     path = checkpoint_path(root, iteration)
@@ -101,7 +101,7 @@ def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
             f"{os.path.join(root, TRACKER)} names iteration {iteration} but {path} is missing; "
             f"{_earlier_complete_checkpoint(root, iteration)}"
         )
-    problem = checkpoint_problem(path)
+    problem = _checkpoint_problem(path)
     if problem is None:
         try:
             return path, dist_checkpointing.load_common_state_dict(path)["run"]

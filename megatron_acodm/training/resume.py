@@ -10,6 +10,7 @@ arguments) or `--use-checkpoint-opt_param-scheduler` (keep the checkpoint's) say
 from __future__ import annotations
 
 from argparse import Namespace
+from typing import Optional
 
 from megatron_acodm.data import DynamicBlender
 from megatron_acodm.errors import UserError
@@ -77,22 +78,11 @@ def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender:
                 f"{path}: saved with {_describe(flag, saved)}, this run has {_describe(flag, current)}, which "
                 f"changes {what}; {_back_to(flag, saved)}, {new_run}"
             )
-    if not args.remap_domains and state["domains"] != blender.names:
+    change = _data_change(state, blender)
+    if change and not args.remap_domains:
         raise UserError(
-            f"{path}: trained on domains {state['domains']}, this run has {blender.names}; resume with the "
-            f"same --data-path, or pass --remap-domains to keep the model and optimizer and restart the "
-            f"mixer and blender on the new domains"
-        )
-    if not args.remap_domains and not _same_data(state, blender):
-        name, saved, current = next(
-            (name, saved, current)
-            for name, saved, current in zip(blender.names, state["domain_tokens"], blender.domain_tokens.tolist())
-            if saved != current
-        )
-        raise UserError(
-            f"{path}: domain {name!r} held {saved} tokens when the checkpoint was written, --data-path now "
-            f"gives it {current}: the same names hold other data; resume on the data the run was trained "
-            f"on, or pass --remap-domains to restart the mixer and blender on this data"
+            f"{path}: {change}; resume on the data the run was trained on, or pass --remap-domains to "
+            f"keep the model and optimizer and restart the mixer and blender on this data"
         )
     if args.override_opt_param_scheduler or args.use_checkpoint_opt_param_scheduler:
         return
@@ -106,14 +96,24 @@ def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender:
             )
 
 
-def _same_data(state: dict, blender: DynamicBlender) -> bool:
-    return state["domains"] == blender.names and state.get("domain_tokens", blender.domain_tokens.tolist()) == blender.domain_tokens.tolist()
+def _data_change(state: dict, blender: DynamicBlender) -> Optional[str]:
+    """How --data-path differs from the data the checkpoint was trained on, or None."""
+    if state["domains"] != blender.names:
+        return f"trained on domains {state['domains']}, this run has {blender.names}"
+    # Checkpoints written before the token counts were recorded are compared by names alone.
+    for name, saved, current in zip(blender.names, state.get("domain_tokens", []), blender.domain_tokens.tolist()):
+        if saved != current:
+            return (
+                f"domain {name!r} held {saved} tokens when the checkpoint was written, --data-path now "
+                f"gives it {current}: the same names hold other data"
+            )
+    return None
 
 
 def restore(state: dict, args: Namespace, scheduler, mixer, blender: DynamicBlender, log) -> int:
     """Bring the scheduler, mixer and blender to the checkpoint's state; return its iteration."""
     scheduler.load_state_dict(state["scheduler"])
-    if not _same_data(state, blender):  # only with --remap-domains: check_resumable refuses it otherwise
+    if _data_change(state, blender):  # only with --remap-domains: check_resumable refuses it otherwise
         log(f"--remap-domains: the mixer and blender start afresh on {blender.names}")
         blender.next_step = state["iteration"]
         return state["iteration"]
