@@ -6,6 +6,7 @@ Fixtures:
 - `domain_texts`: `{domain: [texts]}` for three small domains (prose, multilingual, code); non-ASCII, newlines, tabs.
 - `make_jsonl_corpus`: `make_jsonl_corpus(folder, {domain: [texts]}, key="text")` writes `folder/<domain>.jsonl`, returns `folder`.
 - `preprocessed_corpus`: path of a `domains.json` written by the preprocessor for `domain_texts` with --append-eod (session-scoped).
+- `index_corpus(folder, tokenizer_model, {domain: [texts]})`: the same for other texts, in a folder of the test's own.
 """
 
 from __future__ import annotations
@@ -126,16 +127,19 @@ def make_jsonl_corpus() -> Callable[..., str]:
     return write_jsonl_corpus
 
 
+def index_corpus(folder: str | os.PathLike, tokenizer_model: str, domains: dict[str, list[str]]) -> str:
+    """Write `domains` ({domain: [texts]}) as JSONL under `folder` and index it (--append-eod, one
+    worker, no index cache yet); return the path of its `domains.json`."""
+    from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
+
+    corpus = write_jsonl_corpus(os.path.join(folder, "jsonl"), domains)
+    output = os.path.join(folder, "out")
+    options = PreprocessOptions(output_dir=output, tokenizer_type=TOKENIZER_TYPE, tokenizer_model=tokenizer_model, append_eod=True)
+    preprocess_all(discover_inputs(input_dir=corpus), options, log=lambda message: None)
+    return os.path.join(output, "domains.json")
+
+
 @pytest.fixture(scope="session")
 def preprocessed_corpus(tmp_path_factory: pytest.TempPathFactory, tokenizer_model: str, domain_texts) -> str:
     """Path of `domains.json` for `domain_texts`, preprocessed with --append-eod, one worker."""
-    from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
-
-    root = tmp_path_factory.mktemp("preprocessed")
-    corpus = write_jsonl_corpus(root / "jsonl", domain_texts)
-    output = root / "out"
-    options = PreprocessOptions(
-        output_dir=str(output), tokenizer_type=TOKENIZER_TYPE, tokenizer_model=tokenizer_model, append_eod=True
-    )
-    preprocess_all(discover_inputs(input_dir=corpus), options)
-    return str(output / "domains.json")
+    return index_corpus(tmp_path_factory.mktemp("preprocessed"), tokenizer_model, domain_texts)

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import trainer_runs as runs
-from conftest import TOKENIZER_TYPE, write_jsonl_corpus
-from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
+from conftest import index_corpus
 from launching import command, environment, run
 from megatron_acodm.arguments import parse_args
 from megatron_acodm.data import DynamicBlender, parse_data_path
@@ -30,18 +29,9 @@ from megatron_acodm.training.resume import check_resumable
 from megatron_acodm.training.setup import build_scheduler
 
 
-def _index(folder, tokenizer_model, texts) -> str:
-    """Index `texts` ({domain: [documents]}) into a new folder; its domains.json, with no cache beside it."""
-    corpus = write_jsonl_corpus(os.path.join(folder, "jsonl"), texts)
-    output = os.path.join(folder, "indexed")
-    options = PreprocessOptions(output_dir=output, tokenizer_type=TOKENIZER_TYPE, tokenizer_model=tokenizer_model, append_eod=True)
-    preprocess_all(discover_inputs(input_dir=corpus), options, log=lambda message: None)
-    return os.path.join(output, "domains.json")
-
-
 @pytest.fixture
 def fresh_corpus(tmp_path, tokenizer_model, domain_texts) -> str:
-    return _index(str(tmp_path / "data"), tokenizer_model, domain_texts)
+    return index_corpus(str(tmp_path / "data"), tokenizer_model, domain_texts)
 
 
 def _error_lines(completed: subprocess.CompletedProcess) -> list[str]:
@@ -286,7 +276,7 @@ def test_resuming_with_arguments_the_checkpoint_cannot_follow_is_refused(saved_r
 
 def test_same_domain_names_over_other_data_are_refused_unless_remapped(tmp_path, saved_run, tokenizer_model, tokenizer, domain_texts):
     fewer = {domain: texts[: len(texts) // 2] for domain, texts in domain_texts.items()}
-    other = _index(str(tmp_path / "other"), tokenizer_model, fewer)
+    other = index_corpus(str(tmp_path / "other"), tokenizer_model, fewer)
     path, state = open_checkpoint(saved_run)
     args = _resume_arguments(other, tokenizer, saved_run)
     with pytest.raises(UserError, match="the same names hold other data; resume on the data the run was trained on, or pass --remap-domains"):
