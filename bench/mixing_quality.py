@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mixing quality: does online mixing beat static blends on real text? Side by side, several seeds.
 
-    python bench/mixing_quality.py [--quick] [--data-path domains.json --tokenizer-model M]
+    python bench/mixing_quality.py [--quick] [--corpus demo|noisy] [--data-path domains.json --tokenizer-model M]
         [--target-data-path T] [--seeds 1,2,3] [--steps N] [--mixers uniform,temperature,odm,acodm,acodm_proxy]
         [--work-dir data/mixing_quality] [--output-dir bench/results] [--fresh]
 
@@ -30,6 +30,18 @@ Without `--data-path` it uses the demo corpus, building it first (`tools/build_d
 is not run again (`--fresh` reruns everything). `--target-data-path` (a held-out target set for a
 task-aligned mixer) is recorded but no mixer here reads it yet.
 
+`--corpus noisy` asks whether a mixer learns to avoid data that cannot be learnt: the demo corpus
+plus one domain, `noise`, of uniformly random ordinary token ids (a fixed seed; documents of the
+demo's mean length, each ending in EOD) holding 40% of all corpus tokens. Its `.bin/.idx` pair and
+a `domains.json` listing the demo's domains and `noise` are written once to `<work-dir>/noisy-corpus/`
+(again only when the noise's recipe changes). Every run gets `--mixing-objective <the demo's
+domains>` (the mixers that read gradients then lower the real domains' loss). Every mean,
+steps-to-reach and ratio is over the real domains only (noise's own loss is shown beside them); the references are `uniform` and `static` (tokens-proportional, the
+blend a user would pick: it gives the noise its 40%); the default mixers are uniform, static, odm,
+acodm and acodm_proxy; the mixture table shows the noise's share first. Writes
+`mixing_quality_noisy.{json,md}`, `mixing_quality_noisy_curves.png` and
+`mixing_quality_noisy_weights.png`.
+
 This file runs the comparison; `mixing_quality_analysis.py` turns the runs' metrics into figures,
 `mixing_quality_report.py` writes the markdown page and `mixing_quality_plots.py` the plots.
 """
@@ -43,12 +55,20 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy
+from megatron.core.datasets.indexed_dataset import DType
 
 from common import REPO, child_env, describe_machine, progress, run_process, say, tail, write_json, write_text
-from megatron_acodm.data.tokenizers import file_sha256
+from demo_corpus.tokenizer_training import SPECIAL_IDS
+from domain_indexing import DomainInput, EncodedBatch, Job, write_domain
+from megatron_acodm.data.indexed import check_indexed_files
+from megatron_acodm.data.manifest import MANIFEST_NAME, PREFIX_SUFFIX, Domain, Manifest, load_manifest
+from megatron_acodm.data.tokenizers import Tokenizer, file_sha256
 from megatron_acodm.errors import UserError
-from mixing_quality_analysis import REFERENCE, analyse, clock, eval_interval, log_interval, parameter_count
+from megatron_acodm.training.metrics import validation_means
+from mixing_quality_analysis import REFERENCE, REFERENCES, analyse, clock, eval_interval, log_interval, parameter_count
 from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
 from run_metrics import read_metrics
@@ -57,7 +77,16 @@ DEMO_DIR = "data/demo"
 DEMO_DATA = f"{DEMO_DIR}/indexed/domains.json"
 DEMO_TOKENIZER = f"{DEMO_DIR}/tokenizer.model"
 ALL_MIXERS = ("static", "uniform", "temperature", "odm", "acodm", "acodm_proxy")
-DEFAULT_MIXERS = ("uniform", "temperature", "odm", "acodm", "acodm_proxy")
+DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "acodm", "acodm_proxy"),
+                  "noisy": ("uniform", "static", "odm", "acodm", "acodm_proxy")}
+OUTPUT_STEMS = {"demo": "mixing_quality", "noisy": "mixing_quality_noisy"}
+
+# The noisy corpus: the demo's domains plus NOISE, uniformly random ordinary ids, NOISE_SHARE of all tokens.
+NOISE = "noise"
+NOISE_SHARE = 0.4
+NOISE_SEED = 20240917
+NOISE_BATCH = 256  # documents generated at a time: bounds the memory the generation holds
+NOISE_FORMAT = 1  # part of the noise's fingerprint: bump when the same recipe writes other ids
 
 # (full, quick) defaults
 PRESETS = {
@@ -75,12 +104,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="a minutes-long smoke run: tiny model, 2 seeds, 40 steps")
+    add("--corpus", choices=("demo", "noisy"), default="demo",
+        help=f"demo: the demo corpus (or --data-path); noisy: the demo corpus plus a domain of random ids "
+             f"holding {NOISE_SHARE * 100:.0f}%% of the tokens, evaluated on the real domains only")
     add("--data-path", default=None, help=f"a preprocessed corpus' domains.json (default {DEMO_DATA}, built when missing)")
     add("--tokenizer-model", default=None, help=f"the corpus' tokenizer (default {DEMO_TOKENIZER} with the demo corpus)")
     add("--tokenizer-type", default="SentencePieceTokenizer")
     add("--target-data-path", default=None,
         help="held-out target set for a task-aligned mixer: recorded in the results, read by no mixer yet")
-    add("--mixers", default=",".join(DEFAULT_MIXERS), help=f"comma-separated, from {','.join(ALL_MIXERS)}")
+    add("--mixers", default=None,
+        help=f"comma-separated, from {','.join(ALL_MIXERS)} (demo: {','.join(DEFAULT_MIXERS['demo'])}; "
+             f"noisy: {','.join(DEFAULT_MIXERS['noisy'])})")
     add("--seeds", default=None, help="comma-separated --seed values (full: 1,2,3; quick: 1,2)")
     add("--steps", type=int, default=None, help="training steps of every run (full: 450; quick: 40)")
     add("--layers", type=int, default=None)
@@ -109,12 +143,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.seeds = [int(seed) for seed in str(args.seeds).split(",") if seed.strip()]
-    args.mixers = [mixer.strip() for mixer in args.mixers.split(",") if mixer.strip()]
+    mixers = args.mixers or ",".join(DEFAULT_MIXERS[args.corpus])
+    args.mixers = [mixer.strip() for mixer in mixers.split(",") if mixer.strip()]
+    args.references = list(REFERENCES[args.corpus])
     unknown = [mixer for mixer in args.mixers if mixer not in ALL_MIXERS]
     if unknown:
         parser.error(f"unknown mixers {unknown}; choose from {', '.join(ALL_MIXERS)}")
-    if REFERENCE not in args.mixers:
-        parser.error(f"--mixers must include {REFERENCE}: it is the reference of every ratio")
+    missing = [reference for reference in args.references if reference not in args.mixers]
+    if missing:
+        parser.error(f"--mixers must include {' and '.join(args.references)}: the references of every ratio "
+                     f"(missing {', '.join(missing)})")
+    if args.corpus == "noisy" and args.data_path is not None:
+        parser.error("--corpus noisy adds its noise to the demo corpus; drop --data-path")
     if not args.seeds:
         parser.error("--seeds needs at least one seed")
     if args.steps < args.evaluations or args.steps < 2:
@@ -128,11 +168,21 @@ def _run_tool(arguments: list[str]) -> None:
 
 
 def ensure_corpus(args: argparse.Namespace) -> None:
-    """Default to the demo corpus, building and indexing it when it is missing."""
-    if args.data_path is not None:
-        if args.tokenizer_model is None:
-            sys.exit("error: --data-path needs --tokenizer-model (the tokenizer the corpus was made with)")
-        return
+    """The runs' corpus in `args.data_path`, its real domains (every mean is over them) in
+    `args.evaluated`, and the `--mixing-objective` every run gets in `args.mixing_objective` (None: none)."""
+    if args.data_path is None:
+        ensure_demo_corpus(args)
+    elif args.tokenizer_model is None:
+        sys.exit("error: --data-path needs --tokenizer-model (the tokenizer the corpus was made with)")
+    args.evaluated = load_manifest(args.data_path).names
+    args.mixing_objective = None
+    if args.corpus == "noisy":
+        args.data_path = ensure_noisy_corpus(args)
+        args.mixing_objective = args.evaluated  # the gradient mixers lower the real domains' loss
+
+
+def ensure_demo_corpus(args: argparse.Namespace) -> None:
+    """The demo corpus, built and indexed when it is missing."""
     args.data_path = os.path.join(REPO, DEMO_DATA)
     args.tokenizer_model = args.tokenizer_model or os.path.join(REPO, DEMO_TOKENIZER)
     if os.path.exists(args.data_path):
@@ -145,8 +195,67 @@ def ensure_corpus(args: argparse.Namespace) -> None:
                "--workers", str(os.cpu_count() or 1), "--append-eod"])
 
 
+# ------------------------------------------------------------------------------------------ the noisy corpus
+
+
+def noise_documents(documents: int, length: int, vocab_size: int, eod: int) -> Iterator[EncodedBatch]:
+    """`documents` documents of `length` ids each: `length - 1` drawn uniformly from the ordinary ids
+    (not the tokenizer's special ones), then EOD, as the demo's documents end; the same every time."""
+    ordinary = numpy.setdiff1d(numpy.arange(vocab_size), list(SPECIAL_IDS.values()))
+    generator = numpy.random.default_rng(NOISE_SEED)
+    dtype = DType.optimal_dtype(vocab_size)
+    for start in range(0, documents, NOISE_BATCH):
+        count = min(NOISE_BATCH, documents - start)
+        ids = ordinary[generator.integers(0, ordinary.size, size=(count, length - 1))]
+        tokens = numpy.concatenate([ids, numpy.full((count, 1), eod)], axis=1).astype(dtype).ravel()
+        yield EncodedBatch(tokens, numpy.full(count, length, dtype=numpy.int64), text_bytes=0)
+
+
+def _cached_noise(manifest_path: str, fingerprint: str) -> Optional[Domain]:
+    """The noise domain `manifest_path` lists, when this recipe wrote it and its files are whole."""
+    try:
+        noise = next((domain for domain in load_manifest(manifest_path).domains if domain.name == NOISE), None)
+        if noise is None or noise.inputs_sha256 != fingerprint:
+            return None
+        check_indexed_files(noise.prefix)
+    except UserError:  # no manifest yet, a broken one, or broken files: written again
+        return None
+    return noise
+
+
+def ensure_noisy_corpus(args: argparse.Namespace) -> str:
+    """The demo corpus plus the noise domain, under `<work-dir>/noisy-corpus/`; returns its manifest.
+
+    The noise is written when its recipe (size, seed, tokenizer) changes; the manifest, which only
+    points at the demo's files, every time, so it follows the demo corpus wherever it is."""
+    base = load_manifest(args.data_path)
+    if NOISE in base.names:
+        sys.exit(f"error: {args.data_path} already has a domain named {NOISE!r}; rename it to add the noise domain")
+    folder = os.path.abspath(os.path.join(args.work_dir, "noisy-corpus"))
+    manifest_path = os.path.join(folder, MANIFEST_NAME)
+    tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
+    base_tokens = sum(domain.tokens for domain in base.domains)
+    length = round(base_tokens / sum(domain.documents for domain in base.domains))  # the demo's mean document
+    documents = round(base_tokens * NOISE_SHARE / (1 - NOISE_SHARE) / length)
+    vocab_size = base.tokenizer["vocab_size"]
+    recipe = {"format": NOISE_FORMAT, "seed": NOISE_SEED, "documents": documents, "length": length,
+              "special_ids": sorted(SPECIAL_IDS.values()), "eod": tokenizer.eod, "tokenizer": base.tokenizer}
+    fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    noise = _cached_noise(manifest_path, fingerprint)
+    if noise is None:
+        say(f"writing the noise domain: {documents:,} documents of {length} random ids in {folder}")
+        job = Job(DomainInput(NOISE, "generated noise", ()), "text", NOISE, os.path.join(folder, f"{NOISE}{PREFIX_SUFFIX}"))
+        os.makedirs(folder, exist_ok=True)
+        # No input files to read: the encoder ignores its (empty) line batches and yields the noise.
+        noise = write_domain(job, tokenizer, lambda _: noise_documents(documents, length, vocab_size, tokenizer.eod),
+                             fingerprint, log=say)
+    Manifest(domains=[*base.domains, noise], tokenizer=base.tokenizer).save(manifest_path)
+    return manifest_path
+
+
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything that changes a run's numbers; its hash names the folder of the runs."""
+    """Everything that changes a run's numbers; its hash names the folder of the runs (the demo's
+    settings leave the corpus choice out, so runs on the demo corpus keep their folder)."""
     return {
         "data_path": os.path.abspath(args.data_path),
         "data_sha256": file_sha256(args.data_path),
@@ -156,6 +265,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "proxy_layers": args.proxy_layers, "proxy_hidden": args.proxy_hidden,
         "eval_interval": eval_interval(args), "eval_iters": args.eval_iters, "log_interval": log_interval(args),
         "lr": args.lr, "min_lr": args.min_lr, "temperature": args.temperature, "threads": args.threads,
+        **({} if args.corpus == "demo" else {"corpus": args.corpus, "mixing_objective": args.mixing_objective}),
     }
 
 
@@ -200,6 +310,8 @@ class Run:
             arguments += ["--mixer", "acodm", "--acodm-policy", os.path.abspath(self.policy)]
         else:
             arguments += ["--mixer", self.mixer]
+        if args.mixing_objective:
+            arguments += ["--mixing-objective", ",".join(args.mixing_objective)]
         return arguments
 
     def command(self) -> list[str]:
@@ -230,16 +342,22 @@ class Run:
         return train[-1]["iteration"] if train else 0
 
     def curves(self) -> tuple[list[str], dict[str, Any]]:
-        """A finished run's domain names and curves: validation per evaluation, mixture and step time per log record."""
+        """A finished run's domain names and curves: validation per evaluation, mixture and step time per log record.
+
+        The validation means are the trainer's own (`validation_means`) taken over the real domains
+        (`args.evaluated`): over every domain, as the trainer logs them, unless the corpus has noise."""
         headers, train, valid = read_metrics(self.metrics)
         names = headers[-1]["domains"]
         corpus_tokens = [valid[-1]["domains"][name]["corpus_tokens"] for name in names] if valid else []
         step_ms = [record["iteration_ms"] for record in train[1:]] or [record["iteration_ms"] for record in train]
+        means = [validation_means([record["domains"][name]["loss"] for name in self.args.evaluated],
+                                  [record["domains"][name]["corpus_tokens"] for name in self.args.evaluated])
+                 for record in valid]
         return names, {
             "valid": {
                 "iteration": [record["iteration"] for record in valid],
-                "lm_loss": [record["lm_loss"] for record in valid],
-                "lm_loss_uniform": [record["lm_loss_uniform"] for record in valid],
+                "lm_loss": [token_weighted for token_weighted, _ in means],
+                "lm_loss_uniform": [uniform for _, uniform in means],
                 "domain_loss": {name: [record["domains"][name]["loss"] for record in valid] for name in names},
             },
             "train": {
@@ -328,7 +446,10 @@ def execute_runs(runs: list[Run], fresh: bool) -> dict[str, dict[str, Any]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    ensure_corpus(args)
+    try:
+        ensure_corpus(args)
+    except UserError as error:  # a corpus or tokenizer the trainer would refuse: one line, as it says it
+        sys.exit(f"error: {error}")
     mode = "quick" if args.quick else "full"
     config = settings(args)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
@@ -358,6 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     document = {
         "benchmark": "mixing_quality",
         "mode": mode,
+        "corpus": args.corpus,
         "settings": config,
         "run_folder": os.path.relpath(root, REPO),
         "target_data_path": args.target_data_path,
@@ -365,19 +487,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "mixers": args.mixers,
         "seeds": args.seeds,
         "reference": REFERENCE,
+        "references": args.references,
         "parameters": {"target": parameter_count(args.layers, args.hidden, args),
                        "proxy": parameter_count(args.proxy_layers, args.proxy_hidden, args)},
         "wall_s": {"this_invocation": wall, "sum_of_runs": run_wall},
         "environment": describe_machine(("python", "torch", "cpus", "threads_per_run", "machine"), threads_per_run=args.threads),
         **analysis,
     }
-    write_json(os.path.join(args.output_dir, "mixing_quality.json"), document)
-    write_text(os.path.join(args.output_dir, "mixing_quality.md"), report)
-    plot_curves(args, analysis, os.path.join(args.output_dir, "mixing_quality_curves.png"), mode)
-    plot_weights(args, analysis, os.path.join(args.output_dir, "mixing_quality_weights.png"), mode)
+    stem = os.path.join(args.output_dir, OUTPUT_STEMS[args.corpus])
+    write_json(f"{stem}.json", document)
+    write_text(f"{stem}.md", report)
+    plot_curves(args, analysis, f"{stem}_curves.png", mode)
+    plot_weights(args, analysis, f"{stem}_weights.png", mode)
     print(report)
-    say(f"wrote {args.output_dir}/mixing_quality.{{json,md}}, mixing_quality_curves.png, mixing_quality_weights.png "
-        f"(runs: {root}, {clock(wall)})")
+    say(f"wrote {stem}.{{json,md}}, {stem}_curves.png, {stem}_weights.png (runs: {root}, {clock(wall)})")
     failed = [name for name, run in analysis["runs"].items() if run.get("failed")]
     return 1 if failed else 0
 

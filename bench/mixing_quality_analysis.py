@@ -1,8 +1,10 @@
 """Mixing quality, the analysis: from the runs' curves to the figures every report reads.
 
-Validation curves and the steps to reach the reference's final loss, final losses with their spread
-over seeds and their differences to the reference paired by seed, the realised mixture, step time
-and peak memory. Used by `mixing_quality.py`, `mixing_quality_report.py` and `mixing_quality_plots.py`.
+Validation curves and the steps to reach each reference's final loss, final losses with their spread
+over seeds and their differences to each reference paired by seed, the realised mixture, step time
+and peak memory. The validation means are over the real domains (`args.evaluated`): a noise domain
+is shown per domain but enters no mean. Used by `mixing_quality.py`, `mixing_quality_report.py` and
+`mixing_quality_plots.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import math
 import statistics
 from typing import Any, Optional, Sequence
 
-REFERENCE = "uniform"  # a static blend: the reference of steps, time and memory
+REFERENCE = "uniform"  # a static blend: the reference of time and memory, and the first of the losses'
+# The references of the losses, per corpus: with noise also `static`, the tokens-proportional blend a
+# user would pick, which gives the noise its share of the tokens.
+REFERENCES = {"demo": (REFERENCE,), "noisy": (REFERENCE, "static")}
 METRICS = ("lm_loss_uniform", "lm_loss")
 METRIC_TITLES = {"lm_loss_uniform": "uniform mean over domains", "lm_loss": "corpus-token-weighted mean"}
 
@@ -89,18 +94,37 @@ def effective_domains(shares: Sequence[float]) -> float:
 # ------------------------------------------------------------------------------------------ analysis
 
 
+def _against(mixer_runs: list[dict], mean_curve: list, iterations: list[int], metric: str, target: float,
+             reference_runs: list[dict]) -> dict[str, Any]:
+    """One mixer's curves of `metric` against one reference: steps to reach its final loss `target`,
+    and the final loss's difference to it paired by seed."""
+    per_seed = [steps_to_reach(run["valid"]["iteration"], run["valid"][metric], target) for run in mixer_runs]
+    paired = paired_differences({run["seed"]: run["valid"][metric][-1] for run in mixer_runs},
+                                {run["seed"]: run["valid"][metric][-1] for run in reference_runs})
+    return {
+        "target": target,
+        "steps_to_target_mean_curve": steps_to_reach(iterations, mean_curve, target),
+        "steps_to_target_per_seed": per_seed,
+        "steps_to_target_spread": spread([steps for steps in per_seed if steps is not None]),
+        "reached_seeds": sum(steps is not None for steps in per_seed),
+        "paired_difference": spread(paired),
+    }
+
+
 def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str, dict], names: list[str]) -> dict[str, Any]:
     """Every run's result and curves (`curves` holds the finished runs'), each mixer's summary against
-    the reference, and the proxy's, from the runs' `results` and `curves` by run name."""
+    every reference (`args.references`), and the proxy's, from the runs' `results` and `curves` by run name."""
     per_run = {name: {**result, **curves[name]} if name in curves else {**result, "failed": True}
                for name, result in results.items()}
     mixers = [mixer for mixer in args.mixers]
     ok = lambda mixer: [per_run[f"{mixer}-seed{seed}"] for seed in args.seeds if not per_run[f"{mixer}-seed{seed}"].get("failed")]
-    reference_runs = ok(REFERENCE)
-    if not reference_runs:
-        raise SystemExit(f"error: every {REFERENCE} run failed; nothing to compare against")
-    iterations = reference_runs[0]["valid"]["iteration"]
-    targets = {metric: statistics.mean(run["valid"][metric][-1] for run in reference_runs) for metric in METRICS}
+    reference_runs = {reference: ok(reference) for reference in args.references}
+    for reference, runs in reference_runs.items():
+        if not runs:
+            raise SystemExit(f"error: every {reference} run failed; nothing to compare against")
+    iterations = reference_runs[REFERENCE][0]["valid"]["iteration"]
+    targets = {reference: {metric: statistics.mean(run["valid"][metric][-1] for run in runs) for metric in METRICS}
+               for reference, runs in reference_runs.items()}
 
     summary: dict[str, Any] = {}
     for mixer in mixers:
@@ -112,19 +136,13 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
             continue
         for metric in METRICS:
             mean_curve = mean_lists([run["valid"][metric] for run in mixer_runs])
-            per_seed = [steps_to_reach(run["valid"]["iteration"], run["valid"][metric], targets[metric]) for run in mixer_runs]
             entry[metric] = {
                 "mean_curve": mean_curve,
-                "steps_to_target_mean_curve": steps_to_reach(iterations, mean_curve, targets[metric]),
-                "steps_to_target_per_seed": per_seed,
-                "steps_to_target_spread": spread([steps for steps in per_seed if steps is not None]),
-                "reached_seeds": sum(steps is not None for steps in per_seed),
                 "final": spread([run["valid"][metric][-1] for run in mixer_runs]),
                 "final_per_seed": [run["valid"][metric][-1] for run in mixer_runs],
+                "against": {reference: _against(mixer_runs, mean_curve, iterations, metric, targets[reference][metric], runs)
+                            for reference, runs in reference_runs.items()},
             }
-            paired = paired_differences({run["seed"]: run["valid"][metric][-1] for run in mixer_runs},
-                                        {run["seed"]: run["valid"][metric][-1] for run in reference_runs})
-            entry[metric]["paired_difference_vs_uniform"] = spread(paired)
         entry["final_domain_loss"] = {name: spread([run["valid"]["domain_loss"][name][-1] for run in mixer_runs]) for name in names}
         entry["mixture"] = {
             "iteration": mixer_runs[0]["train"]["iteration"],
@@ -141,8 +159,10 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
         if not entry.get("seeds_ok"):
             continue
         for metric in METRICS:
-            own, base = entry[metric]["steps_to_target_mean_curve"], reference[metric]["steps_to_target_mean_curve"]
-            entry[metric]["ratio_to_uniform"] = own / base if own is not None and base else None
+            for name, against in entry[metric]["against"].items():  # the ratio to the reference's own steps
+                own = against["steps_to_target_mean_curve"]
+                base = summary[name][metric]["against"][name]["steps_to_target_mean_curve"]
+                against["ratio"] = own / base if own is not None and base else None
         entry["step_time_ratio"] = entry["median_step_ms"]["mean"] / reference["median_step_ms"]["mean"]
         entry["peak_rss_ratio"] = entry["peak_rss_mib"]["mean"] / reference["peak_rss_mib"]["mean"]
 
@@ -163,7 +183,25 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
                 "share_mean": {name: mean_lists([run["train"]["share"][name] for run in proxy_runs]) for name in names},
             },
         }
-    return {"names": names, "targets": targets, "iterations": iterations, "summary": summary, "proxy": proxy, "runs": per_run}
+    corpus_tokens = dict(zip(names, reference_runs[REFERENCE][0]["corpus_tokens"]))
+    return {"names": names, "evaluated": args.evaluated, "corpus_tokens": corpus_tokens, "targets": targets,
+            "iterations": iterations, "summary": summary, "proxy": proxy, "runs": per_run}
+
+
+def excluded(analysis: dict[str, Any]) -> list[str]:
+    """The domains no mean counts (the noise), in corpus order."""
+    return [name for name in analysis["names"] if name not in analysis["evaluated"]]
+
+
+def noise_first(analysis: dict[str, Any]) -> list[str]:
+    """Every domain, the noise first (where a table or a stacked plot shows it plainly), then the real ones."""
+    return excluded(analysis) + [name for name in analysis["names"] if name in analysis["evaluated"]]
+
+
+def share_at(mixture: dict[str, Any], name: str, step: int) -> float:
+    """A domain's realised share (mean over seeds) in the last log interval that ends by `step` (the first, if none)."""
+    index = max([i for i, iteration in enumerate(mixture["iteration"]) if iteration <= step], default=0)
+    return mixture["share_mean"][name][index]
 
 
 def parameter_count(layers: int, hidden: int, args: argparse.Namespace, vocab: Optional[int] = None) -> int:

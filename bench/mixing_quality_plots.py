@@ -6,7 +6,7 @@ import argparse
 import math
 
 from common import save_figure
-from mixing_quality_analysis import METRIC_TITLES, METRICS, log_interval
+from mixing_quality_analysis import METRIC_TITLES, METRICS, excluded, log_interval, noise_first
 
 COLOURS = {"static": "tab:gray", "uniform": "black", "temperature": "tab:blue", "odm": "tab:orange",
            "acodm": "tab:red", "acodm_proxy": "tab:purple"}
@@ -38,7 +38,9 @@ def plot_curves(args: argparse.Namespace, analysis: dict, path: str, mode: str) 
                 axis.fill_between(iterations, lower, upper, alpha=0.15, color=colour)
                 start = len(iterations) * 2 // 5
                 low_values += lower[start:] + upper[start:]
-            axis.axhline(analysis["targets"][metric], color="black", linestyle=":", linewidth=1, label="uniform's final mean")
+            for reference in args.references:
+                axis.axhline(analysis["targets"][reference][metric], color=COLOURS[reference], linestyle=":", linewidth=1,
+                             label=f"{reference}'s final mean")
             axis.set_xlabel("step")
             axis.set_ylabel("validation loss")
             if row == 0:
@@ -51,7 +53,9 @@ def plot_curves(args: argparse.Namespace, analysis: dict, path: str, mode: str) 
                     span = max(low_values) - min(low_values)
                     axis.set_ylim(min(low_values) - 0.05 * span, max(low_values) + 0.05 * span)
             axis.grid(alpha=0.3)
-    figure.suptitle(f"Validation loss by mixer ({mode}: {args.layers}x{args.hidden} GPT, {args.steps} steps, seeds {args.seeds})")
+    left_out = f"; means over the real domains, {', '.join(excluded(analysis))} left out" if excluded(analysis) else ""
+    figure.suptitle(f"Validation loss by mixer ({mode}: {args.layers}x{args.hidden} GPT, {args.steps} steps, "
+                    f"seeds {args.seeds}{left_out})")
     figure.tight_layout()
     save_figure(figure, path, dpi=110)
     plt.close(figure)
@@ -63,14 +67,16 @@ def plot_weights(args: argparse.Namespace, analysis: dict, path: str, mode: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names, summary, proxy = analysis["names"], analysis["summary"], analysis["proxy"]
+    summary, proxy = analysis["summary"], analysis["proxy"]
+    # the noise at the bottom of the stack, in black (tab10 has a grey): its share reads off the axis
+    names = noise_first(analysis)
     panels = [(mixer, summary[mixer]["mixture"]) for mixer in args.mixers if summary.get(mixer, {}).get("seeds_ok")]
     if proxy:
         panels.append((f"proxy {proxy['layers']}x{proxy['hidden']} (AC-ODM training)", proxy["mixture"]))
     columns = 3
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
-    colours = plt.get_cmap("tab10").colors
+    colours = ["black"] * len(excluded(analysis)) + list(plt.get_cmap("tab10").colors)
     for index, (label, mixture) in enumerate(panels):
         axis = axes[index // columns][index % columns]
         # a record's share covers the log interval that ends at its iteration: drawn from the interval's start

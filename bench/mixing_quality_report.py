@@ -1,4 +1,4 @@
-"""Mixing quality, the report: the markdown page of `bench/results/mixing_quality.md`."""
+"""Mixing quality, the report: the markdown page of `bench/results/mixing_quality.md` (`_noisy.md` for the noisy corpus)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,15 @@ from mixing_quality_analysis import (
     clock,
     effective_domains,
     eval_interval,
+    excluded,
     log_interval,
+    noise_first,
     parameter_count,
+    share_at,
     standard_error,
 )
+
+DESCRIPTIONS = {"uniform": "a static blend", "static": "tokens-proportional, the blend a user would pick"}
 
 
 def _mean_std(spread: dict, spec: str = ".4f") -> str:
@@ -26,16 +31,21 @@ def _mean_std(spread: dict, spec: str = ".4f") -> str:
     return f"{spread['mean']:{spec}} ± {spread['std']:{spec.lstrip('+')}}" if spread["n"] > 1 else format(spread["mean"], spec)
 
 
-def _steps_cell(entry: dict) -> str:
-    steps = entry["steps_to_target_mean_curve"]
-    per_seed = ", ".join("n/r" if value is None else f"{value:.0f}" for value in entry["steps_to_target_per_seed"])
+def _steps_cell(against: dict) -> str:
+    steps = against["steps_to_target_mean_curve"]
+    per_seed = ", ".join("n/r" if value is None else f"{value:.0f}" for value in against["steps_to_target_per_seed"])
     head = "not reached" if steps is None else f"{steps:.0f}"
-    return f"{head} | {'-' if entry.get('ratio_to_uniform') is None else format(entry['ratio_to_uniform'], '.2f')} | {per_seed}"
+    return f"{head} | {'-' if against.get('ratio') is None else format(against['ratio'], '.2f')} | {per_seed}"
 
 
-def verdict(mixer: str, entry: dict, metric: str) -> tuple[str, str]:
-    """(short word, sentence) comparing the mixer's final loss with uniform's, paired by seed."""
-    paired = entry[metric]["paired_difference_vs_uniform"]
+def _delta(args: argparse.Namespace, reference: str) -> str:
+    """The heading of a column of differences to `reference` (plain Δ when there is one reference)."""
+    return "Δ" if len(args.references) == 1 else f"Δ {reference}"
+
+
+def verdict(entry: dict, metric: str, reference: str) -> tuple[str, str]:
+    """(short word, sentence) comparing the mixer's final loss with the reference's, paired by seed."""
+    paired = entry[metric]["against"][reference]["paired_difference"]
     if paired["n"] == 0 or paired["mean"] is None:
         return "n/a", "no paired seeds"
     mean, n = paired["mean"], paired["n"]
@@ -46,14 +56,63 @@ def verdict(mixer: str, entry: dict, metric: str) -> tuple[str, str]:
         word = "worse"
     else:
         word = "no clear difference"
-    return word, f"final loss {mean:+.4f} vs uniform (paired over {n} seeds, std error {error:.4f})"
+    return word, f"final loss {mean:+.4f} vs {reference} (paired over {n} seeds, std error {error:.4f})"
 
 
-def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) -> str:
-    names, summary, proxy, targets = analysis["names"], analysis["summary"], analysis["proxy"], analysis["targets"]
-    mixers = [mixer for mixer in args.mixers if summary.get(mixer, {}).get("seeds_ok")]
+def _verdict_clause(entry: dict, reference: str) -> str:
+    """'beats/does NOT beat <reference>.' and, per mean, the paired verdict and the steps to reach the reference."""
+    parts = []
+    for metric in METRICS:
+        word, sentence = verdict(entry, metric, reference)
+        ratio = entry[metric]["against"][reference]["ratio"]
+        reach = (f"does not reach {reference}'s final loss" if ratio is None
+                 else f"reaches {reference}'s final loss in {ratio:.2f}x its steps")
+        parts.append(f"{METRIC_TITLES[metric]}: **{word}**, {sentence}; on the seed-mean curve it {reach}")
+    words = [verdict(entry, metric, reference)[0] for metric in METRICS]
+    if all(word == "better" for word in words):
+        head = f"beats {reference} on both means."
+    elif "better" in words:
+        head = f"beats {reference} on one mean only."
+    else:
+        head = f"does NOT beat {reference}."
+    return f"{head} " + "; ".join(parts)
+
+
+def _corpus_lines(args: argparse.Namespace, analysis: dict) -> list[str]:
+    """What the means leave out (the noise) and what the mixers were told to optimise; nothing without noise."""
+    left_out = excluded(analysis)
+    if not left_out:
+        return []
+    tokens = analysis["corpus_tokens"]
+    total = sum(tokens.values())
+    sizes = ", ".join(f"`{name}` ({tokens[name]:,} tokens, {tokens[name] / total:.1%} of the corpus)" for name in left_out)
+    objective = (f"Every run was given `--mixing-objective {','.join(args.mixing_objective)}`."
+                 if args.mixing_objective else
+                 "The trainer has no `--mixing-objective` yet: the runs were given none, so the mixers that "
+                 "read gradients optimise every domain's loss, noise included.")
+    return [
+        "",
+        f"Noise: {sizes} holds uniformly random token ids, nothing a model can learn. Every mean, every "
+        f"steps-to-reach and every ratio below is over the {len(analysis['evaluated'])} real domains only "
+        f"(the token-weighted mean weighs them by their own corpus tokens); the noise's own loss is shown "
+        f"in the per-domain table. {objective}",
+    ]
+
+
+def _heading(analysis: dict, name: str) -> str:
+    return f"{name} (in no mean)" if name in excluded(analysis) else name
+
+
+def _header(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) -> list[str]:
+    names, targets = analysis["names"], analysis["targets"]
     tokens = args.steps * args.global_batch * args.seq_length
-    lines = [
+    references = " ".join(
+        f"Reference: `{reference}` ({DESCRIPTIONS[reference]}). Its final validation loss, mean over seeds: "
+        f"{targets[reference]['lm_loss_uniform']:.4f} (uniform mean over domains), "
+        f"{targets[reference]['lm_loss']:.4f} (corpus-token-weighted mean)."
+        for reference in args.references
+    )
+    return [
         f"# Mixing quality ({mode} run): online mixers against static blends",
         "",
         f"Corpus `{os.path.relpath(args.data_path, REPO)}` ({len(names)} domains: {', '.join(names)}). "
@@ -64,15 +123,21 @@ def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str)
         f"validation every {eval_interval(args)} steps on {args.eval_iters} x {args.global_batch} held-out sequences "
         f"split evenly over the domains. CPU, {args.threads} thread(s) per run, one run at a time; "
         f"total wall time {clock(wall_s)}.",
+        *_corpus_lines(args, analysis),
         "",
-        f"Reference: `{REFERENCE}` (a static blend). Its final validation loss, mean over seeds: "
-        f"{targets['lm_loss_uniform']:.4f} (uniform mean over domains), {targets['lm_loss']:.4f} (corpus-token-weighted mean).",
+        references,
+    ]
+
+
+def _steps_section(args: argparse.Namespace, analysis: dict, mixers: list[str], reference: str) -> list[str]:
+    summary, proxy = analysis["summary"], analysis["proxy"]
+    lines = [
         "",
-        "## Steps to reach uniform's final validation loss",
+        f"## Steps to reach {reference}'s final validation loss",
         "",
-        "Steps on the seed-mean validation curve (linear between evaluations), ratio to uniform's, and "
-        "the steps of each seed's own curve (n/r: not reached by the last step). Uniform reaches its own "
-        "mean at its last step by construction; its per-seed values show the seed noise.",
+        f"Steps on the seed-mean validation curve (linear between evaluations), ratio to {reference}'s, and "
+        f"the steps of each seed's own curve (n/r: not reached by the last step). {reference.capitalize()} reaches its own "
+        f"mean at its last step by construction; its per-seed values show the seed noise.",
         "",
         "| mixer | uniform mean: steps | ratio | per seed | token-weighted: steps | ratio | per seed | extra proxy steps |",
         "|---|---|---|---|---|---|---|---|",
@@ -83,52 +148,82 @@ def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str)
         if mixer == "acodm_proxy" and proxy:
             extra = (f"{proxy['steps_per_policy']} on {proxy['layers']}x{proxy['hidden']} "
                      f"(~{proxy['target_step_equivalents']:.0f} target-step times)")
-        lines.append(f"| {mixer} | {_steps_cell(entry['lm_loss_uniform'])} | "
-                     f"{_steps_cell(entry['lm_loss'])} | {extra} |")
-    lines += [
+        lines.append(f"| {mixer} | {_steps_cell(entry['lm_loss_uniform']['against'][reference])} | "
+                     f"{_steps_cell(entry['lm_loss']['against'][reference])} | {extra} |")
+    return lines
+
+
+def _final_section(args: argparse.Namespace, analysis: dict, mixers: list[str]) -> list[str]:
+    summary, columns = analysis["summary"], noise_first(analysis)
+    labels = [_delta(args, reference) for reference in args.references]
+    deltas = " | ".join(labels)
+    lines = [
         "",
         "## Final validation loss (mean ± std over seeds)",
         "",
-        "Δ: the difference to uniform at the same seed, mean ± std over seeds (negative is better).",
+        f"{', '.join(labels)}: the difference to {', to '.join(args.references)} at the same seed, "
+        f"mean ± std over seeds (negative is better).",
         "",
-        "| mixer | uniform mean | Δ | token-weighted | Δ | " + " | ".join(names) + " |",
-        "|---|---|---|---|---|" + "---|" * len(names),
+        f"| mixer | uniform mean | {deltas} | token-weighted | {deltas} | " + " | ".join(_heading(analysis, name) for name in columns) + " |",
+        "|---|" + "---|" * (2 * (1 + len(args.references))) + "---|" * len(columns),
     ]
     for mixer in mixers:
         entry = summary[mixer]
-        cells = [_mean_std(entry["lm_loss_uniform"]["final"]), _mean_std(entry["lm_loss_uniform"]["paired_difference_vs_uniform"], "+.4f"),
-                 _mean_std(entry["lm_loss"]["final"]), _mean_std(entry["lm_loss"]["paired_difference_vs_uniform"], "+.4f")]
-        cells += [_mean_std(entry["final_domain_loss"][name], ".3f") for name in names]
+        cells = []
+        for metric in ("lm_loss_uniform", "lm_loss"):
+            cells.append(_mean_std(entry[metric]["final"]))
+            cells += [_mean_std(entry[metric]["against"][reference]["paired_difference"], "+.4f") for reference in args.references]
+        cells += [_mean_std(entry["final_domain_loss"][name], ".3f") for name in columns]
         lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+    return lines
 
-    lines += [
+
+def _mixture_rows(analysis: dict, mixers: list[str]) -> list[tuple[str, dict]]:
+    """(label, mixture) of every mixer, then of the AC-ODM proxy when there is one."""
+    proxy = analysis["proxy"]
+    rows = [(mixer, analysis["summary"][mixer]["mixture"]) for mixer in mixers]
+    if proxy:
+        rows.append((f"proxy ({proxy['layers']}x{proxy['hidden']}, AC-ODM training)", proxy["mixture"]))
+    return rows
+
+
+def _mixture_section(args: argparse.Namespace, analysis: dict, mixers: list[str]) -> list[str]:
+    names, columns = analysis["names"], noise_first(analysis)
+    lines = [
         "",
         "## Realised mixture (share of training samples, mean over seeds)",
         "",
         "Per third of the run, then the last log interval; eff. domains: exp of the mixture's entropy "
         f"({len(names)} for a uniform mixture, 1 for a single domain).",
         "",
-        "| mixer | steps | " + " | ".join(names) + " | eff. domains |",
-        "|---|---|" + "---|" * len(names) + "---|",
+        "| mixer | steps | " + " | ".join(_heading(analysis, name) for name in columns) + " | eff. domains |",
+        "|---|---|" + "---|" * len(columns) + "---|",
     ]
-    mixture_rows = [(mixer, summary[mixer]["mixture"]) for mixer in mixers]
-    if proxy:
-        mixture_rows.append((f"proxy ({proxy['layers']}x{proxy['hidden']}, AC-ODM training)", proxy["mixture"]))
-    for label, mixture in mixture_rows:
+    bounds = [0, args.steps // 3, 2 * args.steps // 3, args.steps]
+    for label, mixture in _mixture_rows(analysis, mixers):
         iterations = mixture["iteration"]
-        bounds = [0, args.steps // 3, 2 * args.steps // 3, args.steps]
         for low, high in zip(bounds, bounds[1:]):
             picked = [i for i, iteration in enumerate(iterations) if low < iteration <= high]
             if not picked:
                 continue
-            shares = [statistics.mean(mixture["share_mean"][name][i] for i in picked) for name in names]
+            shares = [statistics.mean(mixture["share_mean"][name][i] for i in picked) for name in columns]
             lines.append(f"| {label} | {low + 1}-{high} | " + " | ".join(f"{share:.3f}" for share in shares)
                          + f" | {effective_domains(shares):.1f} |")
-        shares = [mixture["share_mean"][name][-1] for name in names]
+        shares = [mixture["share_mean"][name][-1] for name in columns]
         lines.append(f"| {label} | last {log_interval(args)} | " + " | ".join(f"{share:.3f}" for share in shares)
                      + f" | {effective_domains(shares):.1f} |")
+    # Has the mixer learnt to avoid the noise early? Half a uniform share is the mark.
+    for name in excluded(analysis):
+        lines.append("")
+        lines += [f"- `{label}`: {name} share by the end of the first third (the log interval ending by step "
+                  f"{bounds[1]}): {share_at(mixture, name, bounds[1]):.3f} (0.5/K = {0.5 / len(names):.3f})"
+                  for label, mixture in _mixture_rows(analysis, mixers)]
+    return lines
 
-    lines += [
+
+def _cost_section(analysis: dict, mixers: list[str]) -> list[str]:
+    summary, proxy = analysis["summary"], analysis["proxy"]
+    lines = [
         "",
         "## Cost against the static reference (uniform)",
         "",
@@ -148,32 +243,22 @@ def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str)
         lines.append(f"| proxy {proxy['layers']}x{proxy['hidden']} (AC-ODM, per policy) | {_mean_std(proxy['median_step_ms'], '.0f')} | "
                      f"{proxy['median_step_ms']['mean'] / reference['median_step_ms']['mean']:.2f} | {_mean_std(proxy['peak_rss_mib'], '.0f')} | "
                      f"{proxy['peak_rss_mib']['mean'] / reference['peak_rss_mib']['mean']:.2f} | {_mean_std(proxy['wall_s'], '.0f')} |")
+    return lines
 
-    lines += ["", "## Verdict", ""]
+
+def _verdict_section(args: argparse.Namespace, analysis: dict, mixers: list[str]) -> list[str]:
+    names, summary, proxy = analysis["names"], analysis["summary"], analysis["proxy"]
+    lines = ["", "## Verdict", ""]
     for mixer in mixers:
-        if mixer == REFERENCE:
+        clauses = [_verdict_clause(summary[mixer], reference) for reference in args.references if reference != mixer]
+        if not clauses:
             continue
-        entry = summary[mixer]
-        parts = []
-        for metric in METRICS:
-            word, sentence = verdict(mixer, entry, metric)
-            ratio = entry[metric]["ratio_to_uniform"]
-            reach = ("does not reach uniform's final loss" if ratio is None
-                     else f"reaches uniform's final loss in {ratio:.2f}x its steps")
-            parts.append(f"{METRIC_TITLES[metric]}: **{word}**, {sentence}; on the seed-mean curve it {reach}")
-        words = [verdict(mixer, entry, metric)[0] for metric in METRICS]
-        if all(word == "better" for word in words):
-            head = "beats uniform on both means."
-        elif "better" in words:
-            head = "beats uniform on one mean only."
-        else:
-            head = "does NOT beat uniform."
-        last = {name: statistics.mean(entry["mixture"]["share_mean"][name][-(len(entry["mixture"]["iteration"]) // 3 or 1):])
-                for name in names}
+        mixture = summary[mixer]["mixture"]
+        last = {name: statistics.mean(mixture["share_mean"][name][-(len(mixture["iteration"]) // 3 or 1):]) for name in names}
         top = sorted(last, key=last.get, reverse=True)[:2]
-        parts.append(f"its last third of the run drew {', '.join(f'{name} {last[name]:.2f}' for name in top)} of the samples "
-                     f"({effective_domains(list(last.values())):.1f} effective domains of {len(names)})")
-        lines.append(f"- `{mixer}` {head} " + "; ".join(parts) + ".")
+        clauses[-1] += (f"; its last third of the run drew {', '.join(f'{name} {last[name]:.2f}' for name in top)} of the samples "
+                        f"({effective_domains(list(last.values())):.1f} effective domains of {len(names)})")
+        lines.append(f"- `{mixer}` " + ". It ".join(clauses) + ".")
     if proxy and "acodm_proxy" in mixers:
         lines.append(f"- `acodm_proxy`'s cost includes {proxy['steps_per_policy']} proxy steps per policy "
                      f"({proxy['layers']}x{proxy['hidden']}, {proxy['parameters'] / 1e6:.2f}M parameters), "
@@ -191,5 +276,16 @@ def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str)
     failed = [name for name, run in analysis["runs"].items() if run.get("failed")]
     if failed:
         lines.append(f"- Failed runs, left out: {', '.join(failed)}.")
-    return "\n".join(lines) + "\n"
+    return lines
 
+
+def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) -> str:
+    mixers = [mixer for mixer in args.mixers if analysis["summary"].get(mixer, {}).get("seeds_ok")]
+    lines = _header(args, analysis, wall_s, mode)
+    for reference in args.references:
+        lines += _steps_section(args, analysis, mixers, reference)
+    lines += _final_section(args, analysis, mixers)
+    lines += _mixture_section(args, analysis, mixers)
+    lines += _cost_section(analysis, mixers)
+    lines += _verdict_section(args, analysis, mixers)
+    return "\n".join(lines) + "\n"

@@ -168,7 +168,8 @@ def synthetic_signals(mixer, step: int, rng):
 
     counts = rng.multinomial(GLOBAL_BATCH, mixer.weights())
     tokens = counts * SEQ_LENGTH
-    sketch = rng.standard_normal((len(counts), SKETCH_DIM)) * (counts > 0)[:, None]  # absent: zero row
+    half_tokens = numpy.stack([(counts + 1) // 2, counts // 2], axis=1).reshape(-1) * SEQ_LENGTH  # rows 2k, 2k+1
+    sketch = rng.standard_normal((len(half_tokens), SKETCH_DIM)) * (half_tokens > 0)[:, None]  # empty half: zero row
     gram = sketch @ sketch.T / SKETCH_DIM if GRADIENT_GRAM in mixer.needs else None
     norms = 10.0 + 0.01 * step + rng.random(len(mixer.feature_layer_depths)) if LAYER_NORMS in mixer.needs else None
     return StepSignals(
@@ -176,19 +177,21 @@ def synthetic_signals(mixer, step: int, rng):
         domain_loss_sum=tokens * (8.0 + 0.1 * rng.standard_normal(len(counts))),
         domain_tokens=tokens.astype(numpy.float64),
         realised_counts=counts,
-        domain_gram=gram,
+        half_gram=gram,
+        half_tokens=half_tokens.astype(numpy.float64),
         layer_weight_norms=norms,
     )
 
 
 def observe_costs(options: argparse.Namespace, policy: str) -> dict:
-    """Milliseconds of `weights()` + `observe()` per step for each mixer, past AC-ODM's ODM warm-up."""
+    """Milliseconds of `weights()` + `observe()` per step for each mixer, past AC-ODM's warm-up (in
+    which its actor does not train yet)."""
     import numpy
 
     from megatron_acodm.data import parse_data_path
 
     manifest = parse_data_path([options.data_path])
-    total, warm, timed = 1000, 30, options.observe_steps  # warm-up: ceil(0.02 * 1000) = 20 ODM steps
+    total, warm, timed = 1000, 110, options.observe_steps  # warm-up: ceil(0.1 * 1000) = 100 critic-only steps
     mixers = build_mixers(list(manifest.names), manifest.initial_weights(), total, policy)
     costs = {}
     for name, mixer in mixers.items():
@@ -219,10 +222,10 @@ def sketch_cost(num_layers: int, hidden: int, repeats: int) -> dict:
     delta = torch.randn(tokens, hidden, generator=generator)
     u = torch.randn(SKETCH_DIM, hidden, generator=generator).sign()
     v = torch.randn(SKETCH_DIM, 4 * hidden, generator=generator).sign()
-    domains = torch.randint(0, 8, (tokens,), generator=generator)
+    segments = torch.randint(0, 16, (tokens,), generator=generator)  # two halves of 8 domains
     weight = torch.randn(hidden, 4 * hidden, generator=generator)
-    sketches = torch.randn(8, SKETCH_DIM, generator=generator)
-    project = time_cpu(lambda: project_and_segment_sum(x, delta, u, v, domains, 8), repeats)["median_ms"]
+    sketches = torch.randn(16, SKETCH_DIM, generator=generator)
+    project = time_cpu(lambda: project_and_segment_sum(x, delta, u, v, segments, 16), repeats)["median_ms"]
     gram_ms = time_cpu(lambda: gram(sketches), repeats)["median_ms"]
     norm = time_cpu(lambda: weight.detach().double().pow(2).sum(), repeats)["median_ms"]
     return {

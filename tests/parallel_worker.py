@@ -95,7 +95,7 @@ def global_batches(args: argparse.Namespace, count: int) -> list[list[dict]]:
 def rank_micro_batches(args: argparse.Namespace, samples: list[dict], dp_rank: int, dp_size: int) -> list[dict]:
     """This data-parallel rank's micro-batches of a global batch, as the trainer cuts and collates them."""
     domains = [sample["domain_id"] for sample in samples]
-    mine = data_parallel_slice(domains, list(range(len(samples))), dp_rank, dp_size)
+    mine = data_parallel_slice(domains, list(range(len(samples))), rank=dp_rank, size=dp_size)
     return micro_batches(lambda domain, index: samples[index], *mine, args.micro_batch_size)
 
 

@@ -84,7 +84,7 @@ def summed_loss(loss_mask: torch.Tensor, token_losses: torch.Tensor):
 def forward_step(sketchers: list, only_domain: int | None, data_iterator: Iterator[dict], model) -> tuple[torch.Tensor, Callable]:
     batch = next(data_iterator)
     for sketcher in sketchers:
-        sketcher.set_micro_batch_domains(batch["domain_ids"])
+        sketcher.set_micro_batch_segments(batch["domain_ids"])
     token_losses = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     domains = batch["domain_ids"][:, None].expand_as(batch["labels"])
     mask = torch.ones_like(domains, dtype=torch.float32) if only_domain is None else (domains == only_domain).float()
@@ -188,7 +188,7 @@ def misuse_errors(model, sketcher, batch: dict) -> list[str]:
     for domain_ids in (None, batch["domain_ids"][:3], torch.full((GLOBAL_BATCH,), NUM_DOMAINS)):
         try:
             if domain_ids is not None:
-                sketcher.set_micro_batch_domains(domain_ids)
+                sketcher.set_micro_batch_segments(domain_ids)
             model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
         except (RuntimeError, ValueError) as error:
             errors.append(str(error))

@@ -1,4 +1,5 @@
-"""AC-ODM: the DDPG agent, the state, the reward, warm-up on ODM, proxy export/import, exact resume."""
+"""AC-ODM: the bounded policy in closed loops (no signal, noise, an interior optimum, a harmful
+domain), the DDPG agent, the state, proxy export/import, exact resume."""
 
 from __future__ import annotations
 
@@ -12,89 +13,86 @@ import numpy
 import pytest
 import torch
 
+from megatron_acodm.data.apportion import apportion
 from megatron_acodm.mixing import (
     DOMAIN_LOSSES,
     GRADIENT_GRAM,
     LAYER_NORMS,
     ACODMMixer,
-    ODMMixer,
     StepSignals,
     add_mixer_arguments,
     build_mixer,
     layers_at_depths,
 )
 from megatron_acodm.mixing.acodm import PolicyError
-from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig
+from megatron_acodm.mixing.acodm.ddpg import DDPGConfig
 from megatron_acodm.mixing.acodm.features import FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
-from megatron_acodm.mixing.acodm.networks import NetworkConfig, floored_softmax
 from megatron_acodm.mixing.acodm.policy import POLICY_FORMAT, load_policy
-from megatron_acodm.mixing.acodm.reward import domain_alignments, mixture_reward
+from megatron_acodm.sketch.segments import half_segments
 
 NAMES = ["prose", "code", "maths"]
 INITIAL = [0.5, 0.25, 0.25]
 DEPTHS = (0.25, 0.5, 0.75, 1.0)
-BATCH = 32
-# Fixed per-domain gradients: `code` agrees most with the others, so the best mixture under
-# R(a) = sum_k a_k r_k is the corner on `code`, kept off the edge by the floor.
-GRADIENTS = numpy.array([[1.0, 0.0], [0.6, 0.8], [-0.3, 1.0]])
-GRAM = GRADIENTS @ GRADIENTS.T
+NORMS = numpy.array([10.0, 11.0, 12.5, 14.0])
 
 
-def make_signals(
-    step: int,
-    weights: numpy.ndarray,
-    total_steps: int,
-    gram: numpy.ndarray = GRAM,
-    norm_scale: float = 1.0,
-    layer_norms: numpy.ndarray | None = None,
-) -> StepSignals:
-    """A synthetic step: counts follow the weights, losses fall and layer norms grow with progress."""
-    counts = numpy.floor(weights * BATCH + 0.5).astype(int)
-    progress = step / total_steps
-    losses = numpy.array([3.0, 2.0, 4.0]) * (1.0 - 0.3 * progress)
-    tokens = counts * 100.0
-    present = numpy.outer(counts > 0, counts > 0)
-    if layer_norms is None:
-        layer_norms = norm_scale * numpy.array([10.0, 11.0, 12.5, 14.0]) * (1.0 + 0.1 * progress)
-    return StepSignals(
-        step=step,
-        domain_loss_sum=losses * tokens,
-        domain_tokens=tokens,
-        realised_counts=counts,
-        domain_gram=numpy.where(present, gram, 0.0),
-        layer_weight_norms=layer_norms,
-    )
+class QuadraticDomains:
+    """A closed loop that runs in milliseconds: parameters theta in R^2, domain k's per-sample loss
+    `|theta - c_k|^2 / 2` with per-sample gradient `theta - c_k + noise`, one SGD step per global
+    batch on the mixture the mixer chose. The half Gram is exact (no sketch), from the samples'
+    own gradients dealt into halves as the trainer deals them."""
+
+    def __init__(self, centres, noise: float = 0.5, batch: int = 32, lr: float = 0.1, seed: int = 0):
+        self.centres = numpy.asarray(centres, dtype=float)
+        self.noise, self.batch, self.lr = noise, batch, lr
+        self.rng = numpy.random.default_rng(seed)
+        self.theta = numpy.zeros(self.centres.shape[1])
+        self.carry = numpy.zeros(len(self.centres))
+
+    def losses(self) -> numpy.ndarray:
+        return 0.5 * ((self.theta - self.centres) ** 2).sum(axis=1)
+
+    def step(self, step: int, weights: numpy.ndarray, gradient_scale: float = 1.0) -> StepSignals:
+        counts, self.carry = apportion(self.carry, weights, self.batch)
+        domains = numpy.repeat(numpy.arange(len(counts)), counts)
+        gradients = self.theta - self.centres[domains] + self.noise * self.rng.normal(size=(len(domains), self.theta.size))
+        segments = half_segments(domains)
+        sums = numpy.zeros((2 * len(counts), self.theta.size))
+        numpy.add.at(sums, segments, gradient_scale * gradients)
+        tokens = numpy.bincount(segments, minlength=2 * len(counts)).astype(float)
+        losses = self.losses()
+        self.theta = self.theta - self.lr * gradients.mean(axis=0)
+        return StepSignals(
+            step=step,
+            domain_loss_sum=losses * counts,
+            domain_tokens=counts.astype(float),
+            realised_counts=counts,
+            half_gram=sums @ sums.T,
+            half_tokens=tokens,
+            layer_weight_norms=NORMS * (1.0 + 0.001 * step),
+        )
 
 
-def make_mixer(total_steps: int = 400, seed: int = 7, lr: float = 1e-3, **options) -> ACODMMixer:
-    config = DDPGConfig(lr=lr, lr_warmup_steps=10, noise=options.pop("noise", 0.3))
-    return ACODMMixer(NAMES, INITIAL, total_steps=total_steps, seed=seed, config=config, hidden=64, **options)
+TRIANGLE = [[1.0, 0.0], [-0.5, 0.87], [-0.5, -0.87]]
 
 
-def run(mixer: ACODMMixer, steps: range, total_steps: int) -> list[numpy.ndarray]:
-    """Feed `steps` synthetic steps; return the weights of each step that follows."""
+def make_mixer(total_steps: int = 400, seed: int = 7, names=NAMES, **options) -> ACODMMixer:
+    config = DDPGConfig(lr=1e-3, lr_warmup_steps=10)
+    return ACODMMixer(names, [1.0] * len(names), total_steps=total_steps, seed=seed, config=config, hidden=64, **options)
+
+
+def run(mixer: ACODMMixer, problem: QuadraticDomains, steps: range) -> list[numpy.ndarray]:
+    """Train `steps` steps of `problem` on the mixer's weights; the weights after each step."""
     weights = []
     for step in steps:
-        mixer.observe(make_signals(step, mixer.weights(), total_steps))
+        mixer.observe(problem.step(step, mixer.weights()))
         weights.append(mixer.weights())
     return weights
 
 
-def agent(lr: float = 1e-3) -> DDPGAgent:
-    network = NetworkConfig(state_dim=FeatureSpec(3, DEPTHS).state_dim, num_domains=3, hidden=64)
-    return DDPGAgent(network, DDPGConfig(lr=lr, lr_warmup_steps=0), torch.Generator().manual_seed(0))
-
-
-def filled_agent(transitions: int = 64) -> DDPGAgent:
-    ddpg = agent()
-    rng = numpy.random.default_rng(0)
-    alignments = domain_alignments(GRAM)
-    for _ in range(transitions):
-        state, next_state = rng.normal(size=(2, ddpg.actor.network[0].in_features))
-        action = rng.dirichlet(numpy.ones(3))
-        ddpg.remember(state, action, mixture_reward(action, alignments), next_state)
-    return ddpg
+def effective_domains(weights: numpy.ndarray) -> float:
+    return float(numpy.exp(-(weights * numpy.log(weights)).sum()))
 
 
 def parameters(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -105,22 +103,72 @@ def moved(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return any(not torch.equal(old, new) for old, new in zip(before, module.parameters()))
 
 
-def test_reward_is_the_action_weighted_alignment_and_survives_non_finite_entries():
-    gram = numpy.array([[4.0, 1.0, -2.0], [1.0, 1.0, 0.5], [-2.0, 0.5, 9.0]])
-    scale = (2.0 + 1.0 + 3.0) / 3
-    expected = numpy.array([1.0 - 2.0, 1.0 + 0.5, -2.0 + 0.5]) / scale
-    assert numpy.allclose(domain_alignments(gram), expected, rtol=1e-15, atol=0)
-    assert mixture_reward(numpy.array([0.2, 0.5, 0.3]), expected) == pytest.approx(0.2 * -0.5 + 0.5 * 0.75 - 0.3 * 0.75)
-    assert numpy.array_equal(domain_alignments(numpy.zeros((3, 3))), numpy.zeros(3))
-    broken = gram.copy()
-    broken[0, 1] = broken[1, 0] = numpy.nan
-    broken[2, 2] = numpy.inf
-    assert numpy.all(numpy.isfinite(domain_alignments(broken)))
+def test_no_signal_keeps_the_prior_up_to_rounding():
+    prior = numpy.array([0.5, 0.3, 0.2])
+    mixer = make_mixer(prior=prior)
+    problem = QuadraticDomains(TRIANGLE)
+    for step in range(100):
+        signals = problem.step(step, mixer.weights(), gradient_scale=0.0)  # a zero Gram matrix
+        mixer.observe(signals)
+        assert numpy.allclose(mixer.weights(), prior, rtol=0, atol=1e-14)
+
+
+def test_pure_noise_gradients_leave_the_weights_near_the_prior():
+    # every domain the same centre: the per-domain scores differ only by noise
+    mixer, problem = make_mixer(), QuadraticDomains([[0.0, 0.0]] * 3, noise=2.0)
+    weights = run(mixer, problem, range(400))
+    worst = max(float(numpy.abs(numpy.log(w * 3)).max()) for w in weights)
+    assert worst < 0.25, worst  # within about 25% of 1/3 at every step
+    assert min(effective_domains(w) for w in weights) > 2.95
+
+
+def test_an_interior_optimum_is_reached_not_a_corner():
+    # the uniform-mean loss over the triangle's corners is least at the centre: uniform weights;
+    # start far from it, with no pull back to the prior and a wide ball
+    start = numpy.array([0.7, 0.2, 0.1])
+    mixer = make_mixer(prior=start, pull=0.0, kl_radius=5.0)
+    problem = QuadraticDomains(TRIANGLE, noise=0.5)
+    weights = run(mixer, problem, range(600))
+    final = numpy.mean(weights[-100:], axis=0)
+    uniform = numpy.full(3, 1 / 3)
+    assert numpy.abs(final - uniform).sum() < 0.25 * numpy.abs(start - uniform).sum(), final
+    assert min(effective_domains(w) for w in weights) > 2.0  # never near a corner
+
+
+def test_a_harmful_domain_is_starved_and_the_objective_domains_kept():
+    # `maths` pulls theta away from where the objective's domains (prose, code) are learned
+    centres = [[1.0, 0.0], [0.8, 0.3], [-3.0, 0.0]]
+    mixer = make_mixer(objective=numpy.array([0.5, 0.5, 0.0]))
+    problem = QuadraticDomains(centres, noise=0.5)
+    weights = run(mixer, problem, range(300))
+    assert numpy.mean([w[2] for w in weights[100:]]) < 0.5 / 3
+    assert min(effective_domains(w) for w in weights) >= 3 * math.exp(-0.25) - 1e-9  # the KL ball's bound
+    uniform_problem = QuadraticDomains(centres, noise=0.5)
+    for step in range(300):
+        uniform_problem.step(step, numpy.full(3, 1 / 3))
+    assert problem.losses()[:2].mean() < uniform_problem.losses()[:2].mean()
+
+
+def test_the_actor_learns_to_follow_a_consistent_signal_further():
+    centres = [[1.0, 0.0], [0.8, 0.3], [-3.0, 0.0]]
+    mixer = make_mixer(total_steps=300, objective=numpy.array([0.5, 0.5, 0.0]))
+    problem = QuadraticDomains(centres, noise=0.5)
+    states = []
+    initial_actor = copy.deepcopy(mixer.agent.actor)
+    for step in range(300):
+        mixer.observe(problem.step(step, mixer.weights()))
+        states.append(mixer.last_state)
+    states = torch.tensor(numpy.array(states[100:]), dtype=torch.float32)
+    with torch.no_grad():
+        before = torch.sigmoid(initial_actor(states))[:, 2].mean()
+        after = torch.sigmoid(mixer.agent.actor(states))[:, 2].mean()
+    assert after > before + 0.05, (float(before), float(after))  # it steps harder away from `maths`
 
 
 def test_state_layout_is_scale_free_and_absent_domains_age():
     spec = FeatureSpec(3, DEPTHS)
-    assert spec.state_dim == 4 * 3 + 2 * 4 + 1 == sum(size for _, size in spec.blocks)
+    assert spec.state_dim == 6 * 3 + 2 * 4 + 1 == sum(size for _, size in spec.blocks)
+    assert spec.block("weight") == slice(6, 9) and spec.block("direction") == slice(12, 15)
     assert layers_at_depths(DEPTHS, 2) == [0, 0, 1, 1]
     assert layers_at_depths(DEPTHS, 4) == [0, 1, 2, 3]
     assert layers_at_depths(DEPTHS, 1) == [0, 0, 0, 0]
@@ -130,121 +178,107 @@ def test_state_layout_is_scale_free_and_absent_domains_age():
         result = []
         for step, counts in enumerate(([4, 2, 2], [4, 4, 0], [4, 4, 0])):
             counts = numpy.array(counts, dtype=float)
-            memory.update(counts > 0, loss_scale * numpy.array([3.0, 2.0, 4.0 + step]) / (step + 1), None)
-            result.append(builder.state(memory, counts, norm_scale * numpy.array([1.0, 2.0, 3.0, 4.0 + step]), step))
+            memory.update(counts > 0, loss_scale * numpy.array([3.0, 2.0, 4.0 + step]) / (step + 1))
+            weights, direction, snr = counts / 8, numpy.array([0.5, 0.0, -0.5]), numpy.array([1.0, 0.0, 3.0])
+            result.append(builder.state(memory, weights, direction, snr, norm_scale * numpy.array([1.0, 2.0, 3.0, 4.0 + step]), step))
         return result
 
     base, scaled = states(1.0, 1.0), states(7.0, 50.0)
     for one, other in zip(base, scaled):
         assert one.shape == (spec.state_dim,)
         assert numpy.allclose(one, other, rtol=0, atol=1e-12)  # bigger losses, wider model: the same state
-    staleness = slice(9, 12)
+    assert numpy.array_equal(base[0][spec.block("score_snr")], [0.5, 0.0, 0.75])
+    staleness = spec.block("staleness")
     assert numpy.array_equal(base[0][staleness], [0.0, 0.0, 0.0])
     assert numpy.allclose(base[2][staleness], [0.0, 0.0, 1.0 - spec.stale_decay**2], rtol=1e-15, atol=0)
     # `maths` was absent from steps 1 and 2: its loss is held at step 0's, so its log-ratio stays 0
-    assert base[2][3 + 2] == 0.0 and base[2][20] == pytest.approx(0.3)
+    assert base[2][3 + 2] == 0.0 and base[2][-1] == pytest.approx(0.3)
+
+
+def filled_mixer(steps: int = 60) -> ACODMMixer:
+    mixer = make_mixer(total_steps=steps, warmup_fraction=0.0)
+    run(mixer, QuadraticDomains(TRIANGLE), range(steps))
+    return mixer
 
 
 def test_ddpg_update_moves_the_actor_and_raises_q_on_the_batch():
-    ddpg = filled_agent()
+    ddpg = filled_mixer().agent
     replay = torch.Generator()
     replay.set_state(ddpg.generator.get_state())
     batch_states = ddpg.buffer.states[torch.randint(ddpg.buffer.size, (ddpg.config.batch_size,), generator=replay)]
     actor_before = copy.deepcopy(ddpg.actor)
-    ddpg.update(clone=False)
+    ddpg.update(train_actor=True)
     assert moved(parameters(actor_before), ddpg.actor)
     with torch.no_grad():
-        q_before = ddpg.critic(batch_states, floored_softmax(actor_before(batch_states), ddpg.floor)).mean()
-        q_after = ddpg.critic(batch_states, floored_softmax(ddpg.actor(batch_states), ddpg.floor)).mean()
+        q_before = ddpg.critic(batch_states, ddpg._action(actor_before, batch_states)).mean()
+        q_after = ddpg.critic(batch_states, ddpg._action(ddpg.actor, batch_states)).mean()
     assert q_after > q_before
 
 
 def test_the_actor_optimizer_updates_the_actor_even_with_the_critic_frozen():
-    ddpg = filled_agent()
+    ddpg = filled_mixer().agent
     actor_ids = {id(parameter) for parameter in ddpg.actor.parameters()}
     assert {id(p) for group in ddpg.actor_optimizer.param_groups for p in group["params"]} == actor_ids
     ddpg.critic_optimizer.step = lambda *args, **kwargs: None  # the published code's only step
     actor_before, critic_before = parameters(ddpg.actor), parameters(ddpg.critic)
-    ddpg.update(clone=False)
+    ddpg.update(train_actor=True)
     assert moved(actor_before, ddpg.actor)
     assert not moved(critic_before, ddpg.critic)
 
 
-def test_actor_learns_the_best_mixture_of_a_fixed_gram_matrix():
-    total = 300
-    mixer = make_mixer(total_steps=total)
-    for weights in run(mixer, range(total), total):
-        assert numpy.all(numpy.isfinite(weights)) and abs(weights.sum() - 1.0) <= 1e-12
-        assert numpy.all(weights >= mixer.action_floor - 1e-15)
-    floor = mixer.action_floor
-    best = numpy.array([floor, 1.0 - 2 * floor, floor])
-    assert domain_alignments(GRAM).argmax() == 1
-    learned = mixer.agent.act(mixer.last_state, explore=False)
-    uniform = numpy.full(3, 1 / 3)
-    assert numpy.abs(learned - best).sum() < 0.25 * numpy.abs(uniform - best).sum()
-
-
-def test_warmup_returns_odm_weights_exactly_while_the_actor_clones_them():
-    total, warmup = 1000, 40
+def test_only_the_critic_learns_during_the_warmup_and_its_fit_is_measured():
+    total, warmup = 200, 40
     mixer = make_mixer(total_steps=total, warmup_fraction=warmup / total)
-    odm = ODMMixer(NAMES, INITIAL)
-    initial_actor = copy.deepcopy(mixer.agent.actor)
-    assert numpy.array_equal(mixer.weights(), odm.weights())
-    for step in range(warmup):
-        signals = make_signals(step, mixer.weights(), total)
-        mixer.observe(signals)
-        odm.observe(signals)
-        if step + 1 < warmup:
-            assert numpy.array_equal(mixer.weights(), odm.weights())
-    assert not numpy.array_equal(mixer.weights(), odm.weights())  # the actor decides from now on
-
-    buffer = mixer.agent.buffer
-    states, targets = buffer.states[: buffer.size], buffer.actions[: buffer.size]
-
-    def cloning_loss(actor: torch.nn.Module) -> float:
-        with torch.no_grad():
-            return float(-(targets * torch.log_softmax(actor(states), dim=-1)).sum(dim=-1).mean())
-
-    assert cloning_loss(mixer.agent.actor) < cloning_loss(initial_actor) - 0.01
+    problem = QuadraticDomains(TRIANGLE)
+    actor, critic = parameters(mixer.agent.actor), parameters(mixer.agent.critic)
+    run(mixer, problem, range(warmup))
+    assert not moved(actor, mixer.agent.actor) and moved(critic, mixer.agent.critic)
+    assert math.isfinite(mixer.scalar_diagnostics()["critic_fit"])
+    run(mixer, problem, range(warmup, warmup + 5))
+    assert moved(actor, mixer.agent.actor)
 
 
 def test_non_finite_signal_keeps_the_last_weights_and_warns_once():
-    total = 100
-    mixer, reference = make_mixer(total_steps=total), make_mixer(total_steps=total)
-    run(mixer, range(10), total)
-    run(reference, range(10), total)
+    mixer, reference = make_mixer(), make_mixer()
+    problem, reference_problem = QuadraticDomains(TRIANGLE), QuadraticDomains(TRIANGLE)
+    run(mixer, problem, range(10))
+    run(reference, reference_problem, range(10))
     before = mixer.weights()
-    bad_gram = GRAM.copy()
-    bad_gram[0, 2] = numpy.nan
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mixer.observe(make_signals(10, before, total, gram=bad_gram))
+        bad = problem.step(10, before)
+        bad.half_gram[0, 2] = numpy.nan
+        mixer.observe(bad)
         assert numpy.array_equal(mixer.weights(), before)
-        mixer.observe(make_signals(11, before, total, layer_norms=numpy.array([1.0, math.inf, 1.0, 1.0])))
-        nan_loss = make_signals(12, before, total)
-        nan_loss.domain_loss_sum[1] = numpy.nan
-        mixer.observe(nan_loss)
+        bad = problem.step(11, before)
+        bad.layer_weight_norms[1] = math.inf
+        mixer.observe(bad)
+        bad = problem.step(12, before)
+        bad.domain_loss_sum[1] = numpy.nan
+        mixer.observe(bad)
         assert numpy.array_equal(mixer.weights(), before)
-    assert len(caught) == 1 and "non-finite domain_gram" in str(caught[0].message)
-    # the bad steps left no trace
-    mixer.observe(make_signals(13, before, total))
-    reference.observe(make_signals(13, before, total))
+    assert len(caught) == 1 and "non-finite half_gram" in str(caught[0].message)
+    # the bad steps left no trace in the mixer
+    for step in range(10, 13):
+        reference_problem.step(step, before)
+    signals = problem.step(13, before)
+    mixer.observe(signals)
+    reference.observe(signals)
     assert numpy.array_equal(mixer.weights(), reference.weights())
 
 
-@pytest.mark.parametrize("save_at", [3, 12])  # in the warm-up (8 steps of 400), and after it
+@pytest.mark.parametrize("save_at", [3, 60])  # in the warm-up (40 steps of 400), and after it
 def test_state_round_trip_through_torch_save_continues_identically(save_at):
-    total = 400
-    original = make_mixer(total_steps=total)
-    run(original, range(save_at), total)
+    original, problem = make_mixer(), QuadraticDomains(TRIANGLE)
+    run(original, problem, range(save_at))
     stream = io.BytesIO()
     torch.save(original.state_dict(), stream)
     stream.seek(0)
-    restored = make_mixer(total_steps=total, seed=99)  # the generator's state comes from the checkpoint
+    restored = make_mixer(seed=99)  # the generator's state comes from the checkpoint
     restored.load_state_dict(torch.load(stream, weights_only=True))  # as dist_checkpointing loads
     for step in range(save_at, save_at + 20):
         assert numpy.array_equal(restored.weights(), original.weights())
-        signals = make_signals(step, original.weights(), total)
+        signals = problem.step(step, original.weights())
         original.observe(signals)
         restored.observe(signals)
     assert numpy.array_equal(restored.weights(), original.weights())
@@ -252,11 +286,11 @@ def test_state_round_trip_through_torch_save_continues_identically(save_at):
 
 
 def test_same_seed_and_signals_give_identical_weights_on_every_rank():
-    total = 100
-    ranks = [make_mixer(total_steps=total, seed=5) for _ in range(2)]
-    other_seed = make_mixer(total_steps=total, seed=6)
-    for step in range(30):
-        signals = make_signals(step, ranks[0].weights(), total)
+    ranks = [make_mixer(seed=5) for _ in range(2)]
+    other_seed = make_mixer(seed=6)
+    problem = QuadraticDomains([[1.0, 0.0], [0.8, 0.3], [-3.0, 0.0]])
+    for step in range(80):
+        signals = problem.step(step, ranks[0].weights())
         for mixer in (*ranks, other_seed):
             mixer.observe(signals)
         assert numpy.array_equal(ranks[0].weights(), ranks[1].weights())
@@ -271,36 +305,28 @@ def mixer_args(*argv: str) -> argparse.Namespace:
 
 
 def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_path):
-    total = 200
-    proxy = make_mixer(total_steps=total)
-    proxy_layers = [torch.randn(16, 32, generator=torch.Generator().manual_seed(layer)) for layer in range(2)]
-    for step in range(60):  # a 2-layer proxy: its norms at depths 0.25..1.0 are those of layers 0, 0, 1, 1
-        norms = numpy.array([float(proxy_layers[i].norm()) * (1 + 0.01 * step) for i in layers_at_depths(DEPTHS, 2)])
-        proxy.observe(make_signals(step, proxy.weights(), total, layer_norms=norms))
+    proxy = make_mixer(total_steps=200, warmup_fraction=0.0)
+    run(proxy, QuadraticDomains(TRIANGLE), range(60))
     path = str(tmp_path / "policy.pt")
     proxy.export_policy(path)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed over the target
 
     policy = load_policy(path, NAMES)
-    states = numpy.random.default_rng(0).normal(size=(20, proxy.spec.state_dim))
-    for state in states:
-        assert numpy.array_equal(policy.act(state, proxy.action_floor), proxy.agent.act(state, explore=False))
+    for state in list(proxy.agent.buffer.states[:20].double().numpy()):
+        assert numpy.array_equal(policy.act(state, proxy.action_map), proxy.agent.act(state, explore=False))
 
     # A 4-layer target of another width reads its own state with the proxy's relative depths.
     target = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=mixer_args("--acodm-policy", path))
     assert target.agent is None and target.feature_layer_depths == list(DEPTHS)
-    assert ACODMMixer.needs == {DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS}
-    assert target.needs == {DOMAIN_LOSSES, LAYER_NORMS}  # no reward in proxy mode, so no Gram matrix
-    target_layers = [torch.randn(128, 512, generator=torch.Generator().manual_seed(layer)) for layer in range(4)]
-    for step in range(10):
-        norms = numpy.array([float(target_layers[i].norm()) for i in layers_at_depths(target.feature_layer_depths, 4)])
-        signals = make_signals(step, target.weights(), total, layer_norms=norms)
-        signals.domain_gram = None  # proxy mode has no reward, so the trainer skips the sketches
+    assert target.needs == ACODMMixer.needs == {DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS}  # its own signal
+    problem = QuadraticDomains([[1.0, 0.0], [0.8, 0.3], [-3.0, 0.0]])
+    for step in range(40):
+        signals = problem.step(step, target.weights())
+        signals.layer_weight_norms = signals.layer_weight_norms * 40.0  # a wider model
         target.observe(signals)
         weights = target.weights()
         assert numpy.all(numpy.isfinite(weights)) and abs(weights.sum() - 1.0) <= 1e-12
-        assert numpy.all(weights >= target.action_floor - 1e-15)
-        assert numpy.array_equal(weights, policy.act(target.last_state, target.action_floor))  # no noise
+        assert numpy.array_equal(weights, policy.act(target.last_state, target.action_map))  # no noise
 
     with pytest.raises(ValueError, match="differs from the policy's"):
         build_mixer(
@@ -326,10 +352,10 @@ def test_policy_for_other_domains_or_a_damaged_file_is_refused_naming_the_file(t
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(PolicyError, match=f"{other}: not an AC-ODM policy file"):
         load_policy(str(other), NAMES)
-    future = tmp_path / "future.pt"
-    torch.save({"format": POLICY_FORMAT, "version": 99, "domains": NAMES}, future)
-    with pytest.raises(PolicyError, match=f"{future}: policy format version 99, this program reads version 1"):
-        load_policy(str(future), NAMES)
+    old = tmp_path / "old.pt"
+    torch.save({"format": POLICY_FORMAT, "version": 1, "domains": NAMES}, old)
+    with pytest.raises(PolicyError, match=f"{old}: policy format version 1, this program reads version 2"):
+        load_policy(str(old), NAMES)
     damaged = tmp_path / "damaged.pt"
     payload = torch.load(path, weights_only=True)
     payload["feature_spec"]["state_dim"] = 7
@@ -341,13 +367,15 @@ def test_policy_for_other_domains_or_a_damaged_file_is_refused_naming_the_file(t
 
 
 def test_registry_builds_acodm_from_its_options():
-    argv = ["--acodm-hidden", "32", "--acodm-depth", "3", "--acodm-feature-depths", "0.5,1.0", "--acodm-floor", "0.05"]
+    argv = ["--acodm-hidden", "32", "--acodm-depth", "3", "--acodm-feature-depths", "0.5,1.0", "--acodm-max-step", "0.05",
+            "--mixing-prior", "data-path", "--mixing-objective", "prose,maths", "--acodm-reward", "published"]
     mixer = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=mixer_args(*argv))
     assert isinstance(mixer, ACODMMixer)
     assert (mixer.network.hidden, mixer.network.depth, mixer.feature_layer_depths) == (32, 3, [0.5, 1.0])
-    assert mixer.spec.state_dim == 4 * 3 + 2 * 2 + 1 and mixer.action_floor == 0.05
-    assert mixer.warmup_steps == 4  # 2% of 200 steps
+    assert mixer.spec.state_dim == 6 * 3 + 2 * 2 + 1 and mixer.mirror.max_step == 0.05
+    assert numpy.allclose(mixer.weights(), INITIAL) and numpy.allclose(mixer.signal.objective, [0.5, 0, 0.5])
+    assert mixer.signal.score == "published" and mixer.warmup_steps == 20  # 10% of 200 steps
     default = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=mixer_args())
-    assert default.action_floor == pytest.approx(1 / 30) and default.feature_layer_depths == list(DEPTHS)
+    assert numpy.allclose(default.weights(), 1 / 3) and default.config.gamma == 0.0
     with pytest.raises(ValueError, match="--train-iters"):
         build_mixer("acodm", names=NAMES, initial_weights=INITIAL)

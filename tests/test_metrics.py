@@ -123,6 +123,26 @@ def test_records_round_trip_through_read_metrics(tmp_path):
         json.loads(line, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
 
 
+def test_mixer_diagnostics_join_the_domain_table_and_the_json(tmp_path):
+    path = tmp_path / "m.jsonl"
+    logger, stream = make_logger(path)
+    logger.log_run({})
+    record = train_record(
+        10,
+        domain_diagnostics={"score": [0.5, -0.25, float("nan")], "score_snr": [3.0, 1.0, 0.0]},
+        mixer_diagnostics={"critic_fit": 0.125},
+    )
+    logger.log_train(record)
+    logger.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[1].split() == ["domain", "loss", "weight", "share", "score", "score_snr"]
+    assert lines[2].split()[-2:] == ["0.5", "3"] and lines[4].split()[-2:] == ["-", "0"]
+    assert lines[5].strip() == "critic_fit: 0.125"
+    (train,) = read_metrics(path)[1]
+    assert train["domains"]["code"] == {"loss": None, "weight": 0.25, "share": 0.0, "score": -0.25, "score_snr": 1.0}
+    assert train["domains"]["multilingual"]["score"] is None and train["mixer"] == {"critic_fit": 0.125}
+
+
 def test_resumed_run_reads_back_without_duplicates(tmp_path):
     path = tmp_path / "m.jsonl"
     first, _ = make_logger(path)

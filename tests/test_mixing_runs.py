@@ -43,8 +43,10 @@ MIXER_ARGUMENTS = {
     "uniform": ["--mixer", "uniform"],
     "temperature": ["--mixer", "temperature", "--mixing-temperature", str(TEMPERATURE)],
     "odm": ["--mixer", "odm"],
-    "acodm": ["--mixer", "acodm"],
-    "acodm_proxy": ["--mixer", "acodm"],  # plus --acodm-policy, from the acodm pair
+    # In 16 steps AC-ODM's signal is barely out of its noise, and the default step would move the
+    # weights by about 1e-4: a large step bound lets the apportionment check below see them move.
+    "acodm": ["--mixer", "acodm", "--acodm-max-step", "10"],
+    "acodm_proxy": ["--mixer", "acodm", "--acodm-max-step", "10"],  # plus --acodm-policy, from the acodm pair
 }
 
 

@@ -200,11 +200,11 @@ def test_forward_without_gradient_is_not_sketched(single: dict) -> None:
     assert not single["sketch_after_no_grad_forward"].any()
 
 
-def test_missing_or_wrong_domain_ids_fail_loudly(single: dict) -> None:
+def test_missing_or_wrong_segment_ids_fail_loudly(single: dict) -> None:
     missing, too_few, unknown = single["misuse_errors"]
-    assert "call set_micro_batch_domains before each forward" in missing
-    assert "micro-batch of 8 sequences, but 3 domain ids were set" in too_few
-    assert "domain ids must lie in [0, 4)" in unknown
+    assert "call set_micro_batch_segments before each forward" in missing
+    assert "micro-batch of 8 sequences, but 3 segment ids were set" in too_few
+    assert "segment ids must lie in [0, 4)" in unknown
 
 
 @pytest.mark.parametrize("dim", DIMS)

@@ -40,7 +40,7 @@ def test_loss_function_keeps_megatrons_contract():
 
 def test_data_parallel_slices_partition_the_global_batch():
     domain_ids, sample_ids = numpy.arange(12) % 3, numpy.arange(12) * 10
-    slices = [data_parallel_slice(domain_ids, sample_ids, rank, 3) for rank in range(3)]
+    slices = [data_parallel_slice(domain_ids, sample_ids, rank=rank, size=3) for rank in range(3)]
     assert numpy.concatenate([ids for _, ids in slices]).tolist() == sample_ids.tolist()
     assert all(len(ids) == 4 for _, ids in slices)
 

@@ -25,7 +25,7 @@ from megatron_acodm.errors import UserError
 # Signals a mixer may declare in `needs`, so the step computes only what some mixer reads.
 # Realised counts come with every step: they cost nothing.
 DOMAIN_LOSSES = "domain_losses"
-GRADIENT_GRAM = "gradient_gram"  # StepSignals.domain_gram
+GRADIENT_GRAM = "gradient_gram"  # StepSignals.half_gram and half_tokens
 LAYER_NORMS = "layer_weight_norms"  # StepSignals.layer_weight_norms
 
 
@@ -37,7 +37,10 @@ class StepSignals:
     domain_loss_sum: numpy.ndarray  # [K] sum of the LM loss over the step's loss-mask tokens
     domain_tokens: numpy.ndarray  # [K] loss-mask token counts
     realised_counts: numpy.ndarray  # [K] samples per domain in the step's global batch
-    domain_gram: Optional[numpy.ndarray] = None  # [K, K] sketch estimate of <g_a, g_b>; absent domain: zero row/column
+    # [2K, 2K] sketch estimate of <G_a, G_b> over the domains' halves (row 2k + h: half h of domain k,
+    # see sketch.segments), G the gradient summed over the half's tokens; an empty half: zero row/column
+    half_gram: Optional[numpy.ndarray] = None
+    half_tokens: Optional[numpy.ndarray] = None  # [2K] loss-mask tokens of each half
     layer_weight_norms: Optional[numpy.ndarray] = None  # [L] linear_fc2 weight norms at the mixer's depths
 
     def __post_init__(self) -> None:
@@ -127,11 +130,19 @@ class Mixer(abc.ABC):
             non_finite = (signals.domain_tokens > 0) & ~numpy.isfinite(signals.domain_loss)
             if non_finite.any():
                 bad.append(f"loss for {[name for name, is_bad in zip(self.names, non_finite) if is_bad]}")
-        for need, field in ((GRADIENT_GRAM, "domain_gram"), (LAYER_NORMS, "layer_weight_norms")):
+        for need, field in ((GRADIENT_GRAM, "half_gram"), (LAYER_NORMS, "layer_weight_norms")):
             value = getattr(signals, field)
             if need in self.needs and value is not None and not numpy.all(numpy.isfinite(value)):
                 bad.append(field)
         return bad
+
+    def domain_diagnostics(self) -> dict[str, numpy.ndarray]:
+        """What the mixer would show per domain beside loss, weight and share (e.g. AC-ODM's scores), each [K]."""
+        return {}
+
+    def scalar_diagnostics(self) -> dict[str, float]:
+        """What the mixer would show as single numbers (e.g. how well AC-ODM's critic fits)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values (and torch tensors, for mixers with networks: see the module's docstring)."""

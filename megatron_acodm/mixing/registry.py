@@ -35,6 +35,37 @@ def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=0.0,
         help="every domain's weight is at least this: w <- (1 - K f) w + f over K domains; in [0, 1/K]",
     )
+    # The signal and the bounds every gradient-based mixer shares (mixing/alignment.py, mixing/mirror_step.py).
+    group.add_argument(
+        "--mixing-objective",
+        default="uniform",
+        help="what the gradient-based mixers lower: the validation loss averaged over domains alike (uniform), "
+        "by corpus tokens (tokens), by the --data-path weights (data-path), or over the named domains "
+        "(NAME[,NAME...]: the domains you evaluate on)",
+    )
+    group.add_argument(
+        "--mixing-prior",
+        default="uniform",
+        help="the mixture the gradient-based mixers start from and are pulled back to: uniform, tokens or data-path",
+    )
+    group.add_argument(
+        "--mixing-prior-pull",
+        type=float,
+        default=0.02,
+        help="each step, this fraction of the log-weights returns to the prior's; in [0, 1]",
+    )
+    group.add_argument(
+        "--mixing-kl-radius",
+        type=float,
+        default=0.25,
+        help="the weights never leave KL(w || prior) <= this (under a uniform prior: at least K e^-radius effective domains)",
+    )
+    group.add_argument(
+        "--mixing-score-ema",
+        type=float,
+        default=0.9,
+        help="decay of the moving average of the per-domain alignment scores, in [0, 1)",
+    )
     for mixer in MIXERS.values():
         mixer.add_arguments(group)
     return parser

@@ -80,9 +80,11 @@ class GradientSketcher:
 
     `layers`: "topN" or relative depths (see `parse_sketch_layers`) over the whole model, or global
     0-based indices; only those living on this pipeline stage get hooks. `dim` (k): probes per
-    layer shard. Before each micro-batch's forward call `set_micro_batch_domains`; after the
-    step's backward, `step_sketches()` gives this rank's `[K, k]` fp32 sketch (the sum over its
-    layers), to be summed over the world (the training step packs it into its one all-reduce).
+    layer shard. `num_segments` is the number of sketch rows: one per domain, or two per domain
+    (`segments.half_segments`). Before each micro-batch's forward call `set_micro_batch_segments`;
+    after the step's backward, `step_sketches()` gives this rank's `[num_segments, k]` fp32 sketch
+    (the sum over its layers), to be summed over the world (the training step packs it into its
+    one all-reduce).
 
     The probes are drawn once, at construction, and kept on the layer's device: k (m + n) values
     per hooked layer shard (5 MiB in bf16 for k = 256, hidden 2048, ffn 8192).
@@ -91,7 +93,7 @@ class GradientSketcher:
     def __init__(
         self,
         model_chunks: torch.nn.Module | Sequence[torch.nn.Module],
-        num_domains: int,
+        num_segments: int,
         *,
         layers: str | Sequence[int] = "top3",
         dim: int = 256,
@@ -105,7 +107,7 @@ class GradientSketcher:
             raise UserError(f"sketch layers {wanted}: the model has layers 0..{config.num_layers - 1}")
         tensor_parallel_rank = parallel_state.get_tensor_model_parallel_rank()
 
-        self.num_domains = num_domains
+        self.num_segments = num_segments
         self.dim = dim
         self.local_layers: list[int] = []  # global indices of the layers hooked on this rank
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -118,17 +120,17 @@ class GradientSketcher:
             self.local_layers.append(index)
         self._device = next(chunks[0].parameters()).device
         self._sketch = self._zeros()
-        self._sequence_domains: torch.Tensor | None = None
+        self._sequence_segments: torch.Tensor | None = None
 
     def _zeros(self) -> torch.Tensor:
-        return torch.zeros(self.num_domains, self.dim, dtype=torch.float32, device=self._device)
+        return torch.zeros(self.num_segments, self.dim, dtype=torch.float32, device=self._device)
 
-    def set_micro_batch_domains(self, domain_ids: torch.Tensor) -> None:
-        """The domain of each sequence `[b]` of the micro-batch whose forward comes next."""
-        domain_ids = domain_ids.detach().to(device=self._device, dtype=torch.long).reshape(-1)
-        if domain_ids.numel() and not 0 <= int(domain_ids.min()) <= int(domain_ids.max()) < self.num_domains:
-            raise ValueError(f"domain ids must lie in [0, {self.num_domains})")
-        self._sequence_domains = domain_ids
+    def set_micro_batch_segments(self, segment_ids: torch.Tensor) -> None:
+        """The sketch row of each sequence `[b]` of the micro-batch whose forward comes next."""
+        segment_ids = segment_ids.detach().to(device=self._device, dtype=torch.long).reshape(-1)
+        if segment_ids.numel() and not 0 <= int(segment_ids.min()) <= int(segment_ids.max()) < self.num_segments:
+            raise ValueError(f"segment ids must lie in [0, {self.num_segments})")
+        self._sequence_segments = segment_ids
 
     def step_sketches(self) -> torch.Tensor:
         """This rank's `[K, k]` fp32 sketch of the step so far (summed over its layers); resets it."""
@@ -145,15 +147,15 @@ class GradientSketcher:
         output_tensor = output[0] if isinstance(output, tuple) else output
         if not output_tensor.requires_grad:
             return  # no backward will follow
-        if self._sequence_domains is None:
-            raise RuntimeError("GradientSketcher: call set_micro_batch_domains before each forward")
+        if self._sequence_segments is None:
+            raise RuntimeError("GradientSketcher: call set_micro_batch_segments before each forward")
         x = args[0]  # [s, b, n]: megatron's activations are sequence-first
-        if x.shape[1] != self._sequence_domains.numel():
+        if x.shape[1] != self._sequence_segments.numel():
             raise ValueError(
-                f"micro-batch of {x.shape[1]} sequences, but {self._sequence_domains.numel()} domain ids were set"
+                f"micro-batch of {x.shape[1]} sequences, but {self._sequence_segments.numel()} segment ids were set"
             )
         # Flattened [s, b] is s-major: token (i, j) sits at i * b + j and belongs to sequence j.
-        token_domain = self._sequence_domains.repeat(x.shape[0])
+        token_domain = self._sequence_segments.repeat(x.shape[0])
         pending = _PendingInput(x.detach(), token_domain)
         output_tensor.register_hook(partial(self._on_output_gradient, probes, pending))
 
@@ -163,5 +165,5 @@ class GradientSketcher:
         x, token_domain = pending.take()
         u, v = probes
         self._sketch += backend.project_and_segment_sum(
-            x.reshape(-1, x.shape[-1]), delta.reshape(-1, delta.shape[-1]), u, v, token_domain, self.num_domains
+            x.reshape(-1, x.shape[-1]), delta.reshape(-1, delta.shape[-1]), u, v, token_domain, self.num_segments
         )

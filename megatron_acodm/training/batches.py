@@ -14,16 +14,23 @@ import torch
 _FIELDS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
-def data_parallel_slice(domain_ids, sample_ids, rank: int, size: int) -> tuple:
-    """This data-parallel rank's contiguous share of a global batch: (domain_ids, sample_ids)."""
-    per_rank = len(domain_ids) // size
+def data_parallel_slice(*per_sample, rank: int, size: int) -> tuple:
+    """This data-parallel rank's contiguous share of a global batch, for each per-sample array given
+    (domain ids, sample ids, sketch segments; None stays None)."""
+    per_rank = len(per_sample[0]) // size
     window = slice(rank * per_rank, (rank + 1) * per_rank)
-    return domain_ids[window], sample_ids[window]
+    return tuple(None if values is None else values[window] for values in per_sample)
 
 
-def micro_batches(read_sample: Callable[[int, Optional[int]], dict], domain_ids, sample_ids, micro_batch_size: int) -> list[dict]:
+def micro_batches(
+    read_sample: Callable[[int, Optional[int]], dict],
+    domain_ids,
+    sample_ids,
+    micro_batch_size: int,
+    sketch_segments=None,
+) -> list[dict]:
     """Collate samples (`read_sample(domain, sample)`, e.g. `blender.sample`) into micro-batches of
-    Megatron's GPT fields plus `domain_ids`."""
+    Megatron's GPT fields plus `domain_ids`, and `sketch_segments` (each sequence's sketch row) when given."""
     batches = []
     for start in range(0, len(domain_ids), micro_batch_size):
         window = slice(start, start + micro_batch_size)
@@ -32,5 +39,7 @@ def micro_batches(read_sample: Callable[[int, Optional[int]], dict], domain_ids,
         if "attention_mask" in samples[0]:
             batch["attention_mask"] = torch.stack([sample["attention_mask"] for sample in samples])
         batch["domain_ids"] = torch.tensor([sample["domain_id"] for sample in samples], dtype=torch.long)
+        if sketch_segments is not None:
+            batch["sketch_segments"] = torch.as_tensor(sketch_segments[window], dtype=torch.long)
         batches.append(batch)
     return batches

@@ -43,7 +43,7 @@ def evaluate(model, blender: DynamicBlender, batches, args, data_parallel_rank: 
     totals = numpy.zeros((blender.num_domains, 2))
     with torch.no_grad():
         for domain_ids, sample_ids in batches:
-            mine = data_parallel_slice(domain_ids, sample_ids, data_parallel_rank, data_parallel_size)
+            mine = data_parallel_slice(domain_ids, sample_ids, rank=data_parallel_rank, size=data_parallel_size)
             batch_list = micro_batches(blender.valid_sample, *mine, args.micro_batch_size)
             totals += run_step(model, batch_list, args, blender.num_domains, device).domain_sums
     for chunk in model:

@@ -15,7 +15,7 @@ from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, StepSignals, build_mixer
 from megatron_acodm.model import layers_at_depths, pad_vocab_size
-from megatron_acodm.sketch import GradientSketcher, gram
+from megatron_acodm.sketch import HALVES, GradientSketcher, gram, half_segments
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
 from megatron_acodm.training.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
 from megatron_acodm.training.evaluation import evaluate, evaluation_batches
@@ -69,7 +69,7 @@ class _Interval:
         self.sums += outcome.domain_sums
         self.counts += counts
 
-    def record(self, done: int, args: Namespace, elapsed: float, lr: float, grad_norm, weights) -> TrainRecord:
+    def record(self, done: int, args: Namespace, elapsed: float, lr: float, grad_norm, weights, mixer) -> TrainRecord:
         tokens = float(self.sums[:, 1].sum())
         return TrainRecord(
             iteration=done,
@@ -85,6 +85,8 @@ class _Interval:
             domain_loss=_domain_means(self.sums),
             domain_weight=[float(weight) for weight in weights],
             domain_share=(self.counts / self.counts.sum()).tolist(),
+            domain_diagnostics={key: values.tolist() for key, values in mixer.domain_diagnostics().items()},
+            mixer_diagnostics=mixer.scalar_diagnostics(),
         )
 
 
@@ -98,7 +100,8 @@ def _signals(iteration: int, outcome: StepOutcome, counts: numpy.ndarray) -> Ste
         domain_loss_sum=outcome.domain_sums[:, 0],
         domain_tokens=outcome.domain_sums[:, 1],
         realised_counts=counts,
-        domain_gram=None if outcome.sketch is None else gram(outcome.sketch).double().cpu().numpy(),
+        half_gram=None if outcome.sketch is None else gram(outcome.sketch).double().cpu().numpy(),
+        half_tokens=outcome.segment_tokens,
         layer_weight_norms=outcome.layer_norms,
     )
 
@@ -142,7 +145,7 @@ def pretrain(args: Namespace) -> None:
     )
     logger.log_run(vars(args), start_iteration=start)
     # Only what the mixer reads is measured: no sketch hooks, no norms for the baselines.
-    sketcher = GradientSketcher(model, blender.num_domains, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed) if GRADIENT_GRAM in mixer.needs else None
+    sketcher = GradientSketcher(model, HALVES * blender.num_domains, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed) if GRADIENT_GRAM in mixer.needs else None
     norm_layers = layers_at_depths(mixer.feature_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
     eval_batches = evaluation_batches(blender, args.eval_iters, args.global_batch_size)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
@@ -152,7 +155,9 @@ def pretrain(args: Namespace) -> None:
     for iteration in range(start, args.train_iters):
         step_started = time.perf_counter()
         plan = blender.plan(iteration, mixer.weights())
-        batch = micro_batches(blender.sample, *data_parallel_slice(plan.domain_ids, plan.sample_ids, dp_rank, dp_size), args.micro_batch_size)
+        segments = half_segments(plan.domain_ids) if sketcher is not None else None
+        domain_ids, sample_ids, segments = data_parallel_slice(plan.domain_ids, plan.sample_ids, segments, rank=dp_rank, size=dp_size)
+        batch = micro_batches(blender.sample, domain_ids, sample_ids, args.micro_batch_size, segments)
         outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler, sketcher, norm_layers)
         mixer.observe(_signals(iteration, outcome, plan.counts))
         interval.add(outcome, plan.counts, time.perf_counter() - step_started)
@@ -160,7 +165,7 @@ def pretrain(args: Namespace) -> None:
         logger.advance(1)
         if done % args.log_interval == 0 or done == args.train_iters:
             lr = scheduler.get_lr(optimizer.param_groups[0])
-            logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, plan.weights))
+            logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, plan.weights, mixer))
             interval.reset()
         if eval_batches and (done % args.eval_interval == 0 or done == args.train_iters):
             sums = evaluate(model, blender, eval_batches, args, dp_rank, dp_size, run_device)

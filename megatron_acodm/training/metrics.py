@@ -7,7 +7,8 @@ Records, one JSON object a line:
 - `{"kind": "run", "time", "start_iteration", "domains": [names], "config": {run arguments}}`
 - `{"kind": "train", "iteration", "train_iters", "consumed_samples", "elapsed_s", "iteration_ms", "lr",
   "lm_loss", "grad_norm", "loss_scale", "tokens_per_s", "global_batch_size", "skipped_iterations",
-  "nan_iterations", "domains": {name: {"loss", "weight", "share"}}}`
+  "nan_iterations", "domains": {name: {"loss", "weight", "share", and the mixer's per-domain
+  diagnostics, e.g. "score", "score_snr"}}, "mixer": {the mixer's scalar diagnostics, e.g. "critic_fit"}}`
 - `{"kind": "valid", "iteration", "lm_loss" (weighted by corpus tokens), "lm_loss_uniform",
   "domains": {name: {"loss", "corpus_tokens"}}}`
 Numbers that are not finite (and absent optional values) are written as null: the file is strict JSON.
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Optional, Sequence, TextIO, Union
 
@@ -49,6 +50,9 @@ class TrainRecord:
     loss_scale: Optional[float] = None
     skipped_iterations: Optional[int] = None
     nan_iterations: Optional[int] = None
+    # the mixer's own view at the end of the interval (`Mixer.domain_diagnostics`, `scalar_diagnostics`)
+    domain_diagnostics: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    mixer_diagnostics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,16 +177,20 @@ def _train_json(record: TrainRecord, names: Sequence[str]) -> dict[str, Any]:
                 "loss": _number_or_none(loss),
                 "weight": _number_or_none(weight),
                 "share": _number_or_none(share),
+                **{key: _number_or_none(values[index]) for key, values in record.domain_diagnostics.items()},
             }
-            for name, loss, weight, share in zip(names, record.domain_loss, record.domain_weight, record.domain_share)
+            for index, (name, loss, weight, share) in enumerate(
+                zip(names, record.domain_loss, record.domain_weight, record.domain_share)
+            )
         },
+        "mixer": {key: _number_or_none(value) for key, value in record.mixer_diagnostics.items()},
     }
 
 
 def _check_per_domain(names: Sequence[str], **per_domain: Sequence[Any]) -> None:
-    for field, values in per_domain.items():
+    for name, values in per_domain.items():
         if len(values) != len(names):
-            raise ValueError(f"{field} has {len(values)} entries for {len(names)} domains ({', '.join(names)})")
+            raise ValueError(f"{name} has {len(values)} entries for {len(names)} domains ({', '.join(names)})")
 
 
 def _cut_partial_last_line(path: str) -> int:
@@ -287,7 +295,11 @@ class MetricsLogger:
             return
         names = self.domain_names
         _check_per_domain(
-            names, domain_loss=record.domain_loss, domain_weight=record.domain_weight, domain_share=record.domain_share
+            names,
+            domain_loss=record.domain_loss,
+            domain_weight=record.domain_weight,
+            domain_share=record.domain_share,
+            **record.domain_diagnostics,
         )
         table = format_domain_table(
             names,
@@ -295,9 +307,11 @@ class MetricsLogger:
                 "loss": [_cell(loss, ".4f") for loss in record.domain_loss],
                 "weight": [_cell(weight, ".4f") for weight in record.domain_weight],
                 "share": [_cell(share, ".4f") for share in record.domain_share],
+                **{key: [_cell(_number_or_none(value), ".3g") for value in values] for key, values in record.domain_diagnostics.items()},
             },
         )
-        self._print([format_train_line(record), *table])
+        mixer_line = " | ".join(f"{key}: {_cell(_number_or_none(value), '.3f')}" for key, value in record.mixer_diagnostics.items())
+        self._print([format_train_line(record), *table, *([_TABLE_INDENT + mixer_line] if mixer_line else [])])
         data = _train_json(record, names)
         self._write(data)
         self._add_scalars(
@@ -311,6 +325,12 @@ class MetricsLogger:
                 **{f"domain-loss/{name}": values["loss"] for name, values in data["domains"].items()},
                 **{f"domain-weight/{name}": values["weight"] for name, values in data["domains"].items()},
                 **{f"domain-share/{name}": values["share"] for name, values in data["domains"].items()},
+                **{
+                    f"domain-{key.replace('_', '-')}/{name}": values[key]
+                    for name, values in data["domains"].items()
+                    for key in record.domain_diagnostics
+                },
+                **{f"mixer/{key.replace('_', '-')}": value for key, value in data["mixer"].items()},
             },
         )
         if self._progress is not None and data["lm_loss"] is not None:

@@ -28,24 +28,40 @@ class StepOutcome:
     domain_sums: numpy.ndarray  # [K, 2]: loss sum and tokens per domain, over the global batch
     grad_norm: Optional[float] = None
     update_successful: bool = True
-    sketch: Optional[torch.Tensor] = None  # [K, k] gradient sketch, summed over the world
+    sketch: Optional[torch.Tensor] = None  # [2K, k] gradient sketch of the domains' halves, summed over the world
+    segment_tokens: Optional[numpy.ndarray] = None  # [2K] loss-mask tokens of each sketch row, over the global batch
     layer_norms: Optional[numpy.ndarray] = None  # [L] Frobenius norms of the chosen linear_fc2 weights
 
 
 def _forward_step(num_domains: int, device: torch.device, sketcher, data_iterator, model):
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in next(data_iterator).items()}
     if sketcher is not None:
-        sketcher.set_micro_batch_domains(batch["domain_ids"])
+        sketcher.set_micro_batch_segments(batch["sketch_segments"])
     token_losses = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"])
     return token_losses, partial(domain_loss_func, batch["loss_mask"], batch["domain_ids"], num_domains)
 
 
+def _counts_here() -> bool:
+    """Whether this rank adds its data-parallel replica's losses and token counts to the world's sum:
+    one rank per replica, the last stage's first tensor-parallel rank (the one that has the losses)."""
+    return parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+
+
 def _local_domain_sums(losses_reduced: list, num_domains: int, device: torch.device) -> torch.Tensor:
     total = torch.zeros(num_domains, 2, dtype=torch.float64, device=device)
-    if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
+    if _counts_here():
         for reduced in losses_reduced:
             total += reduced["domain_sums"].to(device, torch.float64)
     return total
+
+
+def _local_segment_tokens(micro_batch_list: list[dict], num_segments: int, device: torch.device) -> torch.Tensor:
+    """This rank's part of the loss-mask tokens of each sketch row (a mean gradient divides by them)."""
+    total = torch.zeros(num_segments, dtype=torch.float64)
+    if _counts_here():
+        for batch in micro_batch_list:
+            total.index_add_(0, batch["sketch_segments"], batch["loss_mask"].sum(dim=-1).double())
+    return total.to(device)
 
 
 def _sum_over_world(parts: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -87,13 +103,14 @@ def run_step(
     )
     parts = [_local_domain_sums(losses_reduced, num_domains, device)]
     if sketcher is not None:
-        parts.append(sketcher.step_sketches())
+        parts += [sketcher.step_sketches(), _local_segment_tokens(micro_batch_list, sketcher.num_segments, device)]
     if norm_squares is not None:
         parts.append(norm_squares)
     reduced = _sum_over_world(parts)
     outcome = StepOutcome(reduced.pop(0).cpu().numpy())
     if sketcher is not None:
         outcome.sketch = reduced.pop(0).float()
+        outcome.segment_tokens = reduced.pop(0).cpu().numpy()
     if norm_squares is not None:
         outcome.layer_norms = reduced.pop(0).sqrt().cpu().numpy()
     if not forward_only:

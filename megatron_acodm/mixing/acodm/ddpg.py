@@ -1,39 +1,47 @@
 """DDPG (Lillicrap et al. 2015) for AC-ODM: replay buffer, actor and critic with target networks.
 
-Each update samples a batch of transitions (s, a, R, s') and
-- regresses the critic on y = R + gamma Q'(s', mu'(s')) (primes: the target networks);
-- either clones the actor towards the batch's actions (the warm-up, whose actions are ODM's) by
-  cross-entropy, or raises Q(s, mu(s)): the actor's loss -Q(s, mu(s)), stepped by the ACTOR's
-  optimizer (the published code steps the critic's there, so its actor never learns);
+The action is not the actor's output itself: `action_map(states, outputs)` turns the actor's
+per-domain outputs into the next weights (AC-ODM's bounded mirror step, see `mixer.py`), and the
+critic judges those weights. Each update samples a batch of transitions (s, a, R, s') and
+- regresses the critic on y = R + gamma Q'(s', a'(s')) (primes: the target networks);
+- when the actor trains, raises Q(s, action_map(s, mu(s))): the actor's loss, stepped by the
+  ACTOR's optimizer (the published code steps the critic's there, so its actor never learns);
 - moves the target networks towards the online ones by tau.
 Both optimizers are Adam with a linear learning-rate warm-up over the first updates. All
 randomness (initialisation, exploration noise, replay sampling) comes from one torch.Generator.
+
+Whether the critic fits is measured, not assumed: before a transition enters the buffer, the
+critic's squared error on its target (a transition it has not trained on) and that of a constant
+predictor (the moving mean of the targets) are averaged; `critic_fit` = 1 - their ratio, above 0
+when the critic predicts better than a constant.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import numpy
 import torch
 from torch import nn
 
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing.acodm.networks import Actor, Critic, NetworkConfig, floored_softmax
+from megatron_acodm.mixing.acodm.networks import Actor, Critic, NetworkConfig
+
+ActionMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (states, actor outputs) -> weights
+_FIT_DECAY = 0.98  # moving average of the held-out errors: about the last 50 transitions
 
 
 @dataclass(frozen=True)
 class DDPGConfig:
-    gamma: float = 0.95
+    gamma: float = 0.0
     tau: float = 1e-3
     buffer_size: int = 10000
     batch_size: int = 32
     lr: float = 1e-4
     lr_warmup_steps: int = 100
-    noise: float = 0.2  # std of the Gaussian added to the actor's logits while it trains
-    floor: Optional[float] = None  # every action entry >= floor, in [0, 1/K]; None: 1 / (10 K)
+    noise: float = 0.2  # std of the Gaussian added to the actor's outputs while it trains
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,12 +56,6 @@ class DDPGConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-
-    def action_floor(self, num_domains: int) -> float:
-        floor = 1.0 / (10 * num_domains) if self.floor is None else self.floor
-        if not 0.0 <= floor <= 1.0 / num_domains:
-            raise UserError(f"--acodm-floor must be in [0, 1/K] = [0, {1.0 / num_domains:.4g}], got {floor}")
-        return floor
 
 
 class Transitions(NamedTuple):
@@ -116,12 +118,12 @@ def _soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
 
 class DDPGAgent:
-    """Actor, critic, their target networks and optimizers, and the replay buffer."""
+    """Actor, critic, their target networks and optimizers, the replay buffer, and the critic's fit."""
 
-    def __init__(self, network: NetworkConfig, config: DDPGConfig, generator: torch.Generator):
+    def __init__(self, network: NetworkConfig, config: DDPGConfig, generator: torch.Generator, action_map: ActionMap):
         self.config = config
-        self.floor = config.action_floor(network.num_domains)
         self.generator = generator
+        self.action_map = action_map
         self.actor = Actor(network, generator)
         self.critic = Critic(network, generator)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
@@ -130,44 +132,66 @@ class DDPGAgent:
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
         self.buffer = ReplayBuffer(config.buffer_size, network.state_dim, network.num_domains)
         self.updates = 0
+        # moving averages: the critic's and a constant's squared error on unseen targets, the targets' mean
+        self.fit = torch.zeros(4, dtype=torch.float64)  # critic error, constant error, target mean, weight
 
     def act(self, state: numpy.ndarray, explore: bool) -> numpy.ndarray:
-        """The action for `state`, float64 [K]; with `explore`, Gaussian noise on the logits first."""
+        """The next weights for `state`, float64 [K]; with `explore`, Gaussian noise on the actor's outputs first."""
+        state_tensor = torch.from_numpy(state)
         with torch.no_grad():
-            logits = self.actor(torch.from_numpy(state).float()).double()
-        if explore and self.config.noise > 0:
-            logits = logits + self.config.noise * torch.randn(
-                logits.shape, generator=self.generator, dtype=torch.float64
-            )
-        return floored_softmax(logits, self.floor).numpy()
+            outputs = self.actor(state_tensor.float()).double()
+            if explore and self.config.noise > 0:
+                outputs = outputs + self.config.noise * torch.randn(outputs.shape, generator=self.generator, dtype=torch.float64)
+            return self.action_map(state_tensor, outputs).numpy()
 
     def remember(self, state: numpy.ndarray, action: numpy.ndarray, reward: float, next_state: numpy.ndarray) -> None:
+        """Score the critic on the transition it has not seen, then store it."""
+        with torch.no_grad():
+            target = float(self._targets(torch.tensor([reward]), torch.from_numpy(next_state).float()[None])[0])
+            predicted = float(self.critic(torch.from_numpy(state)[None].float(), torch.from_numpy(action)[None].float())[0])
+        critic_error, constant_error, target_mean, weight = self.fit.tolist()
+        if weight > 0:  # the constant predictor is the mean of the targets seen before this one
+            constant = target_mean / weight
+            critic_error = _FIT_DECAY * critic_error + (1 - _FIT_DECAY) * (predicted - target) ** 2
+            constant_error = _FIT_DECAY * constant_error + (1 - _FIT_DECAY) * (constant - target) ** 2
+        target_mean = _FIT_DECAY * target_mean + (1 - _FIT_DECAY) * target
+        weight = _FIT_DECAY * weight + (1 - _FIT_DECAY)
+        self.fit = torch.tensor([critic_error, constant_error, target_mean, weight], dtype=torch.float64)
         self.buffer.add(state, action, reward, next_state)
 
-    def update(self, clone: bool) -> tuple[float, float]:
-        """One critic step and one actor step on a sampled batch; returns (critic loss, actor loss).
+    @property
+    def critic_fit(self) -> float:
+        """1 - (critic's held-out squared error) / (a constant's): > 0 when the critic predicts; NaN before two transitions."""
+        critic_error, constant_error = self.fit[0].item(), self.fit[1].item()
+        return 1.0 - critic_error / constant_error if constant_error > 0 else float("nan")
 
-        The actor's loss is the cross-entropy to the batch's actions when `clone`, else -Q(s, mu(s)).
-        """
+    def update(self, train_actor: bool) -> tuple[float, float]:
+        """One critic step and, with `train_actor`, one actor step on a sampled batch; returns the
+        critic's loss and the actor's (-Q, NaN when it did not train)."""
         batch = self.buffer.sample(self.config.batch_size, self.generator)
         learning_rate = self.config.lr * min(1.0, (self.updates + 1) / max(1, self.config.lr_warmup_steps))
         for optimizer in (self.actor_optimizer, self.critic_optimizer):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate
         critic_loss = self._update_critic(batch)
-        actor_loss = self._clone_actor(batch) if clone else self._improve_actor(batch)
+        actor_loss = self._improve_actor(batch) if train_actor else float("nan")
         _soft_update(self.target_actor, self.actor, self.config.tau)
         _soft_update(self.target_critic, self.critic, self.config.tau)
         self.updates += 1
         return critic_loss, actor_loss
 
     def _action(self, actor: nn.Module, states: torch.Tensor) -> torch.Tensor:
-        return floored_softmax(actor(states), self.floor)
+        return self.action_map(states.double(), actor(states).double()).float()
+
+    def _targets(self, rewards: torch.Tensor, next_states: torch.Tensor) -> torch.Tensor:
+        if self.config.gamma == 0:
+            return rewards
+        next_q = self.target_critic(next_states, self._action(self.target_actor, next_states))
+        return rewards + self.config.gamma * next_q
 
     def _update_critic(self, batch: Transitions) -> float:
         with torch.no_grad():
-            next_q = self.target_critic(batch.next_states, self._action(self.target_actor, batch.next_states))
-            target = batch.rewards + self.config.gamma * next_q
+            target = self._targets(batch.rewards, batch.next_states)
         loss = nn.functional.mse_loss(self.critic(batch.states, batch.actions), target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,14 +202,6 @@ class DDPGAgent:
         loss = -self.critic(batch.states, self._action(self.actor, batch.states)).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()  # also leaves gradients on the critic; its next update zeroes them first
-        self.actor_optimizer.step()
-        return loss.item()
-
-    def _clone_actor(self, batch: Transitions) -> float:
-        log_policy = torch.log_softmax(self.actor(batch.states), dim=-1)
-        loss = -(batch.actions * log_policy).sum(dim=-1).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         self.actor_optimizer.step()
         return loss.item()
 
@@ -201,6 +217,7 @@ class DDPGAgent:
                 "critic_optimizer": self.critic_optimizer.state_dict(),
                 "buffer": self.buffer.state_dict(),
                 "updates": self.updates,
+                "fit": self.fit,
             }
         )
 
@@ -210,3 +227,4 @@ class DDPGAgent:
         for name in parts:
             getattr(self, name).load_state_dict(state[name])
         self.updates = int(state["updates"])
+        self.fit = state["fit"]

@@ -2,17 +2,22 @@
 
 Every feature is scale-free (a z-score, a ratio, a share, a fraction), so an actor trained on a
 small proxy model reads a large target's state the same way. Layout, K domains and L layers,
-dimension 4K + 2L + 1:
+dimension 6K + 2L + 1:
 
     [0, K)          loss_zscore     each domain's last mean loss, z-scored across the domains seen so far
     [K, 2K)         loss_log_ratio  log(L_k / L_k,0), L_k,0 the first loss seen for k (a log rather than
                                     L_k / L_k,0 - 1: halving and doubling weigh the same)
-    [2K, 3K)        share           the domain's share of the step's samples
+    [2K, 3K)        weight          the mixture the mixer chose for the step (before --mixing-floor)
     [3K, 4K)        staleness       1 - decay^age, age in steps since the domain was last sampled (1: never)
-    [4K, 4K+L)      norm_zscore     Frobenius norms of the `linear_fc2` weights at the spec's relative depths,
+    [4K, 5K)        direction       the alignment signal's proposed step (`AlignmentSignal.direction`), in [-1, 1]
+    [5K, 6K)        score_snr       snr / (1 + snr), snr = |smoothed score| / its standard error
+    [6K, 6K+L)      norm_zscore     Frobenius norms of the `linear_fc2` weights at the spec's relative depths,
                                     z-scored across those L layers
-    [4K+L, 4K+2L)   norm_drift      ||W_l|| / ||W_l||_0 - 1, relative to the first step the mixer saw
-    [4K+2L]         progress        (step + 1) / T, clipped to [0, 1]
+    [6K+L, 6K+2L)   norm_drift      ||W_l|| / ||W_l||_0 - 1, relative to the first step the mixer saw
+    [6K+2L]         progress        (step + 1) / T, clipped to [0, 1]
+
+The actor's action is computed from the `weight` and `direction` blocks (see `mixer.py`), so a
+replayed state holds everything the action needs.
 
 A domain absent from a step keeps its last loss (see `memory.py`); one never seen counts as average
 (z-score 0, log-ratio 0).
@@ -57,16 +62,27 @@ class FeatureSpec:
         return [
             ("loss_zscore", k),
             ("loss_log_ratio", k),
-            ("share", k),
+            ("weight", k),
             ("staleness", k),
+            ("direction", k),
+            ("score_snr", k),
             ("norm_zscore", layers),
             ("norm_drift", layers),
             ("progress", 1),
         ]
 
+    def block(self, name: str) -> slice:
+        """Where block `name` lies in the state vector."""
+        start = 0
+        for block, size in self.blocks:
+            if block == name:
+                return slice(start, start + size)
+            start += size
+        raise KeyError(name)
+
     @property
     def state_dim(self) -> int:
-        return 4 * self.num_domains + 2 * self.num_layers + 1
+        return 6 * self.num_domains + 2 * self.num_layers + 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,8 +95,10 @@ class FeatureSpec:
             "normalisation": {
                 "loss_zscore": "(L_k - mean) / std across domains seen; 0 when all equal",
                 "loss_log_ratio": "log(L_k / L_k,0), L_k,0 the first loss seen",
-                "share": "realised samples / global batch",
+                "weight": "the mixture chosen for the step, before --mixing-floor",
                 "staleness": "1 - stale_decay ** steps since sampled",
+                "direction": "alignment score less the mixture's mean, shrunk by its standard error, clipped to [-1, 1]",
+                "score_snr": "snr / (1 + snr), snr = |smoothed alignment score| / its standard error",
                 "norm_zscore": "(n_l - mean) / std across the L layers; 0 when all equal",
                 "norm_drift": "n_l / n_l,0 - 1",
                 "progress": "(step + 1) / train_iters",
@@ -115,7 +133,13 @@ class StateBuilder:
         self.initial_norms: Optional[numpy.ndarray] = None
 
     def state(
-        self, memory: SignalMemory, counts: numpy.ndarray, layer_norms: numpy.ndarray, step: int
+        self,
+        memory: SignalMemory,
+        weights: numpy.ndarray,
+        direction: numpy.ndarray,
+        snr: numpy.ndarray,
+        layer_norms: numpy.ndarray,
+        step: int,
     ) -> numpy.ndarray:
         """float64 [state_dim]; `memory` must already hold this step's losses, `layer_norms` is [L]."""
         if self.initial_norms is None:
@@ -128,7 +152,6 @@ class StateBuilder:
             loss, initial = numpy.maximum(memory.loss[seen], tiny), numpy.maximum(memory.initial_loss[seen], tiny)
             loss_zscore[seen] = _zscore(memory.loss[seen])
             loss_log_ratio[seen] = numpy.log(loss / initial)
-        share = counts / max(counts.sum(), 1)
         drift = (
             numpy.divide(
                 layer_norms, self.initial_norms, out=numpy.ones_like(layer_norms), where=self.initial_norms > 0
@@ -137,7 +160,17 @@ class StateBuilder:
         )
         progress = min(1.0, (step + 1) / self.total_steps)
         return numpy.concatenate(
-            [loss_zscore, loss_log_ratio, share, memory.staleness(), _zscore(layer_norms), drift, [progress]]
+            [
+                loss_zscore,
+                loss_log_ratio,
+                weights,
+                memory.staleness(),
+                direction,
+                snr / (1.0 + snr),
+                _zscore(layer_norms),
+                drift,
+                [progress],
+            ]
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,18 +1,21 @@
 """`--mixer acodm`: AC-ODM (arXiv 2505.23878), a DDPG actor-critic deciding each step's domain weights.
 
-Training mode (the default), each global step t, in `observe`:
-1. the step's losses and Gram matrix enter `SignalMemory` (absent domains keep their last ones);
-   the state s_t (`features.py`) is built from them, the step's realised counts and layer norms;
-2. the transition (s_{t-1}, a_t, R_t, s_t) enters the replay buffer, a_t the weights step t used
-   and R_t = sum_k a_t,k r_k its action-weighted gradient alignment (`reward.py`), and DDPG
-   makes one update (`ddpg.py`);
-3. the action of step t + 1 is the actor's, mu(s_t), with Gaussian noise on its logits.
-For the first `ceil(warmup_fraction * T)` steps the weights are those of an ODM mixer held inside,
-the actor is cloned towards them and the critic learns from them. The first step, before any
-state exists, uses the initial weights (what ODM starts with too).
+The paper's agent, with its action bounded (docs/DESIGN.md, "AC-ODM"). Each global step t, in `observe`:
+1. the step's half-sketch Gram matrix enters the alignment signal (`mixing/alignment.py`): per
+   domain a smoothed, scale-free score r_k = <g_k, g_obj> with its standard error, from which
+   `direction` in [-1, 1]^K proposes where to move (zero where the score is within its error);
+2. the state s_t (`features.py`) holds the losses, the weights w_t the step used, the direction,
+   the scores' signal-to-noise, layer norms and progress;
+3. the transition (s_{t-1}, w_t, R_t, s_t) enters the replay buffer, R_t = sum_k w_t,k r_t,k the
+   alignment of the step's training gradient with the objective's (its first-order decrease),
+   and DDPG makes one update (the actor only after the warm-up);
+4. the next weights: w_{t+1} = M(w_t, max_step * sigmoid(mu(s_t)) * direction), M the bounded
+   mirror step towards the prior (`mixing/mirror_step.py`): the actor decides how far to follow
+   the signal on each domain, never more than `max_step` per step nor outside the KL ball.
+A zero or pure-noise signal gives a zero direction, so the weights stay at the prior.
 
-Proxy mode (`--acodm-policy FILE`): an actor another run exported drives the weights frozen from
-the first state on, with no warm-up, critic, training or noise; it needs no Gram matrix.
+Proxy mode (`--acodm-policy FILE`): an actor another run exported decides the steps, frozen (no
+critic, training or noise); the target still measures its own alignment signal.
 
 Every rank runs the same arithmetic on the same all-reduced signals, with all randomness drawn
 from one generator seeded with the run's seed and saved in the state, and on one CPU thread (a
@@ -35,9 +38,11 @@ from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, DEFAULT_S
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.networks import NetworkConfig
 from megatron_acodm.mixing.acodm.policy import FrozenPolicy, load_policy, save_policy
-from megatron_acodm.mixing.acodm.reward import domain_alignments, mixture_reward
+from megatron_acodm.mixing.alignment import SCORES, AlignmentSignal
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, Mixer, StepSignals
-from megatron_acodm.mixing.odm import ODMMixer
+from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
+from megatron_acodm.mixing.weighting import domain_weighting
+from megatron_acodm.sketch.segments import HALVES
 
 
 @contextlib.contextmanager
@@ -59,8 +64,8 @@ def _relative_depths(text: str) -> tuple[float, ...]:
 
 
 class ACODMMixer(Mixer):
-    """AC-ODM; see the module's docstring. The trainer provides `layer_weight_norms` at
-    `feature_layer_depths` and, in training mode, `domain_gram` with every step's signals."""
+    """AC-ODM; see the module's docstring. The trainer provides, with every step's signals,
+    `half_gram` and `half_tokens` and `layer_weight_norms` at `feature_layer_depths`."""
 
     needs = frozenset({DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS})
 
@@ -71,24 +76,32 @@ class ACODMMixer(Mixer):
         *,
         total_steps: int,
         seed: int,
+        prior: Optional[Sequence[float]] = None,
+        objective: Optional[Sequence[float]] = None,
         config: Optional[DDPGConfig] = None,
         hidden: int = 256,
         depth: int = 2,
         layer_depths: Optional[Sequence[float]] = None,
         stale_decay: Optional[float] = None,
-        warmup_fraction: float = 0.02,
-        odm: Optional[ODMMixer] = None,
+        warmup_fraction: float = 0.1,
+        score: str = "alignment",
+        score_decay: float = 0.9,
+        pull: float = 0.02,
+        kl_radius: float = 0.25,
+        max_step: float = 0.1,
         policy: Optional[FrozenPolicy] = None,
         floor: float = 0.0,
     ):
-        """`floor` is --mixing-floor, applied over the action as every mixer's is; `config.floor` is
-        the action's own (--acodm-floor). `policy` switches to proxy mode: the network, feature depths
-        and stale decay are then the policy's, and `odm`, `hidden`, `depth` go unused."""
+        """`prior` (p0) and `objective` (pi) default to uniform. `policy` switches to proxy mode:
+        the network, feature depths and stale decay are then the policy's, `hidden`, `depth` unused."""
         super().__init__(names, initial_weights, floor)
         if not 0.0 <= warmup_fraction <= 1.0:
             raise UserError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
+        uniform = numpy.full(self.num_domains, 1.0 / self.num_domains)
+        self.prior = uniform if prior is None else numpy.asarray(prior, dtype=numpy.float64)
+        self.signal = AlignmentSignal(uniform if objective is None else objective, score_decay, score)
+        self.mirror = BoundedMirrorStep(self.prior, pull, kl_radius, max_step)
         self.config = config or DDPGConfig()
-        self.action_floor = self.config.action_floor(self.num_domains)
         self.policy = policy
         self.generator = torch.Generator().manual_seed(seed)
         if policy is None:
@@ -99,19 +112,17 @@ class ACODMMixer(Mixer):
             )
             self.network = NetworkConfig(self.spec.state_dim, self.num_domains, hidden, depth)
             with _one_thread():
-                self.agent: Optional[DDPGAgent] = DDPGAgent(self.network, self.config, self.generator)
-            self.odm: Optional[ODMMixer] = odm or ODMMixer(names, initial_weights)
+                self.agent: Optional[DDPGAgent] = DDPGAgent(self.network, self.config, self.generator, self.action_map)
             self.warmup_steps = math.ceil(warmup_fraction * total_steps)
         else:
             self._check_policy_fits(policy, layer_depths, stale_decay)
             self.spec, self.network = policy.spec, policy.network
-            self.agent, self.odm, self.warmup_steps = None, None, 0
-            self.needs = frozenset({DOMAIN_LOSSES, LAYER_NORMS})  # no reward, hence no Gram matrix
+            self.agent, self.warmup_steps = None, 0
         self.memory = SignalMemory(self.num_domains, self.spec.stale_decay)
         self.features = StateBuilder(self.spec, total_steps)
         self.steps_observed = 0
         self.last_state: Optional[numpy.ndarray] = None
-        self.action: Optional[numpy.ndarray] = None  # the actor's choice for the next step
+        self.next_weights = self.prior.copy()  # the mixture of the next step (before --mixing-floor)
 
     @staticmethod
     def _check_policy_fits(
@@ -133,10 +144,29 @@ class ACODMMixer(Mixer):
         send as `StepSignals.layer_weight_norms`, in this order (`megatron_acodm.model.layers_at_depths` maps them)."""
         return list(self.spec.layer_depths)
 
+    def action_map(self, states: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """The next weights from states `[..., S]` and the actor's outputs `[..., K]`: the bounded
+        mirror step from the state's weights, `max_step * sigmoid(output)` along its direction."""
+        weights, direction = states[..., self.spec.block("weight")], states[..., self.spec.block("direction")]
+        return self.mirror(weights.double(), self.mirror.max_step * torch.sigmoid(outputs.double()) * direction.double())
+
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         defaults = DDPGConfig()
         add = group.add_argument
+        add(
+            "--acodm-reward",
+            choices=SCORES,
+            default="alignment",
+            help="AC-ODM: the per-domain score behind its step and reward; alignment: <g_k, g_obj> of mean "
+            "gradients with an unbiased diagonal; published: the paper's off-diagonal sum of the count-weighted Gram",
+        )
+        add(
+            "--acodm-max-step",
+            type=float,
+            default=0.1,
+            help="AC-ODM: the largest change of any log-weight in one step",
+        )
         add("--acodm-hidden", type=int, default=256, help="AC-ODM: width of the actor's and critic's hidden layers")
         add(
             "--acodm-depth",
@@ -144,7 +174,12 @@ class ACODMMixer(Mixer):
             default=2,
             help="AC-ODM: hidden layers of the actor and the critic (the paper's: --acodm-hidden 1024 --acodm-depth 5)",
         )
-        add("--acodm-gamma", type=float, default=defaults.gamma, help="AC-ODM: discount of the critic's target")
+        add(
+            "--acodm-gamma",
+            type=float,
+            default=defaults.gamma,
+            help="AC-ODM: discount of the critic's target (0: the critic fits the next reward only)",
+        )
         add("--acodm-tau", type=float, default=defaults.tau, help="AC-ODM: soft update rate of the target networks")
         add("--acodm-buffer-size", type=int, default=defaults.buffer_size, help="AC-ODM: replay buffer capacity")
         add("--acodm-batch-size", type=int, default=defaults.batch_size, help="AC-ODM: transitions per update")
@@ -159,14 +194,13 @@ class ACODMMixer(Mixer):
             "--acodm-noise",
             type=float,
             default=defaults.noise,
-            help="AC-ODM: std of the Gaussian exploration noise on the actor's logits",
+            help="AC-ODM: std of the Gaussian exploration noise on the actor's outputs",
         )
-        add("--acodm-floor", type=float, default=None, help="AC-ODM: least action entry, in [0, 1/K]; default 1/(10K)")
         add(
             "--acodm-warmup-fraction",
             type=float,
-            default=0.02,
-            help="AC-ODM: fraction of --train-iters on ODM's weights while the actor clones them",
+            default=0.1,
+            help="AC-ODM: fraction of --train-iters in which only the critic learns (the actor acts, untrained)",
         )
         add(
             "--acodm-feature-depths",
@@ -179,7 +213,7 @@ class ACODMMixer(Mixer):
             "--acodm-stale-decay",
             type=float,
             default=None,
-            help=f"AC-ODM: per-step decay of an absent domain's last Gram entries, in [0, 1); "
+            help=f"AC-ODM: per-step decay in the staleness feature of a domain not sampled, in [0, 1); "
             f"default {DEFAULT_STALE_DECAY}, or the policy's with --acodm-policy",
         )
         add(
@@ -192,45 +226,50 @@ class ACODMMixer(Mixer):
             "--acodm-policy",
             default=None,
             metavar="PATH",
-            help="AC-ODM proxy mode: this exported actor decides the weights, frozen (no critic, training or noise)",
+            help="AC-ODM proxy mode: this exported actor decides the steps, frozen (no critic, training or noise)",
         )
 
     @classmethod
     def from_args(
-        cls, *, names: Sequence[str], initial_weights: Sequence[float], args: argparse.Namespace, **_: Any
+        cls,
+        *,
+        names: Sequence[str],
+        initial_weights: Sequence[float],
+        domain_tokens: Optional[Sequence[float]],
+        args: argparse.Namespace,
+        **_: Any,
     ) -> Mixer:
         total_steps = getattr(args, "train_iters", None)
         if total_steps is None:
-            raise UserError(
-                "--mixer acodm needs --train-iters: the state holds progress t/T, the warm-up is part of T"
-            )
-        policy = load_policy(args.acodm_policy, names) if args.acodm_policy else None
-        # The warm-up's ODM takes the --odm-* options; the floor is applied once, by this mixer.
-        odm_args = argparse.Namespace(**{**vars(args), "mixing_floor": 0.0})
-        odm = None if policy else ODMMixer.from_args(names=names, initial_weights=initial_weights, args=odm_args)
-        config = DDPGConfig(
-            gamma=args.acodm_gamma,
-            tau=args.acodm_tau,
-            buffer_size=args.acodm_buffer_size,
-            batch_size=args.acodm_batch_size,
-            lr=args.acodm_lr,
-            lr_warmup_steps=args.acodm_lr_warmup_steps,
-            noise=args.acodm_noise,
-            floor=args.acodm_floor,
-        )
+            raise UserError("--mixer acodm needs --train-iters: the state holds progress t/T, the warm-up is part of T")
+        weighting = dict(names=names, data_path_weights=initial_weights, domain_tokens=domain_tokens)
         return cls(
             names,
             initial_weights,
             total_steps=total_steps,
             seed=args.seed,
-            config=config,
+            prior=domain_weighting(args.mixing_prior, "--mixing-prior", **weighting, every_domain=True),
+            objective=domain_weighting(args.mixing_objective, "--mixing-objective", **weighting, every_domain=False),
+            config=DDPGConfig(
+                gamma=args.acodm_gamma,
+                tau=args.acodm_tau,
+                buffer_size=args.acodm_buffer_size,
+                batch_size=args.acodm_batch_size,
+                lr=args.acodm_lr,
+                lr_warmup_steps=args.acodm_lr_warmup_steps,
+                noise=args.acodm_noise,
+            ),
             hidden=args.acodm_hidden,
             depth=args.acodm_depth,
             layer_depths=args.acodm_feature_depths,
             stale_decay=args.acodm_stale_decay,
             warmup_fraction=args.acodm_warmup_fraction,
-            odm=odm,
-            policy=policy,
+            score=args.acodm_reward,
+            score_decay=args.mixing_score_ema,
+            pull=args.mixing_prior_pull,
+            kl_radius=args.mixing_kl_radius,
+            max_step=args.acodm_max_step,
+            policy=load_policy(args.acodm_policy, names) if args.acodm_policy else None,
             floor=args.mixing_floor,
         )
 
@@ -243,11 +282,13 @@ class ACODMMixer(Mixer):
         return self.steps_observed < self.warmup_steps
 
     def _policy(self) -> numpy.ndarray:
-        if self._warming_up():
-            return self.odm.weights()
-        if self.action is None:  # no state seen yet
-            return self.initial_weights
-        return self.action
+        return self.next_weights
+
+    def domain_diagnostics(self) -> dict[str, numpy.ndarray]:
+        return {"score": self.signal.scores(), "score_snr": self.signal.signal_to_noise()}
+
+    def scalar_diagnostics(self) -> dict[str, float]:
+        return {} if self.agent is None else {"critic_fit": self.agent.critic_fit}
 
     @staticmethod
     def _signal(value: Optional[numpy.ndarray], field: str, shape: tuple[int, ...], meaning: str) -> numpy.ndarray:
@@ -259,38 +300,32 @@ class ACODMMixer(Mixer):
         return value
 
     def _update(self, signals: StepSignals) -> None:
-        gram = None
-        if self.agent is not None:
-            shape = (self.num_domains, self.num_domains)
-            gram = self._signal(signals.domain_gram, "domain_gram", shape, f"one row per domain of {self.names}")
+        rows = HALVES * self.num_domains
+        halves = f"two halves per domain of {self.names}"
+        gram = self._signal(signals.half_gram, "half_gram", (rows, rows), halves)
+        tokens = self._signal(signals.half_tokens, "half_tokens", (rows,), halves)
         norms = self._signal(
             signals.layer_weight_norms,
             "layer_weight_norms",
             (self.spec.num_layers,),
             f"one norm per relative depth of feature_layer_depths {self.feature_layer_depths}",
         )
-        used = self._policy()
-        cloning = self._warming_up()
+        used = self.next_weights
         present = (signals.realised_counts > 0) & (signals.domain_tokens > 0)
         with _one_thread():
-            self.memory.update(present, signals.domain_loss, gram)
-            counts = signals.realised_counts.astype(numpy.float64)
-            state = self.features.state(self.memory, counts, norms, signals.step)
+            step_scores = self.signal.observe(gram, tokens)
+            self.memory.update(present, signals.domain_loss)
+            direction = self.signal.direction(used)
+            state = self.features.state(self.memory, used, direction, self.signal.signal_to_noise(), norms, signals.step)
             if self.agent is not None:
-                if self.last_state is not None:
-                    reward = mixture_reward(used, domain_alignments(self.memory.decayed_gram()))
-                    self.agent.remember(self.last_state, used, reward, state)
-                    self.agent.update(clone=cloning)
-                if self.steps_observed + 1 < self.warmup_steps:  # ODM still decides the next step
-                    self.odm.observe(signals)
+                if self.last_state is not None and step_scores is not None:
+                    self.agent.remember(self.last_state, used, float(used @ step_scores), state)
+                    self.agent.update(train_actor=not self._warming_up())
+                self.next_weights = self.agent.act(state, explore=True)
+            else:
+                self.next_weights = self.policy.act(state, self.action_map)
             self.steps_observed += 1
             self.last_state = state
-            if not self._warming_up():
-                self.action = (
-                    self.agent.act(state, explore=True)
-                    if self.agent is not None
-                    else self.policy.act(state, self.action_floor)
-                )
 
     def _state(self) -> dict[str, Any]:
         def tensor(value: Optional[numpy.ndarray]) -> Optional[torch.Tensor]:
@@ -302,12 +337,12 @@ class ACODMMixer(Mixer):
             "network": self.network.to_dict(),
             "steps_observed": self.steps_observed,
             "last_state": tensor(self.last_state),
-            "action": tensor(self.action),
+            "next_weights": tensor(self.next_weights),
+            "signal": self.signal.state_dict(),
             "memory": self.memory.state_dict(),
             "features": self.features.state_dict(),
             "generator": self.generator.get_state(),
             "agent": None if self.agent is None else self.agent.state_dict(),
-            "odm": None if self.odm is None else self.odm.state_dict(),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -322,17 +357,12 @@ class ACODMMixer(Mixer):
                     f"the AC-ODM state has {key} {state[key]}, this run has {current}; "
                     f"resume with the same --acodm-* options"
                 )
-
-        def array(value: Optional[torch.Tensor]) -> Optional[numpy.ndarray]:
-            return None if value is None else value.numpy().copy()
-
         self.steps_observed = int(state["steps_observed"])
-        self.last_state = array(state["last_state"])
-        self.action = array(state["action"])
+        self.last_state = None if state["last_state"] is None else state["last_state"].numpy().copy()
+        self.next_weights = state["next_weights"].numpy().copy()
+        self.signal.load_state_dict(state["signal"])
         self.memory.load_state_dict(state["memory"])
         self.features.load_state_dict(state["features"])
         self.generator.set_state(state["generator"])
         if self.agent is not None:
             self.agent.load_state_dict(state["agent"])
-        if self.odm is not None:
-            self.odm.load_state_dict(state["odm"])

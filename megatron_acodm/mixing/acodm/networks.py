@@ -1,8 +1,9 @@
-"""AC-ODM's networks: the actor mu(s) (logits over the K domains) and the critic Q(s, a).
+"""AC-ODM's networks: the actor mu(s) (one output per domain: the logit of how far to follow the
+alignment signal on it, see `mixer.py`) and the critic Q(s, a), a the next weights.
 
 Both are MLPs of `depth` hidden layers of width `hidden`, each Linear -> LayerNorm -> ReLU. The
 initialisation draws from a given generator, so every rank builds the same networks; the output
-layer starts near zero, so the actor starts near uniform and the critic near 0.
+layer starts near zero, so the actor starts at half the largest step and the critic near 0.
 """
 
 from __future__ import annotations
@@ -34,11 +35,6 @@ class NetworkConfig:
         return asdict(self)
 
 
-def floored_softmax(logits: torch.Tensor, floor: float) -> torch.Tensor:
-    """The action from logits: (1 - K floor) softmax(logits) + floor, a simplex with every entry >= floor."""
-    return (1.0 - logits.shape[-1] * floor) * torch.softmax(logits, dim=-1) + floor
-
-
 def _mlp(inputs: int, outputs: int, hidden: int, depth: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = inputs
@@ -66,7 +62,7 @@ class Actor(nn.Module):
         _initialise(self.network, generator)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """Logits [..., K]."""
+        """Per-domain logits [..., K]."""
         return self.network(state)
 
 

@@ -19,10 +19,11 @@ import torch
 from megatron_acodm.atomic_files import atomic_write
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.acodm.features import FeatureSpec
-from megatron_acodm.mixing.acodm.networks import Actor, NetworkConfig, floored_softmax
+from megatron_acodm.mixing.acodm.ddpg import ActionMap
+from megatron_acodm.mixing.acodm.networks import Actor, NetworkConfig
 
 POLICY_FORMAT = "megatron-acodm/acodm-policy"
-POLICY_VERSION = 1
+POLICY_VERSION = 2  # 2: the actor scales the alignment signal's step (1: softmax weights)
 _EXPORT_FIX = "re-export it with --mixer acodm --acodm-export-policy"
 
 
@@ -38,11 +39,11 @@ class FrozenPolicy:
         self.network = network
         self.actor = actor.requires_grad_(False).eval()
 
-    def act(self, state: numpy.ndarray, floor: float) -> numpy.ndarray:
-        """The action for `state`, float64 [K]."""
+    def act(self, state: numpy.ndarray, action_map: ActionMap) -> numpy.ndarray:
+        """The next weights for `state`, float64 [K], through this run's `action_map`."""
+        state_tensor = torch.from_numpy(state)
         with torch.no_grad():
-            logits = self.actor(torch.from_numpy(state).float()).double()
-        return floored_softmax(logits, floor).numpy()
+            return action_map(state_tensor, self.actor(state_tensor.float()).double()).numpy()
 
 
 def save_policy(path: str, names: Sequence[str], spec: FeatureSpec, network: NetworkConfig, actor: Actor) -> None:

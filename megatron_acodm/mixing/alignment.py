@@ -1,0 +1,187 @@
+"""The alignment signal every gradient-based mixer reads: how much a step on each domain would
+lower the objective, per unit of weight, smoothed over steps with its standard error.
+
+From a step's sketch Gram matrix over the domains' halves (`StepSignals.half_gram`, rows `2k + h`)
+and the halves' token counts:
+
+- mean gradients, not sums: entry (a, b) divided by `n_a n_b`, so `M[k, j] ~ <g_k, g_j>` with g a
+  domain's mean gradient per token; a sum would weigh domains by their share of the batch and make
+  the score cubic in the weights;
+- the diagonal from the two halves, `M[k, k] = <g_kA, g_kB>`, unbiased for `|g_k|^2`; the whole
+  sketch's `<g_k, g_k>` adds `tr(Sigma_k) / n_k`, the per-sample variance, and so favours noisy domains;
+- scale-free: divided by the objective's mean squared gradient norm `s = sum_j pi_j M[j, j]`, so
+  the signal reads the same early and late in training and at any model size;
+- smoothed: a bias-corrected exponential moving average of every entry over the steps that
+  observed it (a domain absent from a step, or with one sample and so one half, leaves its
+  entries as they were), with the standard error of that average.
+
+The score of domain k is `r_k = sum_j pi_j M[k, j] = <g_k, g_obj>`, `g_obj` the gradient of the
+objective `sum_j pi_j L_j` (`--mixing-objective`): the first-order decrease of the objective per
+unit weight moved to domain k (DoGE's generalisation estimate). A step that trains on mixture w
+decreases it by `eta sum_k w_k r_k`.
+
+`--acodm-reward published` keeps the paper's score for comparison: `r_k = sum_{j != k} G[k, j]`
+over the count-weighted Gram G of the domains' whole sketches, divided by `(mean_i sqrt(G[i, i]))^2`
+so that it is scale-free too, and smoothed alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy
+import torch
+
+from megatron_acodm.errors import UserError
+
+SCORES = ("alignment", "published")
+FULL_STEP_ERRORS = 4.0  # a score this many standard errors from the mixture's mean gets the full step
+
+
+class MovingAverage:
+    """Bias-corrected exponential moving average of a noisy array, entry by entry, over the steps
+    each entry was observed, with the standard error of that average."""
+
+    def __init__(self, shape: tuple[int, ...], decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise UserError(f"--mixing-score-ema must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.first = numpy.zeros(shape)  # sum of weight * value
+        self.second = numpy.zeros(shape)  # sum of weight * value^2
+        self.weight = numpy.zeros(shape)  # sum of weights (1 - decay^n: the bias correction)
+        self.weight_squared = numpy.zeros(shape)  # sum of squared weights (for the effective count)
+
+    def update(self, value: numpy.ndarray, observed: numpy.ndarray) -> None:
+        keep, new = self.decay, 1.0 - self.decay
+        for total, term in ((self.first, value), (self.second, value**2)):
+            total[observed] = keep * total[observed] + new * term[observed]
+        self.weight[observed] = keep * self.weight[observed] + new
+        self.weight_squared[observed] = keep**2 * self.weight_squared[observed] + new**2
+
+    @property
+    def mean(self) -> numpy.ndarray:
+        """The average; 0 where nothing was observed yet."""
+        return numpy.divide(self.first, self.weight, out=numpy.zeros_like(self.first), where=self.weight > 0)
+
+    @property
+    def standard_error(self) -> numpy.ndarray:
+        """The standard error of `mean` (inf until an entry was observed twice)."""
+        observed = self.weight > 0
+        count = numpy.divide(self.weight**2, self.weight_squared, out=numpy.ones_like(self.weight), where=observed)
+        spread = numpy.divide(self.second, self.weight, out=numpy.zeros_like(self.second), where=observed) - self.mean**2
+        error = numpy.full(self.first.shape, numpy.inf)
+        several = count > 1.0 + 1e-9
+        error[several] = numpy.sqrt(numpy.maximum(spread[several], 0.0) / (count[several] - 1.0))
+        return error
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(getattr(self, name).copy()) for name in ("first", "second", "weight", "weight_squared")}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value.numpy().copy())
+
+
+def mean_gradient_gram(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """`M [K, K]` with `M[k, j] ~ <g_k, g_j>` of the domains' mean gradients (the diagonal from the
+    halves), and which entries this step observed (both domains present; both halves for the diagonal)."""
+    num_domains = len(half_tokens) // 2
+    tokens = numpy.asarray(half_tokens, dtype=numpy.float64).reshape(num_domains, 2)
+    domain_tokens = tokens.sum(axis=1)
+    summed = half_gram.reshape(num_domains, 2, num_domains, 2).sum(axis=(1, 3))  # Gram of the domains' sums
+    present, both_halves = domain_tokens > 0, numpy.all(tokens > 0, axis=1)
+    observed = numpy.outer(present, present)
+    numpy.fill_diagonal(observed, both_halves)
+    gram = numpy.zeros_like(summed)
+    gram[observed] = (summed / numpy.outer(numpy.maximum(domain_tokens, 1), numpy.maximum(domain_tokens, 1)))[observed]
+    diagonal = numpy.diagonal(half_gram[0::2, 1::2]) / numpy.maximum(tokens[:, 0] * tokens[:, 1], 1)
+    gram[numpy.diag_indices(num_domains)] = numpy.where(both_halves, diagonal, 0.0)
+    return gram, observed
+
+
+def published_scores(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The paper's off-diagonal score over the count-weighted Gram, scale-free; and the domains present."""
+    num_domains = len(half_tokens) // 2
+    present = numpy.asarray(half_tokens, dtype=numpy.float64).reshape(num_domains, 2).sum(axis=1) > 0
+    summed = half_gram.reshape(num_domains, 2, num_domains, 2).sum(axis=(1, 3))
+    summed = numpy.where(numpy.outer(present, present), summed, 0.0)
+    norms = numpy.sqrt(numpy.maximum(numpy.diag(summed)[present], 0.0))
+    scale = norms.mean() ** 2 if norms.size else 0.0
+    if not scale > 0:
+        return numpy.zeros(num_domains), numpy.zeros(num_domains, dtype=bool)
+    return (summed.sum(axis=1) - numpy.diag(summed)) / scale, present
+
+
+class AlignmentSignal:
+    """Per-domain scores `r_k = <g_k, g_obj>`, scale-free and smoothed; see the module's docstring.
+
+    `objective`: pi, a K-simplex (`--mixing-objective`). `score`: "alignment" (this module's) or
+    "published" (the paper's). `decay`: the moving average's (`--mixing-score-ema`)."""
+
+    def __init__(self, objective: numpy.ndarray, decay: float, score: str = "alignment"):
+        if score not in SCORES:
+            raise UserError(f"--acodm-reward must be one of {', '.join(SCORES)}, got {score!r}")
+        self.objective = numpy.asarray(objective, dtype=numpy.float64)
+        self.score = score
+        num_domains = len(self.objective)
+        shape = (num_domains, num_domains) if score == "alignment" else (num_domains,)
+        self.average = MovingAverage(shape, decay)
+
+    def observe(self, half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> Optional[numpy.ndarray]:
+        """Take one step's signal; returns that step's scores (entries it did not observe taken from
+        the average), or None when the step says nothing (no objective domain with both halves)."""
+        half_gram = numpy.where(numpy.isfinite(half_gram), half_gram, 0.0)
+        if self.score == "published":
+            value, observed = published_scores(half_gram, half_tokens)
+        else:
+            gram, observed = mean_gradient_gram(half_gram, half_tokens)
+            measured = numpy.diag(observed) & (self.objective > 0)
+            scale = float(self.objective[measured] @ numpy.diag(gram)[measured]) / max(self.objective[measured].sum(), 1e-300)
+            if not scale > 0:
+                observed = numpy.zeros_like(observed)
+            value = gram / scale if scale > 0 else gram
+        if not observed.any():
+            return None
+        self.average.update(value, observed)
+        step = numpy.where(observed, value, self.average.mean)
+        return step if self.score == "published" else step @ self.objective
+
+    def scores(self) -> numpy.ndarray:
+        """The smoothed `r_k`, float64 [K] (0 for a domain never observed)."""
+        mean = self.average.mean
+        return mean if self.score == "published" else mean @ self.objective
+
+    def standard_errors(self) -> numpy.ndarray:
+        """The standard error of each smoothed score (inf until observed twice)."""
+        error = self.average.standard_error
+        if self.score == "published":
+            return error
+        weighted = numpy.where(self.objective > 0, error**2, 0.0)  # an entry the objective ignores adds nothing
+        return numpy.sqrt(weighted @ self.objective**2)
+
+    def signal_to_noise(self) -> numpy.ndarray:
+        """|score| / standard error per domain (0 while the error is infinite)."""
+        with numpy.errstate(divide="ignore", invalid="ignore"):
+            ratio = numpy.abs(self.scores()) / self.standard_errors()
+        return numpy.nan_to_num(ratio, nan=0.0, posinf=numpy.finfo(numpy.float64).max)
+
+    def direction(self, weights: numpy.ndarray) -> numpy.ndarray:
+        """The step a mixer at `weights` should take, float64 [K] in [-1, 1], from how sure the
+        signal is: each score less the mixture's mean score, in standard errors (t), is 0 within
+        one error (so noise leaves the weights alone) and grows to +-1 at `FULL_STEP_ERRORS`:
+        `sign(t) min(1, max(0, |t| - 1) / (FULL_STEP_ERRORS - 1))`. Scale-free by construction."""
+        scores = self.scores()
+        with numpy.errstate(divide="ignore", invalid="ignore"):
+            t = numpy.nan_to_num((scores - float(weights @ scores)) / self.standard_errors(), nan=0.0, posinf=0.0, neginf=0.0)
+        return numpy.sign(t) * numpy.clip((numpy.abs(t) - 1.0) / (FULL_STEP_ERRORS - 1.0), 0.0, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "objective": torch.from_numpy(self.objective.copy()), "average": self.average.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["score"] != self.score or not numpy.allclose(state["objective"].numpy(), self.objective, rtol=0, atol=1e-12):
+            raise UserError(
+                f"the checkpoint's mixer scored {state['score']} against objective {state['objective'].tolist()}, "
+                f"this run {self.score} against {self.objective.tolist()}; resume with the same --mixing-objective and --acodm-reward"
+            )
+        self.average.load_state_dict(state["average"])

@@ -1,0 +1,53 @@
+"""A weighting over the domains named on the command line: `--mixing-objective` and `--mixing-prior`.
+
+    uniform          every domain alike
+    tokens           proportional to each domain's corpus tokens (the manifest's counts)
+    data-path        the --data-path weights (the blend a static run would use)
+    NAME[,NAME...]   uniform over the named domains, zero elsewhere (an objective only: a prior
+                     needs every domain, since the policy works with its logarithm)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy
+
+from megatron_acodm.data.manifest import validate_weights
+from megatron_acodm.errors import UserError
+
+NAMED_WEIGHTINGS = ("uniform", "tokens", "data-path")
+
+
+def domain_weighting(
+    text: str,
+    option: str,
+    names: Sequence[str],
+    data_path_weights: Sequence[float],
+    domain_tokens: Optional[Sequence[float]],
+    *,
+    every_domain: bool,
+) -> numpy.ndarray:
+    """The weighting `text` names, float64 [K] summing to one; `every_domain` refuses zero entries."""
+    if text == "uniform":
+        weights = [1.0] * len(names)
+    elif text == "tokens":
+        if domain_tokens is None:
+            raise UserError(f"{option} tokens needs each domain's token count; give a domains.json manifest as --data-path")
+        weights = list(domain_tokens)
+    elif text == "data-path":
+        weights = list(data_path_weights)
+    else:
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in names]
+        if unknown or not chosen:
+            raise UserError(
+                f"{option} {text!r}: {'no domains ' + str(unknown) + ' in --data-path' if unknown else 'empty'}; "
+                f"give one of {', '.join(NAMED_WEIGHTINGS)} or domain names from {list(names)}"
+            )
+        weights = [1.0 if name in chosen else 0.0 for name in names]
+    weights = numpy.array(validate_weights(weights, source=option))
+    if every_domain and numpy.any(weights <= 0):
+        missing = [name for name, weight in zip(names, weights) if weight <= 0]
+        raise UserError(f"{option} {text!r} gives {missing} no weight; every domain needs a positive prior weight")
+    return weights

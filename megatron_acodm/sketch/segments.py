@@ -1,0 +1,25 @@
+"""Sketch rows: each domain's samples of a step dealt into two halves.
+
+A mixer that reads the squared norm of a domain's mean gradient, `|g_k|^2`, cannot take it from
+one sketch of all the domain's samples: `<g_hat, g_hat>` adds the per-sample gradient variance
+`tr(Sigma_k) / n_k`, which would reward noisy domains. Two halves of independent samples give
+`<g_A, g_B>`, unbiased for `|g_k|^2`. So the sketch has 2K rows: row `2k + h` holds half h of
+domain k, the domain's samples dealt alternately in global-batch order (sizes differ by at most
+one). The sum of a domain's two rows is its whole sketch, and cross-domain entries are as before.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+HALVES = 2
+
+
+def half_segments(domain_ids) -> numpy.ndarray:
+    """The sketch row of every sample of a global batch: `2 * domain + (its rank within its domain) % 2`."""
+    domain_ids = numpy.asarray(domain_ids, dtype=numpy.int64)
+    order = numpy.argsort(domain_ids, kind="stable")  # each domain's samples, in batch order
+    first_of_domain = numpy.searchsorted(domain_ids[order], domain_ids[order], side="left")
+    rank_within_domain = numpy.empty_like(domain_ids)
+    rank_within_domain[order] = numpy.arange(len(domain_ids)) - first_of_domain
+    return HALVES * domain_ids + rank_within_domain % HALVES
