@@ -10,8 +10,8 @@ step).
 
 - On a GPU: both implementations, timed by `triton.testing.do_bench` (CUDA events, L2 flushed
   before every call, as many calls as fit its 100 ms budget; --repeats does not apply), achieved
-  bandwidth (x and delta read once) against the GPU's peak, and achieved TFLOP/s (the projections
-  are 2 T k (n + m) flops).
+  bandwidth (x and delta read once) and TFLOP/s (the projections are 2 T k (n + m) flops) against
+  the GPU's peaks and its roofline.
 - On a CPU (`torch.utils.benchmark`, --repeats calls or more): the reference only, plus the Triton
   kernels under TRITON_INTERPRET=1 on a tiny shape, checked against the reference. Interpretation
   runs each program in numpy one after another: it shows the kernels run and agree, and its time is
@@ -27,7 +27,7 @@ import os
 import platform
 import warnings
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -39,26 +39,60 @@ HIDDEN = 2048  # m: its output features
 DIM = 256
 DOMAIN_COUNTS = (8, 32)
 TINY = dict(tokens=256, in_features=256, out_features=128, dim=32, num_domains=8)
+REALISTIC = tuple(dict(tokens=TOKENS, in_features=FFN, out_features=HIDDEN, dim=DIM, num_domains=count) for count in DOMAIN_COUNTS)
+# A ragged case the interpreted tests and the GPU check share: 203 tokens (not a multiple of the
+# 64-token tile), 40 probes (not a multiple of a probe tile), domain 0 about half of the tokens,
+# domain 3 none.
+RAGGED = dict(tokens=203, in_features=96, out_features=80, dim=40, num_domains=5)
+RAGGED_DOMAIN_DRAW = (0, 0, 0, 1, 2, 4)
 SEED = 1234
-# HBM bandwidth by device-name fragment, most specific first (vendor data sheets).
-PEAK_BANDWIDTH_BYTES_PER_S = (
-    ("H200", 4.8e12),
-    ("H100 PCIe", 2.0e12),
-    ("H100", 3.35e12),
-    ("A100-SXM4-80GB", 2.039e12),
-    ("A100", 1.555e12),
+# By device-name fragment, most specific first: HBM bandwidth and dense (no sparsity) bf16 tensor-core
+# throughput, from NVIDIA's data sheets.
+PEAKS = (
+    ("H200 NVL", {"bytes_per_s": 4.8e12, "bf16_flop_per_s": 835e12}),
+    ("H200", {"bytes_per_s": 4.8e12, "bf16_flop_per_s": 989e12}),
+    ("H100 NVL", {"bytes_per_s": 3.9e12, "bf16_flop_per_s": 835e12}),
+    ("H100 PCIe", {"bytes_per_s": 2.0e12, "bf16_flop_per_s": 756e12}),
+    ("H100", {"bytes_per_s": 3.35e12, "bf16_flop_per_s": 989e12}),
+    ("A100-SXM4-80GB", {"bytes_per_s": 2.039e12, "bf16_flop_per_s": 312e12}),
+    ("A100", {"bytes_per_s": 1.555e12, "bf16_flop_per_s": 312e12}),
 )
 
 
-def inputs(tokens: int, in_features: int, out_features: int, dim: int, num_domains: int, dtype: torch.dtype, device: str):
-    """x, delta, u, v, token_domain for one layer's micro-batch; every domain but the last gets tokens."""
+def inputs(
+    tokens: int, in_features: int, out_features: int, dim: int, num_domains: int, dtype: torch.dtype, device: str,
+    token_domain: Optional[torch.Tensor] = None,
+):
+    """x, delta, u, v, token_domain, num_domains for one layer's micro-batch; without a given
+    `token_domain`, every domain but the last gets tokens at random."""
     generator = torch.Generator().manual_seed(SEED)
     x = torch.randn(tokens, in_features, generator=generator).to(device, dtype)
     delta = torch.randn(tokens, out_features, generator=generator).to(device, dtype)
     u = (torch.randint(0, 2, (dim, out_features), generator=generator) * 2 - 1).to(device, dtype)
     v = (torch.randint(0, 2, (dim, in_features), generator=generator) * 2 - 1).to(device, dtype)
-    token_domain = torch.randint(0, num_domains - 1, (tokens,), generator=generator).to(device)
-    return x, delta, u, v, token_domain, num_domains
+    if token_domain is None:
+        token_domain = torch.randint(0, num_domains - 1, (tokens,), generator=generator)
+    return x, delta, u, v, token_domain.to(device), num_domains
+
+
+def ragged_inputs(dtype: torch.dtype, device: str):
+    """`inputs` of the RAGGED case."""
+    draw = torch.randint(0, len(RAGGED_DOMAIN_DRAW), (RAGGED["tokens"],), generator=torch.Generator().manual_seed(SEED))
+    return inputs(**RAGGED, dtype=dtype, device=device, token_domain=torch.tensor(RAGGED_DOMAIN_DRAW)[draw])
+
+
+def sketch_rows(count: int, columns: int, device: str) -> torch.Tensor:
+    """`[count, columns]` random fp32 sketches, row 3 all zero (a domain half without tokens)."""
+    sketches = torch.randn(count, columns, generator=torch.Generator().manual_seed(SEED))
+    sketches[3] = 0.0
+    return sketches.to(device)
+
+
+def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| over max |expected| (the plain difference where expected is all zero)."""
+    difference = (got.float() - expected.float()).abs().max().item()
+    scale = expected.float().abs().max().item()
+    return difference / scale if scale > 0 else difference
 
 
 def time_ms(function: Callable[[], object], repeats: int, cuda: bool) -> dict:
@@ -66,8 +100,9 @@ def time_ms(function: Callable[[], object], repeats: int, cuda: bool) -> dict:
     return time_gpu(function) if cuda else time_cpu(function, repeats)
 
 
-def peak_bandwidth(device_name: str) -> Optional[float]:
-    return next((peak for fragment, peak in PEAK_BANDWIDTH_BYTES_PER_S if fragment in device_name), None)
+def device_peaks(device_name: str) -> Optional[dict]:
+    """`bytes_per_s` and `bf16_flop_per_s` of the device, None for one not in PEAKS."""
+    return next((peaks for fragment, peaks in PEAKS if fragment in device_name), None)
 
 
 def record(implementation: str, operation: str, num_domains: int, dtype: torch.dtype, timing: dict, **extra) -> dict:
@@ -81,34 +116,45 @@ def record(implementation: str, operation: str, num_domains: int, dtype: torch.d
     }
 
 
-def projection_rates(median_ms: float, dtype: torch.dtype, device_name: str) -> dict:
-    """Bandwidth (x and delta read once, probes once) and flop rate of one projection call."""
+def projection_rates(median_ms: float, dtype: torch.dtype, device_name: str, shape: dict) -> dict:
+    """Bandwidth (x and delta read once, probes once) and flop rate of one projection call at
+    `shape` (tokens, in_features, out_features, dim), and, on a device in PEAKS, their fractions of
+    its peaks and of its roofline (the time the larger of the two would take at peak)."""
     element = torch.finfo(dtype).bits // 8
-    moved = (TOKENS * (FFN + HIDDEN) + DIM * (FFN + HIDDEN)) * element
-    flops = 2 * TOKENS * DIM * (FFN + HIDDEN)
+    features = shape["in_features"] + shape["out_features"]
+    moved = (shape["tokens"] + shape["dim"]) * features * element
+    flops = 2 * shape["tokens"] * shape["dim"] * features
     seconds = median_ms / 1e3
     rates = {"achieved_GB_per_s": moved / seconds / 1e9, "achieved_TFLOP_per_s": flops / seconds / 1e12}
-    peak = peak_bandwidth(device_name)
-    if peak is not None:
-        rates["peak_GB_per_s"] = peak / 1e9
-        rates["fraction_of_peak_bandwidth"] = moved / seconds / peak
+    peaks = device_peaks(device_name)
+    if peaks is not None:
+        roofline_s = max(moved / peaks["bytes_per_s"], flops / peaks["bf16_flop_per_s"])
+        rates.update(
+            peak_GB_per_s=peaks["bytes_per_s"] / 1e9,
+            fraction_of_peak_bandwidth=moved / seconds / peaks["bytes_per_s"],
+            peak_bf16_TFLOP_per_s=peaks["bf16_flop_per_s"] / 1e12,
+            fraction_of_peak_flops=flops / seconds / peaks["bf16_flop_per_s"],
+            roofline_ms=roofline_s * 1e3,
+            fraction_of_roofline=roofline_s / seconds,
+        )
     return rates
 
 
-def realistic_shapes(implementations: dict, device: str, device_name: str, repeats: int) -> list[dict]:
+def realistic_shapes(implementations: dict, device: str, device_name: str, repeats: int, shapes: Sequence[dict] = REALISTIC) -> list[dict]:
+    """Each implementation's projection (bf16 activations) and Gram (fp32) timed at each shape."""
     cuda = device == "cuda"
     results = []
-    for num_domains in DOMAIN_COUNTS:
-        arguments = inputs(TOKENS, FFN, HIDDEN, DIM, num_domains, torch.bfloat16, device)
-        sketches = torch.randn(num_domains, DIM, device=device)
+    for shape in shapes:
+        arguments = inputs(**shape, dtype=torch.bfloat16, device=device)
+        sketches = torch.randn(shape["num_domains"], shape["dim"], device=device)
         for name, module in implementations.items():
             timing = time_ms(partial(module.project_and_segment_sum, *arguments), repeats, cuda)
             results.append(record(
-                name, "project_and_segment_sum", num_domains, torch.bfloat16, timing,
-                **projection_rates(timing["median_ms"], torch.bfloat16, device_name),
+                name, "project_and_segment_sum", shape["num_domains"], torch.bfloat16, timing, tokens=shape["tokens"],
+                **projection_rates(timing["median_ms"], torch.bfloat16, device_name, shape),
             ))
             timing = time_ms(partial(module.gram, sketches), repeats, cuda)
-            results.append(record(name, "gram", num_domains, torch.float32, timing))
+            results.append(record(name, "gram", shape["num_domains"], torch.float32, timing, tokens=shape["tokens"]))
         del arguments
     return results
 
@@ -124,12 +170,10 @@ def interpreted_tiny(repeats: int) -> list[dict]:
         ("project_and_segment_sum", torch.bfloat16, lambda module: module.project_and_segment_sum(*arguments)),
         ("gram", torch.float32, lambda module: module.gram(sketches)),
     ):
-        expected, got = call(reference), call(kernels)
-        expected, got = (expected[0], got[0]) if isinstance(expected, tuple) else (expected, got)
         timing = time_cpu(partial(call, kernels), repeats)
         results.append(record(
             "triton (TRITON_INTERPRET=1)", operation, TINY["num_domains"], dtype, timing,
-            shape=TINY, max_difference_to_reference_relative_to_its_max=float((got - expected).abs().max() / expected.abs().max()),
+            shape=TINY, max_difference_to_reference_relative_to_its_max=relative_difference(call(kernels), call(reference)),
             note="interpreted in numpy, one program at a time: a correctness demonstration, not a performance measure",
         ))
     return results

@@ -23,10 +23,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from functools import partial
 from typing import Callable, Iterator
 
 import torch
+
+# The kernel inputs are the ones the kernel benchmark and the GPU check use.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from sketch_kernels import ragged_inputs, sketch_rows  # noqa: E402
 
 SEED = 1234
 VOCAB = 512
@@ -273,26 +278,18 @@ def kernels() -> dict:
     logging.getLogger(backend.__name__).addHandler(handler)
     logging.getLogger(backend.__name__).setLevel(logging.INFO)
 
-    generator = torch.Generator().manual_seed(SEED)
-    tokens, in_features, out_features, dim, num_domains = 203, 96, 80, 40, 5
-    x = torch.randn(tokens, in_features, generator=generator)
-    delta = torch.randn(tokens, out_features, generator=generator)
-    u = torch.randint(0, 2, (dim, out_features), generator=generator).float() * 2 - 1
-    v = torch.randint(0, 2, (dim, in_features), generator=generator).float() * 2 - 1
-    # Uneven: domain 0 holds about 60% of the tokens, domain 3 none.
-    token_domain = torch.tensor([0, 0, 0, 1, 2, 4])[torch.randint(0, 6, (tokens,), generator=generator)]
     results: dict = {"choice": backend.choose_backend(torch.device("cpu"))}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        arguments = (x.to(dtype), delta.to(dtype), u.to(dtype), v.to(dtype), token_domain, num_domains)
+        arguments = ragged_inputs(dtype, "cpu")  # domain 0 about half of the tokens, domain 3 none
         results[f"project_{dtype}"] = (
             backend.project_and_segment_sum(*arguments), reference.project_and_segment_sum(*arguments)
         )
-    strided_x = torch.randn(in_features, tokens, generator=generator).T  # not contiguous
-    arguments = (strided_x, delta, u, v, token_domain, num_domains)
+    x, *others = ragged_inputs(torch.float32, "cpu")
+    strided_x = x.T.contiguous().T  # the same values, not contiguous
+    arguments = (strided_x, *others)
     results["project_strided"] = (backend.project_and_segment_sum(*arguments), reference.project_and_segment_sum(*arguments))
     for count in (5, 37):  # 37: three blocks of Gram rows
-        sketches = torch.randn(count, 70, generator=generator)
-        sketches[3] = 0.0  # an empty domain
+        sketches = sketch_rows(count, 70, "cpu")  # row 3: an empty domain
         results[f"gram_{count}"] = (backend.gram(sketches), reference.gram(sketches))
     results["gram_zero"] = (
         backend.gram(torch.zeros(4, 16)), reference.gram(torch.zeros(4, 16))

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU path checked on one GPU in under 8 minutes: versions, the sketch kernels' correctness and
+# speed, the host's batch building, and static / acodm / proxy training of a 160M and a 1B model.
+# Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md (bench/gpu_check.py says what is in them).
+#
+#   bench/gpu_check.sh OUT_DIR [WHEEL_DIR] [--cpu]
+#
+# On a bare PyTorch image (no megatron-core, no network) the wheels in WHEEL_DIR (default: the
+# GPU_CHECK_WHEELS variable, else .whl at the repository root) are installed into /tmp/site when
+# one of the modules the check needs does not import; a wheel still missing then is named in one
+# `error:` line with the `pip download` command that fetches it. --cpu: the same check on tiny shapes
+# with Triton interpreted, for machines without a GPU (the tests run it); without --cpu a machine
+# without CUDA is refused.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+USAGE="usage: bench/gpu_check.sh OUT_DIR [WHEEL_DIR] [--cpu]"
+
+positional=()
+cpu=()
+for argument in "$@"; do
+    case $argument in
+        --cpu) cpu=(--cpu) ;;
+        -h | --help) echo "$USAGE"; exit 0 ;;
+        -*) echo "error: unknown option $argument; $USAGE" >&2; exit 2 ;;
+        *) positional+=("$argument") ;;
+    esac
+done
+if (( ${#positional[@]} < 1 || ${#positional[@]} > 2 )); then
+    echo "error: give OUT_DIR and at most one WHEEL_DIR; $USAGE" >&2
+    exit 2
+fi
+out_dir=${positional[0]}
+wheel_dir=${positional[1]:-${GPU_CHECK_WHEELS:-$REPO/.whl}}
+
+# Install only what the image lacks; the wheels have no network to resolve dependencies from.
+missing=$(python3 "$REPO/bench/gpu_check.py" --list-missing)
+if [[ -n $missing ]] && compgen -G "$wheel_dir/*.whl" > /dev/null; then
+    echo "gpu_check: installing the wheels in $wheel_dir into /tmp/site (not importable: ${missing//$'\n'/ })" >&2
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheel_dir"/*.whl \
+        || { echo "error: pip could not install the wheels in $wheel_dir (its messages are above); replace the wheel it names" >&2; exit 2; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+exec python3 "$REPO/bench/gpu_check.py" "$out_dir" --wheel-dir "$wheel_dir" "${cpu[@]}"
