@@ -1,9 +1,9 @@
 """Per-domain gradient sketches of chosen layers' `mlp.linear_fc2` weights, read off by hooks.
 
 A forward hook on each chosen `linear_fc2` keeps its input x (a reference: autograd keeps x alive
-for the weight gradient anyway) and the domain of every token, and hangs a hook on the layer's
+for the weight gradient anyway) and the sketch row of every token, and hangs a hook on the layer's
 output tensor; when backward reaches that output the hook receives delta (the output gradient),
-adds the micro-batch's `[K, k]` to the step's sketch and lets go of x. Each delta meets the x of
+adds the micro-batch's `[rows, k]` to the step's sketch and lets go of x. Each delta meets the x of
 its own forward, whatever order the schedule runs micro-batches in (no FIFO to keep in step), and
 forwards without gradient (evaluation) cost nothing.
 
@@ -133,7 +133,7 @@ class GradientSketcher:
         self._sequence_segments = segment_ids
 
     def step_sketches(self) -> torch.Tensor:
-        """This rank's `[K, k]` fp32 sketch of the step so far (summed over its layers); resets it."""
+        """This rank's `[num_segments, k]` fp32 sketch of the step so far (summed over its layers); resets it."""
         sketch, self._sketch = self._sketch, self._zeros()
         return sketch
 
