@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from megatron_acodm.data.apportion import apportion
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import (
     DOMAIN_LOSSES,
     GRADIENT_GRAM,
@@ -283,6 +284,13 @@ def test_state_round_trip_through_torch_save_continues_identically(save_at):
         restored.observe(signals)
     assert numpy.array_equal(restored.weights(), original.weights())
     assert not moved(parameters(original.agent.critic), restored.agent.critic)
+
+
+def test_a_state_of_the_earlier_format_is_refused_with_what_to_do():
+    state = make_mixer().state_dict()
+    del state["format"]  # as the actor that chose the weights itself saved it
+    with pytest.raises(UserError, match="state has format 1, this version reads format 2.*start a new one"):
+        make_mixer().load_state_dict(state)
 
 
 def test_same_seed_and_signals_give_identical_weights_on_every_rank():

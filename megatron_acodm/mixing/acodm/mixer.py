@@ -56,6 +56,10 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+# 2: the actor scales the alignment signal's bounded step; 1 (no "format" key): it chose the weights itself
+STATE_FORMAT = 2
+
+
 def _relative_depths(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(depth) for depth in text.split(","))
@@ -332,6 +336,7 @@ class ACODMMixer(Mixer):
             return None if value is None else torch.from_numpy(value.copy())
 
         return {
+            "format": STATE_FORMAT,
             "mode": "train" if self.policy is None else "proxy",
             "feature_spec": self.spec.to_dict(),
             "network": self.network.to_dict(),
@@ -346,6 +351,12 @@ class ACODMMixer(Mixer):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise UserError(
+                f"the checkpoint's AC-ODM state has format {state.get('format', 1)}, this version reads format "
+                f"{STATE_FORMAT} (its actor scales a bounded step instead of choosing the weights); finish that run "
+                f"with the version that wrote it, or start a new one"
+            )
         mode = "train" if self.policy is None else "proxy"
         if state["mode"] != mode:
             raise UserError(
