@@ -82,33 +82,38 @@ class MovingAverage:
             setattr(self, name, value.numpy().copy())
 
 
+def _domain_sums(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The Gram `[K, K]` of the domains' whole sketches (each the sum of its two halves) and the
+    tokens `[K, 2]` of each domain's halves."""
+    num_domains = len(half_tokens) // 2
+    tokens = numpy.asarray(half_tokens, dtype=numpy.float64).reshape(num_domains, 2)
+    return half_gram.reshape(num_domains, 2, num_domains, 2).sum(axis=(1, 3)), tokens
+
+
 def mean_gradient_gram(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
     """`M [K, K]` with `M[k, j] ~ <g_k, g_j>` of the domains' mean gradients (the diagonal from the
     halves), and which entries this step observed (both domains present; both halves for the diagonal)."""
-    num_domains = len(half_tokens) // 2
-    tokens = numpy.asarray(half_tokens, dtype=numpy.float64).reshape(num_domains, 2)
+    summed, tokens = _domain_sums(half_gram, half_tokens)
     domain_tokens = tokens.sum(axis=1)
-    summed = half_gram.reshape(num_domains, 2, num_domains, 2).sum(axis=(1, 3))  # Gram of the domains' sums
     present, both_halves = domain_tokens > 0, numpy.all(tokens > 0, axis=1)
     observed = numpy.outer(present, present)
     numpy.fill_diagonal(observed, both_halves)
-    gram = numpy.zeros_like(summed)
-    gram[observed] = (summed / numpy.outer(numpy.maximum(domain_tokens, 1), numpy.maximum(domain_tokens, 1)))[observed]
+    counts = numpy.maximum(domain_tokens, 1)
+    gram = numpy.where(observed, summed / numpy.outer(counts, counts), 0.0)
     diagonal = numpy.diagonal(half_gram[0::2, 1::2]) / numpy.maximum(tokens[:, 0] * tokens[:, 1], 1)
-    gram[numpy.diag_indices(num_domains)] = numpy.where(both_halves, diagonal, 0.0)
+    numpy.fill_diagonal(gram, numpy.where(both_halves, diagonal, 0.0))
     return gram, observed
 
 
 def published_scores(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
     """The paper's off-diagonal score over the count-weighted Gram, scale-free; and the domains present."""
-    num_domains = len(half_tokens) // 2
-    present = numpy.asarray(half_tokens, dtype=numpy.float64).reshape(num_domains, 2).sum(axis=1) > 0
-    summed = half_gram.reshape(num_domains, 2, num_domains, 2).sum(axis=(1, 3))
+    summed, tokens = _domain_sums(half_gram, half_tokens)
+    present = tokens.sum(axis=1) > 0
     summed = numpy.where(numpy.outer(present, present), summed, 0.0)
     norms = numpy.sqrt(numpy.maximum(numpy.diag(summed)[present], 0.0))
     scale = norms.mean() ** 2 if norms.size else 0.0
     if not scale > 0:
-        return numpy.zeros(num_domains), numpy.zeros(num_domains, dtype=bool)
+        return numpy.zeros(len(present)), numpy.zeros(len(present), dtype=bool)
     return (summed.sum(axis=1) - numpy.diag(summed)) / scale, present
 
 
@@ -135,11 +140,12 @@ class AlignmentSignal:
             value, observed = published_scores(half_gram, half_tokens)
         else:
             gram, observed = mean_gradient_gram(half_gram, half_tokens)
-            measured = numpy.diag(observed) & (self.objective > 0)
-            scale = float(self.objective[measured] @ numpy.diag(gram)[measured]) / max(self.objective[measured].sum(), 1e-300)
+            measured = numpy.diag(observed) & (self.objective > 0)  # objective domains with both halves
+            weights = self.objective[measured]
+            scale = float(weights @ numpy.diag(gram)[measured] / weights.sum()) if measured.any() else 0.0
             if not scale > 0:
-                observed = numpy.zeros_like(observed)
-            value = gram / scale if scale > 0 else gram
+                return None
+            value = gram / scale
         if not observed.any():
             return None
         self.average.update(value, observed)

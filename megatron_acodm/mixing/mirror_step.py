@@ -28,6 +28,11 @@ from megatron_acodm.errors import UserError
 _BISECTIONS = 60
 
 
+def _log(weights: torch.Tensor) -> torch.Tensor:
+    """log w in float64, finite where a weight underflowed to zero."""
+    return weights.double().clamp_min(1e-300).log()
+
+
 class BoundedMirrorStep:
     """See the module's docstring. `prior`: p0, a K-simplex with positive entries."""
 
@@ -45,18 +50,17 @@ class BoundedMirrorStep:
 
     def __call__(self, weights: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """The next weights `[..., K]` from the current `weights` and the proposed `step` (same shape)."""
-        logits = (1.0 - self.pull) * weights.double().clamp_min(1e-300).log() + self.pull * self.log_prior
+        logits = (1.0 - self.pull) * _log(weights) + self.pull * self.log_prior
         proposed = torch.softmax(logits + step.double().clamp(-self.max_step, self.max_step), dim=-1)
         return self.into_ball(proposed)
 
     def kl_to_prior(self, weights: torch.Tensor) -> torch.Tensor:
         """KL(w || p0) `[...]`."""
-        log_weights = weights.double().clamp_min(1e-300).log()
-        return (weights * (log_weights - self.log_prior)).sum(dim=-1)
+        return (weights * (_log(weights) - self.log_prior)).sum(dim=-1)
 
     def into_ball(self, weights: torch.Tensor) -> torch.Tensor:
         """`weights` where KL(w || p0) <= eps, else the point of the geodesic to p0 on the ball."""
-        log_ratio = weights.clamp_min(1e-300).log() - self.log_prior
+        log_ratio = _log(weights) - self.log_prior
         with torch.no_grad():
             outside = self.kl_to_prior(weights) > self.kl_radius
             if not outside.any():

@@ -41,9 +41,9 @@ def domain_weighting(
         chosen = [name.strip() for name in text.split(",") if name.strip()]
         unknown = [name for name in chosen if name not in names]
         if unknown or not chosen:
+            problem = f"no domains {unknown} in --data-path" if unknown else "no domain named"
             raise UserError(
-                f"{option} {text!r}: {'no domains ' + str(unknown) + ' in --data-path' if unknown else 'empty'}; "
-                f"give one of {', '.join(NAMED_WEIGHTINGS)} or domain names from {list(names)}"
+                f"{option} {text!r}: {problem}; give one of {', '.join(NAMED_WEIGHTINGS)} or domain names from {list(names)}"
             )
         weights = [1.0 if name in chosen else 0.0 for name in names]
     weights = numpy.array(validate_weights(weights, source=option))
