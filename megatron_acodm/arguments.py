@@ -93,6 +93,19 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-path", nargs="+", required=True, help="a domains.json, or [w1] prefix1 [w2] prefix2 ...")
     group.add_argument("--split", default="969,30,1", help="train,valid,test document shares per domain")
     group.add_argument(
+        "--target-data-path",
+        nargs="+",
+        default=None,
+        help="target sets (a domains.json or prefixes, as --data-path): a few examples of the task to specialise to; "
+        "their held-out loss is reported at every evaluation, and --mixer dga, --mixer importance and "
+        "--mixing-objective target read them",
+    )
+    group.add_argument(
+        "--target-split",
+        default="50,50",
+        help="steering,held-out shares of each target set's documents (split once, by a fixed seed)",
+    )
+    group.add_argument(
         "--min-samples-per-domain", type=int, default=0,
         help="samples every domain gets in every global batch, whatever its weight; the rest follows the weights",
     )
@@ -216,6 +229,7 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (not 0 <= args.mixing_floor < 1, f"--mixing-floor ({args.mixing_floor}) must be in [0, 1/K] for K domains"),
         (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
         (args.sketch_dim < 1, "--sketch-dim must be >= 1"),
+        (args.dga_interval < 1, f"--dga-interval ({args.dga_interval}) must be >= 1"),
         ((args.acodm_policy or args.acodm_export_policy) and args.mixer != "acodm",
          "--acodm-policy and --acodm-export-policy need --mixer acodm"),
         (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),

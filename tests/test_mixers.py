@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from megatron_acodm.arguments import parse_args
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import (
     DOMAIN_LOSSES,
     MIXERS,
@@ -25,6 +26,7 @@ from megatron_acodm.mixing import (
 )
 
 NAMES = ["prose", "code", "maths"]
+NEEDS_TARGET = {"dga", "importance"}  # built from a target set: tests/test_dga.py
 INITIAL = [0.5, 0.25, 0.25]
 TOKENS = [1e6, 4e6, 9e6]
 
@@ -217,9 +219,13 @@ def test_non_finite_loss_keeps_the_last_weights_and_warns_once():
 
 
 def test_registry_builds_every_mixer_and_parses_its_options():
-    assert set(MIXERS) == {"static", "uniform", "temperature", "odm", "acodm"}
+    assert set(MIXERS) == {"static", "uniform", "temperature", "odm", "acodm", *NEEDS_TARGET}
     run = argparse.Namespace(train_iters=100)  # AC-ODM sizes its warm-up from the run's length
     for name, cls in MIXERS.items():
+        if name in NEEDS_TARGET:
+            with pytest.raises(UserError, match=f"--mixer {name} needs --target-data-path"):
+                build_mixer(name, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=run)
+            continue
         mixer = build_mixer(name, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=run)
         assert type(mixer) is cls and mixer.names == NAMES
     assert ODMMixer.needs == {DOMAIN_LOSSES} and StaticMixer.needs == frozenset()
@@ -239,7 +245,7 @@ def test_options_a_namespace_lacks_take_the_trainers_defaults():
         return parse_args(["--data-path", "d.json", "--tokenizer-model", "t.model", "--train-iters", "100", *argv])
 
     partial = argparse.Namespace(train_iters=100)
-    for name in MIXERS:
+    for name in set(MIXERS) - NEEDS_TARGET:
         from_run, from_partial = (
             build_mixer(name, names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=args) for args in (run(), partial)
         )

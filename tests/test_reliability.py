@@ -23,7 +23,7 @@ from megatron_acodm.data import DynamicBlender, parse_data_path
 from megatron_acodm.errors import UserError
 from megatron_acodm.model import pad_vocab_size
 from megatron_acodm.training.checkpoint import open_checkpoint
-from megatron_acodm.training.evaluation import evaluation_batches
+from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluation_batches
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.resume import check_resumable
 from megatron_acodm.training.setup import build_scheduler
@@ -187,8 +187,9 @@ def test_a_split_without_validation_trains_without_evaluating(tmp_path, preproce
 
 def test_eval_iters_zero_turns_evaluation_off(preprocessed_corpus, tokenizer):
     blender = _blender(parse_args(runs.arguments(preprocessed_corpus, tokenizer.model, "unused", "--train-iters", "4")), tokenizer)
-    assert evaluation_batches(blender, eval_iters=0, global_batch_size=8) == []
-    assert sum(len(domains) for domains, _ in evaluation_batches(blender, eval_iters=1, global_batch_size=8)) == 8
+    assert evaluation_batches(domain_evaluation_sizes(blender, eval_iters=0, global_batch_size=8), 8) == []
+    batches = evaluation_batches(domain_evaluation_sizes(blender, eval_iters=1, global_batch_size=8), 8)
+    assert sum(len(domains) for domains, _ in batches) == 8
 
 
 @pytest.fixture(scope="module")

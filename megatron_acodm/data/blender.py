@@ -90,7 +90,7 @@ class DynamicBlender:
     ):
         if global_batch_size < 1:
             raise ValueError(f"global batch size must be positive, got {global_batch_size}")
-        _check_tokenizer_matches(manifest, tokenizer)
+        check_tokenizer_matches(manifest, tokenizer)
         most = global_batch_size // len(manifest.names)
         if not 0 <= min_samples_per_domain <= most:
             raise UserError(
@@ -250,7 +250,7 @@ class DynamicBlender:
             walker.seek(int(epoch), int(position))
 
 
-def _check_tokenizer_matches(manifest: Manifest, tokenizer: Tokenizer) -> None:
+def check_tokenizer_matches(manifest: Manifest, tokenizer: Tokenizer) -> None:
     recorded = manifest.tokenizer
     if recorded and recorded.get("model_sha256") != tokenizer.identity.model_sha256:
         raise UserError(

@@ -179,16 +179,17 @@ def check_unique_names(names: Sequence[str], source: str) -> None:
         raise UserError(f"{source}: no domains given")
 
 
-def parse_data_path(data_path: Sequence[str]) -> Manifest:
-    """Megatron's `--data-path`: one `domains.json`, or `prefix ...`, or `w1 prefix1 w2 prefix2 ...`."""
+def parse_data_path(data_path: Sequence[str], option: str = "--data-path") -> Manifest:
+    """Megatron's `--data-path`: one `domains.json`, or `prefix ...`, or `w1 prefix1 w2 prefix2 ...`;
+    `option` names the argument in error messages (`--target-data-path` reads the same forms)."""
     items = list(data_path)
     if len(items) == 1 and items[0].endswith(".json"):
         return load_manifest(items[0])
     if not items:
-        raise UserError("--data-path is empty; give a domains.json or `weight prefix` pairs")
-    weights, prefixes = _split_weights(items)
+        raise UserError(f"{option} is empty; give a domains.json or `weight prefix` pairs")
+    weights, prefixes = _split_weights(items, option)
     for prefix in prefixes:
-        _check_prefix(prefix)
+        _check_prefix(prefix, option)
     domains = [
         Domain(
             name=domain_name_from_prefix(prefix),
@@ -198,11 +199,11 @@ def parse_data_path(data_path: Sequence[str]) -> Manifest:
         for index, prefix in enumerate(prefixes)
     ]
     manifest = Manifest(domains=domains)
-    check_unique_names(manifest.names, source="--data-path")
+    check_unique_names(manifest.names, source=option)
     return manifest
 
 
-def _split_weights(items: list[str]) -> tuple[Optional[list[float]], list[str]]:
+def _split_weights(items: list[str], option: str) -> tuple[Optional[list[float]], list[str]]:
     """(weights, prefixes) of `w1 prefix1 w2 prefix2 ...`, or (None, items) for a plain prefix list."""
     # Prefixes are never numbers, so one number at a weight position makes it a pair list, and a
     # mistyped weight among the others is then reported as the weight it is meant to be.
@@ -211,36 +212,36 @@ def _split_weights(items: list[str]) -> tuple[Optional[list[float]], list[str]]:
     weights = []
     for raw in items[0::2]:
         if not _parses_as_float(raw):
-            raise UserError(f"--data-path: weight {raw!r} does not parse as a number; {_PAIRS_EXAMPLE}")
+            raise UserError(f"{option}: weight {raw!r} does not parse as a number; {_PAIRS_EXAMPLE}")
         weights.append(float(raw))
-    validate_weights(weights, source="--data-path")
+    validate_weights(weights, source=option)
     return weights, items[1::2]
 
 
-def _check_prefix(prefix: str) -> None:
+def _check_prefix(prefix: str, option: str) -> None:
     """Refuse what cannot be a `.bin/.idx` prefix: a stray weight, a folder, raw JSONL."""
     if _parses_as_float(prefix):
-        raise UserError(f"--data-path: {prefix!r} looks like a weight but the list has no matching prefix; {_PAIRS_EXAMPLE}")
+        raise UserError(f"{option}: {prefix!r} looks like a weight but the list has no matching prefix; {_PAIRS_EXAMPLE}")
     # megatron.core keeps its default index cache in a folder named like the prefix itself.
     if os.path.isdir(prefix) and not os.path.isfile(f"{prefix}.idx"):
-        raise UserError(_folder_message(prefix))
+        raise UserError(_folder_message(prefix, option))
     if prefix.endswith(INPUT_SUFFIXES):
         raise UserError(
-            f"--data-path {prefix}: is raw JSONL, not a Megatron .bin/.idx dataset; index it first with "
+            f"{option} {prefix}: is raw JSONL, not a Megatron .bin/.idx dataset; index it first with "
             f"tools/preprocess_domains.py (e.g. --domain NAME={prefix} --output-dir OUT), "
-            f"then pass --data-path OUT/{MANIFEST_NAME}"
+            f"then pass {option} OUT/{MANIFEST_NAME}"
         )
 
 
-def _folder_message(folder: str) -> str:
+def _folder_message(folder: str, option: str) -> str:
     manifest = os.path.join(folder, MANIFEST_NAME)
     if os.path.isfile(manifest):
         return (
-            f"--data-path {folder}: is a folder; pass the {MANIFEST_NAME} that tools/preprocess_domains.py "
-            f"wrote there: --data-path {manifest}"
+            f"{option} {folder}: is a folder; pass the {MANIFEST_NAME} that tools/preprocess_domains.py "
+            f"wrote there: {option} {manifest}"
         )
     return (
-        f"--data-path {folder}: is a folder, not a {MANIFEST_NAME} or a .bin/.idx prefix; pass the {MANIFEST_NAME} "
+        f"{option} {folder}: is a folder, not a {MANIFEST_NAME} or a .bin/.idx prefix; pass the {MANIFEST_NAME} "
         f"that tools/preprocess_domains.py writes (run it on the domains' JSONL first)"
     )
 

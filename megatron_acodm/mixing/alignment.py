@@ -20,6 +20,11 @@ objective `sum_j pi_j L_j` (`--mixing-objective`): the first-order decrease of t
 unit weight moved to domain k (DoGE's generalisation estimate). A step that trains on mixture w
 decreases it by `eta sum_k w_k r_k`.
 
+The objective may also be a row that is no domain: with a target set (`--mixing-objective target`,
+DGA), the sketch has two more rows, the target's halves (`training.target_pass`), and pi puts all
+its weight there, so `r_k = <g_k, g_target>`, divided by `|g_target|^2`. Such rows are measured
+only on the steps that run the target pass; the others leave their entries as they were.
+
 `--acodm-reward published` keeps the paper's score for comparison: `r_k = sum_{j != k} G[k, j]`
 over the count-weighted Gram G of the domains' whole sketches, divided by `(mean_i sqrt(G[i, i]))^2`
 so that it is scale-free too, and smoothed alike.
@@ -35,6 +40,7 @@ import torch
 from megatron_acodm.errors import UserError
 
 SCORES = ("alignment", "published")
+TARGET = "target"  # --mixing-objective target: the target set's row
 FULL_STEP_ERRORS = 4.0  # a score this many standard errors from the mixture's mean gets the full step
 
 
@@ -117,19 +123,31 @@ def published_scores(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tu
     return (summed.sum(axis=1) - numpy.diag(summed)) / scale, present
 
 
+def target_objective(num_domains: int) -> numpy.ndarray:
+    """pi over the K domains' rows and the target's: all of it on the target."""
+    objective = numpy.zeros(num_domains + 1)
+    objective[-1] = 1.0
+    return objective
+
+
 class AlignmentSignal:
     """Per-domain scores `r_k = <g_k, g_obj>`, scale-free and smoothed; see the module's docstring.
 
-    `objective`: pi, a K-simplex (`--mixing-objective`). `score`: "alignment" (this module's) or
-    "published" (the paper's). `decay`: the moving average's (`--mixing-score-ema`)."""
+    `objective`: pi over the signal's rows, a simplex: the K domains (`--mixing-objective`), then
+    any rows that are no domain (`target_objective`); `num_domains` (K, default: every row) says
+    where the domains end. `score`: "alignment" (this module's) or "published" (the paper's, over
+    domains only). `decay`: the moving average's (`--mixing-score-ema`)."""
 
-    def __init__(self, objective: numpy.ndarray, decay: float, score: str = "alignment"):
+    def __init__(self, objective: numpy.ndarray, decay: float, score: str = "alignment", num_domains: Optional[int] = None):
         if score not in SCORES:
             raise UserError(f"--acodm-reward must be one of {', '.join(SCORES)}, got {score!r}")
         self.objective = numpy.asarray(objective, dtype=numpy.float64)
         self.score = score
-        num_domains = len(self.objective)
-        shape = (num_domains, num_domains) if score == "alignment" else (num_domains,)
+        self.rows = len(self.objective)
+        self.num_domains = self.rows if num_domains is None else num_domains
+        if score == "published" and self.num_domains != self.rows:
+            raise UserError("--acodm-reward published scores the domains against each other; it takes no --mixing-objective target")
+        shape = (self.rows, self.rows) if score == "alignment" else (self.rows,)
         self.average = MovingAverage(shape, decay)
 
     def observe(self, half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> Optional[numpy.ndarray]:
@@ -150,20 +168,23 @@ class AlignmentSignal:
             return None
         self.average.update(value, observed)
         step = numpy.where(observed, value, self.average.mean)
-        return step if self.score == "published" else step @ self.objective
+        return self._domains(step if self.score == "published" else step @ self.objective)
+
+    def _domains(self, per_row: numpy.ndarray) -> numpy.ndarray:
+        return per_row[: self.num_domains]
 
     def scores(self) -> numpy.ndarray:
         """The smoothed `r_k`, float64 [K] (0 for a domain never observed)."""
         mean = self.average.mean
-        return mean if self.score == "published" else mean @ self.objective
+        return self._domains(mean if self.score == "published" else mean @ self.objective)
 
     def standard_errors(self) -> numpy.ndarray:
         """The standard error of each smoothed score (inf until observed twice)."""
         error = self.average.standard_error
         if self.score == "published":
-            return error
+            return self._domains(error)
         weighted = numpy.where(self.objective > 0, error**2, 0.0)  # an entry the objective ignores adds nothing
-        return numpy.sqrt(weighted @ self.objective**2)
+        return self._domains(numpy.sqrt(weighted @ self.objective**2))
 
     def signal_to_noise(self) -> numpy.ndarray:
         """|score| / standard error per domain (0 while the error is infinite)."""
@@ -185,7 +206,8 @@ class AlignmentSignal:
         return {"score": self.score, "objective": torch.from_numpy(self.objective.copy()), "average": self.average.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["score"] != self.score or not numpy.allclose(state["objective"].numpy(), self.objective, rtol=0, atol=1e-12):
+        saved = state["objective"].numpy()
+        if state["score"] != self.score or saved.shape != self.objective.shape or not numpy.allclose(saved, self.objective, rtol=0, atol=1e-12):
             raise UserError(
                 f"the checkpoint's mixer scored {state['score']} against objective {state['objective'].tolist()}, "
                 f"this run {self.score} against {self.objective.tolist()}; resume with the same --mixing-objective and --acodm-reward"

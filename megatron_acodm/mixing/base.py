@@ -26,6 +26,9 @@ from megatron_acodm.errors import UserError
 # Realised counts come with every step: they cost nothing.
 DOMAIN_LOSSES = "domain_losses"
 GRADIENT_GRAM = "gradient_gram"  # StepSignals.half_gram and half_tokens
+# The target set's two rows in half_gram and half_tokens, after the domains' (`--target-data-path`):
+# measured on the steps that run the target pass (`training.target_pass`), zero on the others.
+TARGET_GRADIENT = "target_gradient"
 LAYER_NORMS = "layer_weight_norms"  # StepSignals.layer_weight_norms
 
 
@@ -38,9 +41,10 @@ class StepSignals:
     domain_tokens: numpy.ndarray  # [K] loss-mask token counts
     realised_counts: numpy.ndarray  # [K] samples per domain in the step's global batch
     # [2K, 2K] sketch estimate of <G_a, G_b> over the domains' halves (row 2k + h: half h of domain k,
-    # see sketch.segments), G the gradient summed over the half's tokens; an empty half: zero row/column
+    # see sketch.segments), G the gradient summed over the half's tokens; an empty half: zero row/column.
+    # [2K + 2, 2K + 2] for a mixer that reads the target (TARGET_GRADIENT): rows 2K and 2K + 1 are its halves.
     half_gram: Optional[numpy.ndarray] = None
-    half_tokens: Optional[numpy.ndarray] = None  # [2K] loss-mask tokens of each half
+    half_tokens: Optional[numpy.ndarray] = None  # [2K] (or [2K + 2]) loss-mask tokens of each half
     layer_weight_norms: Optional[numpy.ndarray] = None  # [L] linear_fc2 weight norms at the mixer's depths
 
     def __post_init__(self) -> None:

@@ -7,6 +7,8 @@ from typing import Any, Optional, Sequence
 
 from megatron_acodm.mixing.acodm import ACODMMixer
 from megatron_acodm.mixing.base import Mixer
+from megatron_acodm.mixing.dga import DGAMixer
+from megatron_acodm.mixing.importance import ImportanceMixer
 from megatron_acodm.mixing.odm import ODMMixer
 from megatron_acodm.mixing.static import StaticMixer, TemperatureMixer, UniformMixer
 
@@ -17,6 +19,8 @@ MIXERS: dict[str, type[Mixer]] = {
     "temperature": TemperatureMixer,
     "odm": ODMMixer,
     "acodm": ACODMMixer,
+    "dga": DGAMixer,
+    "importance": ImportanceMixer,
 }
 
 
@@ -40,8 +44,8 @@ def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--mixing-objective",
         default="uniform",
         help="what the gradient-based mixers lower: the validation loss averaged over domains alike (uniform), "
-        "by corpus tokens (tokens), by the --data-path weights (data-path), or over the named domains "
-        "(NAME[,NAME...]: the domains you evaluate on)",
+        "by corpus tokens (tokens), by the --data-path weights (data-path), over the named domains "
+        "(NAME[,NAME...]: the domains you evaluate on), or the target set of --target-data-path (target)",
     )
     group.add_argument(
         "--mixing-prior",

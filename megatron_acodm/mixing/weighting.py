@@ -5,6 +5,8 @@
     data-path        the --data-path weights (the blend a static run would use)
     NAME[,NAME...]   uniform over the named domains, zero elsewhere (an objective only: a prior
                      needs every domain, since the policy works with its logarithm)
+    target           the target set of --target-data-path (an objective only: a row after the
+                     domains', see `mixing.alignment.target_objective`)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy
 
 from megatron_acodm.data.manifest import validate_weights
 from megatron_acodm.errors import UserError
+from megatron_acodm.mixing.alignment import TARGET, target_objective
 
 NAMED_WEIGHTINGS = ("uniform", "tokens", "data-path")
 
@@ -51,3 +54,14 @@ def domain_weighting(
         missing = [name for name, weight in zip(names, weights) if weight <= 0]
         raise UserError(f"{option} {text!r} gives {missing} no weight; every domain needs a positive prior weight")
     return weights
+
+
+def objective_weighting(
+    text: str, names: Sequence[str], data_path_weights: Sequence[float], domain_tokens: Optional[Sequence[float]], has_target: bool
+) -> numpy.ndarray:
+    """pi of `--mixing-objective` over the alignment signal's rows: [K], or [K + 1] for `target`."""
+    if text != TARGET:
+        return domain_weighting(text, "--mixing-objective", names, data_path_weights, domain_tokens, every_domain=False)
+    if not has_target:
+        raise UserError("--mixing-objective target needs --target-data-path: the target set whose loss the mixer lowers")
+    return target_objective(len(names))

@@ -15,8 +15,9 @@ all-reduce over the whole world (the training step's packed one) completes it: d
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from megatron.core import parallel_state
@@ -121,6 +122,7 @@ class GradientSketcher:
         self._device = next(chunks[0].parameters()).device
         self._sketch = self._zeros()
         self._sequence_segments: torch.Tensor | None = None
+        self._captured: list[torch.Tensor] | None = None
 
     def _zeros(self) -> torch.Tensor:
         return torch.zeros(self.num_segments, self.dim, dtype=torch.float32, device=self._device)
@@ -136,6 +138,17 @@ class GradientSketcher:
         """This rank's `[num_segments, k]` fp32 sketch of the step so far (summed over its layers); resets it."""
         sketch, self._sketch = self._sketch, self._zeros()
         return sketch
+
+    @contextlib.contextmanager
+    def capturing_outputs(self) -> Iterator[list[torch.Tensor]]:
+        """Within it, every sketched forward adds the hooked layers' output tensors to the list it
+        yields: a gradient with respect to them alone (`torch.autograd.grad`) fills the sketch
+        without reaching any parameter."""
+        self._captured = []
+        try:
+            yield self._captured
+        finally:
+            self._captured = None
 
     def remove(self) -> None:
         """Remove every hook; the model runs as if no sketcher had been built."""
@@ -158,6 +171,8 @@ class GradientSketcher:
         token_domain = self._sequence_segments.repeat(x.shape[0])
         pending = _PendingInput(x.detach(), token_domain)
         output_tensor.register_hook(partial(self._on_output_gradient, probes, pending))
+        if self._captured is not None:
+            self._captured.append(output_tensor)
 
     def _on_output_gradient(
         self, probes: tuple[torch.Tensor, torch.Tensor], pending: _PendingInput, delta: torch.Tensor

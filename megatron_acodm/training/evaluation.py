@@ -1,11 +1,14 @@
-"""Per-domain validation loss on a fixed set of held-out samples.
+"""Held-out loss on fixed sets of samples: per domain, and per target set.
 
-Each domain contributes its first `eval_iters * G / K` validation samples (fewer if it has fewer),
-the same at every evaluation, so curves compare like with like. The pairs are packed into global
-batches of G; the last is filled with Megatron's padding sample, whose loss mask is zero.
+Each domain contributes its first `eval_iters * G / K` validation samples (fewer if it has fewer);
+each target set all its held-out samples. The set is the same at every evaluation, so curves
+compare like with like. The pairs are packed into global batches of G; the last is filled with
+Megatron's padding sample, whose loss mask is zero.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
 
 import numpy
 import torch
@@ -15,37 +18,50 @@ from megatron_acodm.training.batches import data_parallel_slice, micro_batches
 from megatron_acodm.training.step import run_step
 
 
-def evaluation_batches(blender: DynamicBlender, eval_iters: int, global_batch_size: int) -> list[tuple[numpy.ndarray, list]]:
-    """The fixed evaluation set as global batches of (domain ids, sample ids or None for padding);
-    empty (no evaluation) with `eval_iters` 0 or a --split without validation documents."""
+def domain_evaluation_sizes(blender: DynamicBlender, eval_iters: int, global_batch_size: int) -> list[int]:
+    """How many validation samples of each domain an evaluation reads (all zero with `eval_iters` 0)."""
     per_domain = max(1, eval_iters * global_batch_size // blender.num_domains) if eval_iters > 0 else 0
-    domains, samples = [], []
-    for domain in range(blender.num_domains):
-        dataset = blender.valid_datasets[domain]
-        count = 0 if dataset is None else min(per_domain, len(dataset))
-        domains += [domain] * count
+    return [0 if dataset is None else min(per_domain, len(dataset)) for dataset in blender.valid_datasets]
+
+
+def evaluation_batches(sizes: Sequence[int], global_batch_size: int) -> list[tuple[numpy.ndarray, list]]:
+    """Samples `0..sizes[d]-1` of every part d as global batches of (part ids, sample ids or None
+    for padding); empty (no evaluation) when every size is zero."""
+    parts, samples = [], []
+    for part, count in enumerate(sizes):
+        parts += [part] * count
         samples += list(range(count))
-    if not domains:
+    if not parts:
         return []
-    padding = (-len(domains)) % global_batch_size
-    domains += [domains[0]] * padding
+    padding = (-len(parts)) % global_batch_size
+    parts += [parts[0]] * padding
     samples += [None] * padding
     return [
-        (numpy.array(domains[start : start + global_batch_size]), samples[start : start + global_batch_size])
-        for start in range(0, len(domains), global_batch_size)
+        (numpy.array(parts[start : start + global_batch_size]), samples[start : start + global_batch_size])
+        for start in range(0, len(parts), global_batch_size)
     ]
 
 
-def evaluate(model, blender: DynamicBlender, batches, args, data_parallel_rank: int, data_parallel_size: int, device) -> numpy.ndarray:
-    """`[K, 2]` validation loss sums and tokens per domain over the fixed evaluation set."""
+def evaluate(
+    model,
+    read_sample: Callable[[int, Optional[int]], dict],
+    num_parts: int,
+    batches,
+    args,
+    data_parallel_rank: int,
+    data_parallel_size: int,
+    device,
+) -> numpy.ndarray:
+    """`[parts, 2]` held-out loss sums and tokens per part (domain or target set) over `batches`,
+    each sample read by `read_sample(part, sample)` (e.g. `blender.valid_sample`)."""
     for chunk in model:
         chunk.eval()
-    totals = numpy.zeros((blender.num_domains, 2))
+    totals = numpy.zeros((num_parts, 2))
     with torch.no_grad():
-        for domain_ids, sample_ids in batches:
-            mine = data_parallel_slice(domain_ids, sample_ids, rank=data_parallel_rank, size=data_parallel_size)
-            batch_list = micro_batches(blender.valid_sample, *mine, args.micro_batch_size)
-            totals += run_step(model, batch_list, args, blender.num_domains, device).domain_sums
+        for part_ids, sample_ids in batches:
+            mine = data_parallel_slice(part_ids, sample_ids, rank=data_parallel_rank, size=data_parallel_size)
+            batch_list = micro_batches(read_sample, *mine, args.micro_batch_size)
+            totals += run_step(model, batch_list, args, num_parts, device).domain_sums
     for chunk in model:
         chunk.train()
     return totals

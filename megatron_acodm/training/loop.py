@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from argparse import Namespace
+from typing import Optional
 
 import numpy
 import torch
@@ -12,25 +13,33 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
+from megatron_acodm.data.targets import TargetSets
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, StepSignals, build_mixer
+from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, StepSignals, build_mixer
 from megatron_acodm.model import layers_at_depths, pad_vocab_size
 from megatron_acodm.sketch import HALVES, GradientSketcher, gram, half_segments
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
 from megatron_acodm.training.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
-from megatron_acodm.training.evaluation import evaluate, evaluation_batches
+from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord
 from megatron_acodm.training.resume import check_resumable, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step
+from megatron_acodm.training.target_pass import check_target_pass_supported, steering_batch_size, target_micro_batches, target_rows
+
+
+def _rank_zero_first(build):
+    """`build()` on every rank, rank 0 first, so it alone writes megatron's index cache."""
+    built = build() if torch.distributed.get_rank() == 0 else None
+    torch.distributed.barrier()
+    return built if built is not None else build()
 
 
 def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
-    """The blender on every rank; rank 0 first, so it alone writes megatron's index cache."""
-
-    def build() -> DynamicBlender:
-        return DynamicBlender(
+    """The blender on every rank."""
+    return _rank_zero_first(
+        lambda: DynamicBlender(
             parse_data_path(args.data_path),
             tokenizer,
             seq_length=args.seq_length,
@@ -45,10 +54,14 @@ def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
             # The attention kernel applies the causal mask itself; only document-wise masks must be built.
             create_attention_mask=args.reset_attention_mask,
         )
+    )
 
-    blender = build() if torch.distributed.get_rank() == 0 else None
-    torch.distributed.barrier()
-    return blender or build()
+
+def build_targets(args: Namespace, blender: DynamicBlender, tokenizer: Tokenizer) -> Optional[TargetSets]:
+    """The target sets of --target-data-path on every rank (None without), shaped as the training data."""
+    if not args.target_data_path:
+        return None
+    return _rank_zero_first(lambda: TargetSets(args.target_data_path, blender.config, tokenizer, args.target_split))
 
 
 class _Interval:
@@ -120,6 +133,7 @@ def pretrain(args: Namespace) -> None:
     args.vocab_size = tokenizer.vocab_size
     args.padded_vocab_size = pad_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
     blender = build_blender(args, tokenizer)
+    targets = build_targets(args, blender, tokenizer)
     mixer = build_mixer(args.mixer, names=blender.names, initial_weights=blender.initial_weights, domain_tokens=blender.domain_tokens, args=args)
     model = build_model(args)
     optimizer, scheduler = build_optimizer(args, model)
@@ -144,11 +158,17 @@ def pretrain(args: Namespace) -> None:
         is_logging_rank=rank == 0,
     )
     logger.log_run(vars(args), start_iteration=start)
-    # Only what the mixer reads is measured: no sketch hooks, no norms for the baselines.
-    sketcher = GradientSketcher(model, HALVES * blender.num_domains, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed) if GRADIENT_GRAM in mixer.needs else None
-    norm_layers = layers_at_depths(mixer.feature_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
-    eval_batches = evaluation_batches(blender, args.eval_iters, args.global_batch_size)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    # Only what the mixer reads is measured: no sketch hooks, no norms for the baselines.
+    reads_target = TARGET_GRADIENT in mixer.needs
+    if reads_target:
+        check_target_pass_supported(model[0].config, args.pipeline_model_parallel_size, f"--mixer {args.mixer} with a target set")
+        steering_size = steering_batch_size(targets, args.global_batch_size, dp_size)
+    sketch_rows = HALVES * blender.num_domains + (HALVES if reads_target else 0)
+    sketcher = GradientSketcher(model, sketch_rows, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed) if GRADIENT_GRAM in mixer.needs else None
+    norm_layers = layers_at_depths(mixer.feature_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
+    eval_batches = evaluation_batches(domain_evaluation_sizes(blender, args.eval_iters, args.global_batch_size), args.global_batch_size)
+    target_eval_batches = evaluation_batches(targets.held_out_sizes(), args.global_batch_size) if targets is not None else []
     interval = _Interval(blender.num_domains)
     exit_signals = ExitSignalHandler(run_device) if args.exit_signal_handler else None
     run_started = time.perf_counter()
@@ -158,7 +178,12 @@ def pretrain(args: Namespace) -> None:
         segments = half_segments(plan.domain_ids) if sketcher is not None else None
         domain_ids, sample_ids, segments = data_parallel_slice(plan.domain_ids, plan.sample_ids, segments, rank=dp_rank, size=dp_size)
         batch = micro_batches(blender.sample, domain_ids, sample_ids, args.micro_batch_size, segments)
-        outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler, sketcher, norm_layers)
+        target_batches = None
+        if reads_target and iteration % args.dga_interval == 0:
+            target_batches = target_micro_batches(
+                targets, iteration // args.dga_interval, steering_size, target_rows(blender.num_domains), dp_rank, dp_size, args.micro_batch_size
+            )
+        outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler, sketcher, norm_layers, target_batches)
         mixer.observe(_signals(iteration, outcome, plan.counts))
         interval.add(outcome, plan.counts, time.perf_counter() - step_started)
         done = iteration + 1
@@ -167,9 +192,13 @@ def pretrain(args: Namespace) -> None:
             lr = scheduler.get_lr(optimizer.param_groups[0])
             logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, plan.weights, mixer))
             interval.reset()
-        if eval_batches and (done % args.eval_interval == 0 or done == args.train_iters):
-            sums = evaluate(model, blender, eval_batches, args, dp_rank, dp_size, run_device)
-            logger.log_eval(EvalRecord(iteration=done, domain_loss=_domain_means(sums), domain_tokens=blender.domain_tokens.tolist()))
+        if (eval_batches or target_eval_batches) and (done % args.eval_interval == 0 or done == args.train_iters):
+            sums = evaluate(model, blender.valid_sample, blender.num_domains, eval_batches, args, dp_rank, dp_size, run_device)
+            target_loss = None
+            if target_eval_batches:
+                target_sums = evaluate(model, targets.held_out_sample, len(targets.sets), target_eval_batches, args, dp_rank, dp_size, run_device)
+                target_loss = dict(zip(targets.names, _domain_means(target_sums)))
+            logger.log_eval(EvalRecord(iteration=done, domain_loss=_domain_means(sums), domain_tokens=blender.domain_tokens.tolist(), target_loss=target_loss))
         signalled = exit_signals is not None and exit_signals.any_rank_received()
         exiting = signalled or (args.exit_interval is not None and done % args.exit_interval == 0)
         if args.save and ((args.save_interval and done % args.save_interval == 0) or exiting or done == args.train_iters):

@@ -64,6 +64,8 @@ class EvalRecord:
     # Each domain's tokens in the corpus: the token-weighted mean is the loss under the natural
     # (concatenated-corpus) mixture, the uniform mean the loss with every domain counted alike.
     domain_tokens: Sequence[int]
+    # Held-out loss of each target set (--target-data-path), by name; their mean counts each set alike.
+    target_loss: Optional[dict[str, Optional[float]]] = None
 
 
 def validation_means(
@@ -104,6 +106,12 @@ def format_train_line(record: TrainRecord) -> str:
     return line
 
 
+def format_target_line(target_loss: dict[str, Optional[float]], mean: Optional[float]) -> str:
+    """The held-out target loss of each target set, and their mean, after the validation header."""
+    cells = " |".join(f" {name}: {_cell(loss, '.6E')}" for name, loss in target_loss.items())
+    return f" target loss (held-out) |{cells} | mean: {_cell(mean, '.6E')} |"
+
+
 def format_eval_header(iteration: int, token_weighted: Optional[float], uniform: Optional[float]) -> str:
     """Megatron-LM's `validation loss at iteration N | ...` line, with both means over domains."""
     if token_weighted is None or uniform is None:
@@ -133,6 +141,12 @@ def _number_or_none(value: Any) -> Optional[float]:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def _mean_or_none(values) -> Optional[float]:
+    """The mean of the finite values; None when there is none."""
+    finite = [number for number in map(_number_or_none, values) if number is not None]
+    return sum(finite) / len(finite) if finite else None
 
 
 def _cell(value: Optional[float], spec: str) -> str:
@@ -353,7 +367,9 @@ class MetricsLogger:
                 "corpus tokens": [str(int(tokens)) for tokens in record.domain_tokens],
             },
         )
-        self._print([rule, header, rule, *table])
+        target_loss = record.target_loss or {}
+        target_mean = _mean_or_none(target_loss.values())
+        self._print([rule, header, *([format_target_line(target_loss, target_mean)] if target_loss else []), rule, *table])
         domains = {
             name: {"loss": _number_or_none(loss), "corpus_tokens": int(tokens)}
             for name, loss, tokens in zip(names, record.domain_loss, record.domain_tokens)
@@ -365,6 +381,8 @@ class MetricsLogger:
                 "lm_loss": _number_or_none(token_weighted),
                 "lm_loss_uniform": _number_or_none(uniform),
                 "domains": domains,
+                **({"target_loss": _number_or_none(target_mean),
+                    "targets": {name: {"loss": _number_or_none(loss)} for name, loss in target_loss.items()}} if target_loss else {}),
             }
         )
         self._add_scalars(
@@ -373,6 +391,8 @@ class MetricsLogger:
                 "validation/lm-loss-token-weighted": token_weighted,
                 "validation/lm-loss-uniform-mean": uniform,
                 **{f"validation/domain-loss/{name}": values["loss"] for name, values in domains.items()},
+                **({"validation/target-loss-mean": target_mean} if target_loss else {}),
+                **{f"validation/target-loss/{name}": loss for name, loss in target_loss.items()},
             },
         )
 

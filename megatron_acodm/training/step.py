@@ -21,6 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_acodm.training.loss import domain_loss_func
 from megatron_acodm.training.signals import layer_weight_norm_squares
+from megatron_acodm.training.target_pass import sketch_target_gradient
 
 
 @dataclass
@@ -81,9 +82,11 @@ def run_step(
     scheduler=None,
     sketcher=None,
     norm_layers: Optional[Sequence[int]] = None,
+    target_batches: Optional[list[dict]] = None,
 ) -> StepOutcome:
     """Forward (and, with an optimizer, backward and update) over the micro-batches of one global
-    step. `sketcher` adds the step's gradient sketch, `norm_layers` the weight norms of those layers."""
+    step. `sketcher` adds the step's gradient sketch, `norm_layers` the weight norms of those layers,
+    `target_batches` the target's rows of the sketch (`training.target_pass`), measured first."""
     forward_only = optimizer is None
     if not forward_only:
         for chunk in model:
@@ -91,6 +94,8 @@ def run_step(
         optimizer.zero_grad()
     # The norms describe the weights that produced this step's losses: read them before the update.
     norm_squares = None if norm_layers is None else layer_weight_norm_squares(model, norm_layers, device)
+    if target_batches:
+        sketch_target_gradient(model, target_batches, sketcher, len(micro_batch_list), args.micro_batch_size, device)
     losses_reduced = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, num_domains, device, sketcher),
         # One iterator per model chunk (virtual pipeline stages), each over the same micro-batches.
@@ -103,7 +108,8 @@ def run_step(
     )
     parts = [_local_domain_sums(losses_reduced, num_domains, device)]
     if sketcher is not None:
-        parts += [sketcher.step_sketches(), _local_segment_tokens(micro_batch_list, sketcher.num_segments, device)]
+        sketched = micro_batch_list + (target_batches or [])
+        parts += [sketcher.step_sketches(), _local_segment_tokens(sketched, sketcher.num_segments, device)]
     if norm_squares is not None:
         parts.append(norm_squares)
     reduced = _sum_over_world(parts)

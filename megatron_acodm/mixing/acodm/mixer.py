@@ -39,9 +39,9 @@ from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.networks import NetworkConfig
 from megatron_acodm.mixing.acodm.policy import FrozenPolicy, load_policy, save_policy
 from megatron_acodm.mixing.alignment import SCORES, AlignmentSignal
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, Mixer, StepSignals
+from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals
 from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
-from megatron_acodm.mixing.weighting import domain_weighting
+from megatron_acodm.mixing.weighting import domain_weighting, objective_weighting
 from megatron_acodm.sketch.segments import HALVES
 
 
@@ -103,7 +103,9 @@ class ACODMMixer(Mixer):
             raise UserError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
         uniform = numpy.full(self.num_domains, 1.0 / self.num_domains)
         self.prior = uniform if prior is None else numpy.asarray(prior, dtype=numpy.float64)
-        self.signal = AlignmentSignal(uniform if objective is None else objective, score_decay, score)
+        self.signal = AlignmentSignal(uniform if objective is None else objective, score_decay, score, num_domains=self.num_domains)
+        if self.signal.rows > self.num_domains:  # the objective is the target's row: measure it
+            self.needs = type(self).needs | {TARGET_GRADIENT}
         self.mirror = BoundedMirrorStep(self.prior, pull, kl_radius, max_step)
         self.config = config or DDPGConfig()
         self.policy = policy
@@ -253,7 +255,7 @@ class ACODMMixer(Mixer):
             total_steps=total_steps,
             seed=args.seed,
             prior=domain_weighting(args.mixing_prior, "--mixing-prior", **weighting, every_domain=True),
-            objective=domain_weighting(args.mixing_objective, "--mixing-objective", **weighting, every_domain=False),
+            objective=objective_weighting(args.mixing_objective, **weighting, has_target=bool(getattr(args, "target_data_path", None))),
             config=DDPGConfig(
                 gamma=args.acodm_gamma,
                 tau=args.acodm_tau,
@@ -304,8 +306,8 @@ class ACODMMixer(Mixer):
         return value
 
     def _update(self, signals: StepSignals) -> None:
-        rows = HALVES * self.num_domains
-        halves = f"two halves per domain of {self.names}"
+        rows = HALVES * self.signal.rows
+        halves = f"two halves per domain of {self.names}" + (" and the target's" if self.signal.rows > self.num_domains else "")
         gram = self._signal(signals.half_gram, "half_gram", (rows, rows), halves)
         tokens = self._signal(signals.half_tokens, "half_tokens", (rows,), halves)
         norms = self._signal(

@@ -1,0 +1,135 @@
+"""DGA, Dynamic Gradient Alignment (Fan, Grangier and Ablin 2024, arXiv 2410.02498): the mixture
+whose training gradient aligns best with the gradient of a target task known from a few examples.
+
+Every `--dga-interval` steps the trainer measures the target's gradient sketch on a batch of its
+steering examples (`training.target_pass`); that step's sketch then holds the domains' rows and
+the target's. From them, with the alignment signal every gradient mixer shares
+(`mixing.alignment`, objective: the target row):
+
+    a_k   = <g_k, g_target> / |g_target|^2     that step's alignment, scale-free (mean gradients,
+                                               the diagonal from two halves)
+    w_hat = softmax(log w + eta a)              the exponentiated-gradient step (--dga-step-size eta)
+    w    <- (1 - beta) w + beta w_hat           the moving average the paper adds for stability
+                                               (--dga-ema beta)
+
+`a_k` is the first-order decrease of the target loss per unit of weight on domain k: the step
+moves weight towards the domains whose gradient lowers the target loss. A domain absent from
+that step's batch takes its smoothed alignment. The weights start at `--mixing-prior`; the floor
+(`--mixing-floor`) applies as for every mixer. Steps without the target pass leave the weights as
+they are. The trained model itself is the output: no retraining on the found mixture.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional, Sequence
+
+import numpy
+import torch
+
+from megatron_acodm.errors import UserError
+from megatron_acodm.mixing.alignment import AlignmentSignal, target_objective
+from megatron_acodm.mixing.base import GRADIENT_GRAM, TARGET_GRADIENT, Mixer, StepSignals
+from megatron_acodm.mixing.weighting import domain_weighting
+from megatron_acodm.sketch import HALVES
+
+
+def exponentiated_gradient_step(weights: numpy.ndarray, alignment: numpy.ndarray, step_size: float, ema: float) -> numpy.ndarray:
+    """`(1 - ema) w + ema softmax(log w + step_size a)`, float64."""
+    logits = numpy.log(weights) + step_size * alignment
+    proposal = numpy.exp(logits - logits.max())
+    return (1.0 - ema) * weights + ema * proposal / proposal.sum()
+
+
+class DGAMixer(Mixer):
+    """DGA; see the module's docstring for the exact rule."""
+
+    needs = frozenset({GRADIENT_GRAM, TARGET_GRADIENT})
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        prior: Sequence[float],
+        *,
+        step_size: float = 1.0,
+        ema: float = 0.1,
+        score_decay: float = 0.9,
+        floor: float = 0.0,
+    ):
+        super().__init__(names, prior, floor)
+        if not step_size >= 0.0:
+            raise UserError(f"--dga-step-size must be >= 0, got {step_size}")
+        if not 0.0 < ema <= 1.0:
+            raise UserError(f"--dga-ema must be in (0, 1], got {ema} (1 keeps no average)")
+        if numpy.any(self.initial_weights <= 0):
+            raise UserError("--mixer dga needs a positive prior weight on every domain (its step works with log w)")
+        self.step_size, self.ema = step_size, ema
+        self.signal = AlignmentSignal(target_objective(self.num_domains), score_decay, num_domains=self.num_domains)
+        self.mixture = self.initial_weights.copy()
+        self.updates = 0
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--dga-interval",
+            type=int,
+            default=10,
+            help="DGA (and --mixing-objective target): measure the target's gradient every this many steps",
+        )
+        group.add_argument(
+            "--dga-step-size",
+            type=float,
+            default=1.0,
+            help="DGA: eta of the exponentiated-gradient step w_hat = softmax(log w + eta a), a the scale-free alignment",
+        )
+        group.add_argument(
+            "--dga-ema",
+            type=float,
+            default=0.1,
+            help="DGA: beta of the moving average w <- (1 - beta) w + beta w_hat; in (0, 1], 1 keeps no average",
+        )
+
+    @classmethod
+    def from_args(
+        cls,
+        *,
+        names: Sequence[str],
+        initial_weights: Sequence[float],
+        domain_tokens: Optional[Sequence[float]],
+        args: argparse.Namespace,
+        **_: Any,
+    ) -> Mixer:
+        if not getattr(args, "target_data_path", None):
+            raise UserError("--mixer dga needs --target-data-path: the target set whose gradient it aligns the mixture with")
+        prior = domain_weighting(
+            args.mixing_prior, "--mixing-prior", names, initial_weights, domain_tokens, every_domain=True
+        )
+        return cls(
+            names, prior, step_size=args.dga_step_size, ema=args.dga_ema, score_decay=args.mixing_score_ema, floor=args.mixing_floor
+        )
+
+    def _policy(self) -> numpy.ndarray:
+        return self.mixture
+
+    def _update(self, signals: StepSignals) -> None:
+        rows = HALVES * self.signal.rows
+        for field in ("half_gram", "half_tokens"):
+            value = getattr(signals, field)
+            if value is None or numpy.shape(value)[0] != rows:
+                raise ValueError(f"DGA needs StepSignals.{field} over {rows} rows (the domains' and the target's halves)")
+        alignment = self.signal.observe(numpy.asarray(signals.half_gram, dtype=numpy.float64), signals.half_tokens)
+        if alignment is None:  # no target pass this step, or its target halves said nothing
+            return
+        self.mixture = exponentiated_gradient_step(self.mixture, alignment, self.step_size, self.ema)
+        self.updates += 1
+
+    def domain_diagnostics(self) -> dict[str, numpy.ndarray]:
+        return {"score": self.signal.scores(), "score_snr": self.signal.signal_to_noise()}
+
+    def _state(self) -> dict[str, Any]:
+        return {"mixture": torch.from_numpy(self.mixture.copy()), "updates": self.updates, "signal": self.signal.state_dict()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.signal.load_state_dict(state["signal"])
+        self.mixture = state["mixture"].numpy().copy()
+        self.updates = int(state["updates"])
