@@ -265,7 +265,7 @@ def test_tensorboard_scalars_when_installed(tmp_path):
 
     logger, _ = make_logger(tmp_path / "m.jsonl", tensorboard_dir=tmp_path / "tb")
     logger.log_train(train_record(1))
-    logger.log_eval(EvalRecord(1, [1.0, None, 3.0], [1, 0, 1]))
+    logger.log_eval(EvalRecord(1, [1.0, None, 3.0], [1, 0, 1], target_loss={"quiz": 4.0}))
     logger.close()
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
@@ -273,6 +273,20 @@ def test_tensorboard_scalars_when_installed(tmp_path):
     assert {"lm-loss", "learning-rate", "grad-norm", "tokens-per-second", "domain-weight/code"} <= tags
     assert {"domain-loss/prose", "domain-share/multilingual", "validation/lm-loss-uniform-mean"} <= tags
     assert "domain-loss/code" not in tags  # no tokens, no point
+    assert {"validation/target-loss/quiz", "validation/target-loss-mean"} <= tags
+
+
+def test_target_loss_is_printed_and_recorded_beside_the_validation_loss(tmp_path):
+    logger, stream = make_logger(tmp_path / "m.jsonl")
+    logger.log_eval(EvalRecord(5, [1.0, 2.0, 3.0], [1, 1, 1], target_loss={"quiz": 4.0, "gsm8k": 5.0}))
+    logger.log_eval(EvalRecord(10, [1.0, 2.0, 3.0], [1, 1, 1]))
+    logger.close()
+    lines = stream.getvalue().splitlines()
+    target_lines = [line for line in lines if line.startswith(" target loss (held-out)")]
+    assert target_lines == [" target loss (held-out) | quiz: 4.000000E+00 | gsm8k: 5.000000E+00 | mean: 4.500000E+00 |"]
+    _, _, valid = read_metrics(tmp_path / "m.jsonl")
+    assert valid[0]["targets"] == {"quiz": {"loss": 4.0}, "gsm8k": {"loss": 5.0}} and valid[0]["target_loss"] == 4.5
+    assert "targets" not in valid[1]  # a run without target sets writes nothing of them
 
 
 def test_per_domain_lists_must_match_the_domains(tmp_path):
@@ -294,7 +308,7 @@ def write_synthetic_run(path: Path, *, with_eval: bool = True) -> Path:
         losses = [loss - 0.4, loss + 0.2, loss + 0.5]
         logger.log_train(train_record(iteration, loss, domain_loss=losses, domain_weight=weights, domain_share=weights))
         if with_eval and iteration % 20 == 0:
-            logger.log_eval(EvalRecord(iteration, [value + 0.1 for value in losses], [4096, 2048, 1024]))
+            logger.log_eval(EvalRecord(iteration, [value + 0.1 for value in losses], [4096, 2048, 1024], target_loss={"quiz": loss + 0.3}))
     logger.close()
     return path
 
@@ -324,6 +338,18 @@ def test_plot_output_option(tmp_path):
     output = plot_mixture(metrics, tmp_path / "figures" / "mix.png")
     assert output == str(tmp_path / "figures" / "mix.png")
     assert Path(output).read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_draws_each_target_sets_held_out_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mixture_plots import _draw
+
+    headers, train, valid = read_metrics(write_synthetic_run(tmp_path / "run.jsonl"))
+    figure = _draw(headers, train, valid)
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert "target quiz (held-out)" in labels
+    losses = figure.axes[1].lines[-1].get_ydata()
+    assert list(losses) == pytest.approx([record["targets"]["quiz"]["loss"] for record in valid])
 
 
 @pytest.mark.parametrize(

@@ -104,10 +104,14 @@ def _draw_weights(axes: Any, train: Sequence[dict], names: Sequence[str], colors
     return [Line2D([], [], color="black", linewidth=0.8, label="realised share (stacked)")]
 
 
+_TARGET_DASHES = [(6, 2), (2, 2), (6, 2, 2, 2), (10, 3), (1, 1), (4, 1, 1, 1, 1, 1)]
+
+
 def _draw_losses(
     axes: Any, train: Sequence[dict], valid: Sequence[dict], names: Sequence[str], colors: Sequence[Any]
 ) -> list[Any]:
-    """Per-domain validation loss and its uniform mean (training loss before any evaluation)."""
+    """Per-domain validation loss and its uniform mean (training loss before any evaluation), and
+    each target set's held-out loss."""
     from matplotlib.lines import Line2D
 
     if valid:
@@ -121,11 +125,18 @@ def _draw_losses(
     axes.plot(iterations, _overall(records, mean_field), color="black", alpha=0.45, linewidth=4.0, marker=marker)
     for name, color in zip(names, colors):
         axes.plot(iterations, _per_domain(records, name, "loss"), color=color, linewidth=1.4, marker=marker, markersize=3)
+    handles = [Line2D([], [], color="black", alpha=0.45, linewidth=4.0, label=mean_label)]
+    # Target sets (--target-data-path): their held-out loss, dashed, one dash pattern each.
+    for target, dashes in zip(records[-1].get("targets", {}) if valid else [], _TARGET_DASHES):
+        losses = [record.get("targets", {}).get(target, {}).get("loss") for record in records]
+        style = dict(color="black", linewidth=1.6, dashes=dashes)
+        axes.plot(iterations, [math.nan if loss is None else loss for loss in losses], marker=marker, markersize=3, **style)
+        handles.append(Line2D([], [], label=f"target {target} (held-out)", **style))
     axes.set_ylabel("loss")
     axes.set_xlabel("iteration")
     axes.set_title(title, loc="left", fontsize="medium")
     axes.grid(alpha=0.3)
-    return [Line2D([], [], color="black", alpha=0.45, linewidth=4.0, label=mean_label)]
+    return handles
 
 
 def _draw(headers: Sequence[dict], train: Sequence[dict], valid: Sequence[dict]) -> Any:
