@@ -2,15 +2,17 @@
 """Mixing quality: does online mixing beat static blends on real text? Side by side, several seeds.
 
     python bench/mixing_quality.py [--quick] [--corpus demo|noisy] [--data-path domains.json --tokenizer-model M]
-        [--target-data-path T] [--seeds 1,2,3] [--steps N] [--mixers uniform,temperature,odm,acodm,acodm_proxy]
+        [--target-data-path T] [--seeds 1,2,3] [--steps N] [--mixers uniform,temperature,odm,ado,aioli,acodm,acodm_proxy]
         [--work-dir data/mixing_quality] [--output-dir bench/results] [--fresh]
 
 Trains the same small GPT on CPU under each mixer, with identical seeds, data, steps and optimiser
 settings, one `python pretrain_acodm.py` subprocess at a time:
 
-- `uniform` (the static reference), `temperature` (T = 2 on corpus tokens), `odm`, `acodm`
-  (non-proxy, the agent learns online), and `acodm_proxy`: a smaller proxy model trains AC-ODM with
-  `--acodm-export-policy`, and its frozen actor drives the target (`--acodm-policy`); the proxy's
+- `uniform` (the static reference), `temperature` (T = 2 on corpus tokens), the published online
+  baselines `odm`, `ado` and `aioli` (each at its defaults; Aioli's sweeps of perturbed mixtures are
+  steps of its run; `--quick` shrinks its schedule to one round with a one-step-per-domain sweep),
+  `acodm` (non-proxy, the agent learns online), and `acodm_proxy`: a smaller proxy model trains
+  AC-ODM with `--acodm-export-policy`, and its frozen actor drives the target (`--acodm-policy`); the proxy's
   steps are part of that mixer's cost and reported beside it. `static` (tokens-proportional) can be
   added with `--mixers`.
 - `--seed` changes the model's initialisation, the data order and the held-out samples; each seed
@@ -38,7 +40,7 @@ a `domains.json` listing the demo's domains and `noise` are written once to `<wo
 domains>` (the mixers that read gradients then lower the real domains' loss). Every mean,
 steps-to-reach and ratio is over the real domains only (noise's own loss is shown beside them); the references are `uniform` and `static` (tokens-proportional, the
 blend a user would pick: it gives the noise its 40%); the default mixers are uniform, static, odm,
-acodm and acodm_proxy; the mixture table shows the noise's share first. Writes
+ado, aioli, acodm and acodm_proxy; the mixture table shows the noise's share first. Writes
 `mixing_quality_noisy.{json,md}`, `mixing_quality_noisy_curves.png` and
 `mixing_quality_noisy_weights.png`.
 
@@ -76,9 +78,9 @@ from run_metrics import read_metrics
 DEMO_DIR = "data/demo"
 DEMO_DATA = f"{DEMO_DIR}/indexed/domains.json"
 DEMO_TOKENIZER = f"{DEMO_DIR}/tokenizer.model"
-ALL_MIXERS = ("static", "uniform", "temperature", "odm", "acodm", "acodm_proxy")
-DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "acodm", "acodm_proxy"),
-                  "noisy": ("uniform", "static", "odm", "acodm", "acodm_proxy")}
+ALL_MIXERS = ("static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", "acodm_proxy")
+DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "ado", "aioli", "acodm", "acodm_proxy"),
+                  "noisy": ("uniform", "static", "odm", "ado", "aioli", "acodm", "acodm_proxy")}
 OUTPUT_STEMS = {"demo": "mixing_quality", "noisy": "mixing_quality_noisy"}
 
 # The noisy corpus: the demo's domains plus NOISE, uniformly random ordinary ids, NOISE_SHARE of all tokens.
@@ -162,7 +164,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _run_tool(arguments: list[str]) -> None:
+def run_tool(arguments: list[str]) -> None:
     say("$ " + " ".join(arguments))
     run_process([sys.executable, *arguments], check=True)
 
@@ -189,8 +191,8 @@ def ensure_demo_corpus(args: argparse.Namespace) -> None:
         return
     print(f"{DEMO_DATA} is missing: building the demo corpus", file=sys.stderr, flush=True)
     if not os.path.exists(os.path.join(REPO, DEMO_TOKENIZER)) or not os.path.isdir(os.path.join(REPO, DEMO_DIR, "jsonl")):
-        _run_tool(["tools/build_demo_corpus.py", "--output-dir", DEMO_DIR])
-    _run_tool(["tools/preprocess_domains.py", "--input", f"{DEMO_DIR}/jsonl", "--output-dir", f"{DEMO_DIR}/indexed",
+        run_tool(["tools/build_demo_corpus.py", "--output-dir", DEMO_DIR])
+    run_tool(["tools/preprocess_domains.py", "--input", f"{DEMO_DIR}/jsonl", "--output-dir", f"{DEMO_DIR}/indexed",
                "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", DEMO_TOKENIZER,
                "--workers", str(os.cpu_count() or 1), "--append-eod"])
 
@@ -275,10 +277,11 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 class Run:
     """One training subprocess: a mixer (or the AC-ODM proxy) at one seed."""
 
-    def __init__(self, root: str, mixer: str, seed: int, args: argparse.Namespace):
+    def __init__(self, root: str, mixer: str, seed: int, args: argparse.Namespace, label: Optional[str] = None):
+        """`label` (default: the mixer) names the run's folder, for a mixer run in several settings."""
         self.mixer, self.seed = mixer, seed
         self.is_proxy = mixer == "proxy"
-        self.name = f"{mixer}-seed{seed}"
+        self.name = f"{label or mixer}-seed{seed}"
         self.folder = os.path.join(root, self.name)
         self.metrics = os.path.join(self.folder, "metrics.jsonl")
         self.result_path = os.path.join(self.folder, "result.json")
@@ -287,6 +290,10 @@ class Run:
         self.steps = args.steps
 
     def arguments(self) -> list[str]:
+        return self.training_arguments() + self.mixer_arguments()
+
+    def training_arguments(self) -> list[str]:
+        """What every run of the comparison shares: data, model, schedule, logging."""
         args = self.args
         layers, hidden = (args.proxy_layers, args.proxy_hidden) if self.is_proxy else (args.layers, args.hidden)
         arguments = [
@@ -302,12 +309,20 @@ class Run:
             "--log-interval", str(log_interval(args)), "--eval-interval", str(eval_interval(args)),
             "--eval-iters", str(args.eval_iters), "--metrics-path", os.path.abspath(self.metrics),
         ]
+        return arguments
+
+    def mixer_arguments(self) -> list[str]:
+        """The mixer and its options."""
+        args = self.args
+        arguments = []
         if self.mixer == "temperature":
             arguments += ["--mixer", "temperature", "--mixing-temperature", str(args.temperature)]
         elif self.is_proxy:
             arguments += ["--mixer", "acodm", "--acodm-export-policy", os.path.abspath(self.policy)]
         elif self.mixer == "acodm_proxy":
             arguments += ["--mixer", "acodm", "--acodm-policy", os.path.abspath(self.policy)]
+        elif self.mixer == "aioli" and args.quick:  # 40 steps hold no default round (5 of them, 2 sweeps each)
+            arguments += ["--mixer", "aioli", "--aioli-rounds", "1", "--aioli-sweeps", "1", "--aioli-segment-steps", "1"]
         else:
             arguments += ["--mixer", self.mixer]
         if args.mixing_objective:
@@ -393,7 +408,7 @@ class Run:
         return result
 
 
-def execute_runs(runs: list[Run], fresh: bool) -> dict[str, dict[str, Any]]:
+def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing quality") -> dict[str, dict[str, Any]]:
     """The runs in order (seed by seed, so partial results cover every mixer), with a progress bar
     over the steps still to run; a complete run is not run again unless `fresh`."""
     proxies_to_run = {run.seed for run in runs if run.is_proxy and (fresh or not run.complete())}
@@ -403,7 +418,7 @@ def execute_runs(runs: list[Run], fresh: bool) -> dict[str, dict[str, Any]]:
 
     pending = {run.name for run in runs if to_run(run)}
     results: dict[str, dict[str, Any]] = {}
-    with progress(sum(run.steps for run in runs if run.name in pending), "mixing quality", "step") as bar:
+    with progress(sum(run.steps for run in runs if run.name in pending), description, "step") as bar:
         for index, run in enumerate(runs):
             label = f"[{index + 1}/{len(runs)}] {run.name}"
             if run.mixer == "acodm_proxy" and results.get(f"proxy-seed{run.seed}", {}).get("returncode", 0) != 0:

@@ -9,7 +9,7 @@ from common import save_figure
 from mixing_quality_analysis import METRIC_TITLES, METRICS, excluded, log_interval, noise_first
 
 COLOURS = {"static": "tab:gray", "uniform": "black", "temperature": "tab:blue", "odm": "tab:orange",
-           "acodm": "tab:red", "acodm_proxy": "tab:purple"}
+           "ado": "tab:green", "aioli": "tab:brown", "acodm": "tab:red", "acodm_proxy": "tab:purple"}
 
 
 def plot_curves(args: argparse.Namespace, analysis: dict, path: str, mode: str) -> None:

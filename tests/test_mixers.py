@@ -219,7 +219,7 @@ def test_non_finite_loss_keeps_the_last_weights_and_warns_once():
 
 
 def test_registry_builds_every_mixer_and_parses_its_options():
-    assert set(MIXERS) == {"static", "uniform", "temperature", "odm", "acodm", *NEEDS_TARGET}
+    assert set(MIXERS) == {"static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", *NEEDS_TARGET}
     run = argparse.Namespace(train_iters=100)  # AC-ODM sizes its warm-up from the run's length
     for name, cls in MIXERS.items():
         if name in NEEDS_TARGET:

@@ -6,6 +6,8 @@ import argparse
 from typing import Any, Optional, Sequence
 
 from megatron_acodm.mixing.acodm import ACODMMixer
+from megatron_acodm.mixing.ado import ADOMixer
+from megatron_acodm.mixing.aioli import AioliMixer
 from megatron_acodm.mixing.base import Mixer
 from megatron_acodm.mixing.dga import DGAMixer
 from megatron_acodm.mixing.importance import ImportanceMixer
@@ -19,6 +21,8 @@ MIXERS: dict[str, type[Mixer]] = {
     "temperature": TemperatureMixer,
     "odm": ODMMixer,
     "acodm": ACODMMixer,
+    "ado": ADOMixer,
+    "aioli": AioliMixer,
     "dga": DGAMixer,
     "importance": ImportanceMixer,
 }
