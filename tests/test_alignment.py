@@ -145,3 +145,5 @@ def test_weightings_name_domains_and_refuse_what_a_prior_cannot_be():
         domain_weighting("a,d", "--mixing-objective", names, data_path, tokens, every_domain=False)
     with pytest.raises(UserError, match="needs each domain's token count"):
         domain_weighting("tokens", "--mixing-objective", names, data_path, None, every_domain=False)
+    with pytest.raises(UserError, match="--mixing-objective target: only the alignment signal"):  # e.g. Aioli's objective
+        domain_weighting("target", "--mixing-objective", names, data_path, tokens, every_domain=False)

@@ -40,6 +40,11 @@ def domain_weighting(
         weights = list(domain_tokens)
     elif text == "data-path":
         weights = list(data_path_weights)
+    elif text == TARGET:  # reaches here only from a reader without a target row
+        raise UserError(
+            f"{option} target: only the alignment signal (--mixer acodm; --mixer dga always aligns with the "
+            f"target) reads a target set; give one of {', '.join(NAMED_WEIGHTINGS)} or domain names"
+        )
     else:
         chosen = [name.strip() for name in text.split(",") if name.strip()]
         unknown = [name for name in chosen if name not in names]
