@@ -142,6 +142,15 @@ def test_target_sets_hold_out_the_same_examples_whatever_the_seed(preprocessed_c
     assert sorted(first[1]) == list(range(size))  # one epoch: every steering sample once
     assert sorted(numpy.concatenate([targets.steering_batch(index, 3)[1] for index in range(size)])) == sorted(list(range(size)) * 3)
 
+    # Several sets take turns, and each walks its own samples an epoch at a time.
+    several = TargetSets([preprocessed_corpus], _blender(preprocessed_corpus, tokenizer, 1).config, tokenizer)
+    batches = [several.steering_batch(index, 5) for index in range(40)]
+    set_ids, sample_ids = (numpy.concatenate(part) for part in zip(*batches))
+    assert set_ids.tolist() == [index % 3 for index in range(200)]
+    for set_id, target in enumerate(several.sets):
+        drawn, epoch = sample_ids[set_ids == set_id], len(target.steering)
+        assert len(drawn) >= epoch and sorted(drawn[:epoch]) == list(range(epoch)), target.name
+
 
 def test_bad_target_sets_are_refused_with_one_line(tmp_path, preprocessed_corpus, target_set, tokenizer, tokenizer_model):
     config = _blender(preprocessed_corpus, tokenizer, 1).config

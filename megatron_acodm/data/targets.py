@@ -118,8 +118,8 @@ class TargetSets:
             # Draws this set made before this batch, then its draws in this batch.
             before = len(range(set_id, index * size, len(self.sets)))
             positions = before + numpy.arange(int(chosen.sum()))
-            size = len(target.steering)
-            sample_ids[chosen] = [_epoch_order(self.seed, set_id, int(position) // size, size)[position % size] for position in positions]
+            samples = len(target.steering)
+            sample_ids[chosen] = [_epoch_order(self.seed, set_id, int(position) // samples, samples)[position % samples] for position in positions]
         return set_ids, sample_ids
 
     def steering_sample(self, set_id: int, sample_id: Optional[int]) -> dict:
