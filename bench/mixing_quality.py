@@ -374,6 +374,8 @@ class Run:
                 "lm_loss": [token_weighted for token_weighted, _ in means],
                 "lm_loss_uniform": [uniform for _, uniform in means],
                 "domain_loss": {name: [record["domains"][name]["loss"] for record in valid] for name in names},
+                # the held-out loss of each target set, for runs given --target-data-path
+                "target_loss": {name: [record["targets"][name]["loss"] for record in valid] for name in (valid[-1].get("targets", {}) if valid else {})},
             },
             "train": {
                 "iteration": [record["iteration"] for record in train],

@@ -40,7 +40,6 @@ from megatron_acodm.data.manifest import load_manifest
 from megatron_acodm.data.tokenizers import file_sha256
 from mixing_quality import DEMO_DIR, DEMO_TOKENIZER, PRESETS, Run, ensure_demo_corpus, execute_runs, run_tool
 from mixing_quality_analysis import clock, eval_interval, log_interval, parameter_count
-from run_metrics import read_metrics
 from target_quality_analysis import analyse, markdown, plot_curves, plot_weights
 
 TARGETS_DIR = f"{DEMO_DIR}/targets"
@@ -108,13 +107,6 @@ class TargetRun(Run):
         paths = [self.args.target_prefixes[name] for name in self.targets]
         return [*MIXER_FLAGS.get(self.mixer, ["--mixer", self.mixer]), "--target-data-path", *paths]
 
-    def target_curves(self) -> dict[str, Any]:
-        """The held-out target loss of each evaluated target set per evaluation, and the run's weights and step times."""
-        _, curves = self.curves()
-        _, _, valid = read_metrics(self.metrics)
-        curves["valid"]["target_loss"] = {name: [record["targets"][name]["loss"] for record in valid] for name in self.targets}
-        return curves
-
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("steps", "layers", "hidden", "heads", "seq_length", "global_batch", "micro_batch", "eval_iters", "lr", "min_lr", "threads")
@@ -146,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         shards = pool.map(lambda shard: execute_runs(shard, args.fresh, "target quality"), [runs[job :: args.jobs] for job in range(args.jobs)])
         results = {name: result for shard in shards for name, result in shard.items()}
-    curves = {run.name: run.target_curves() for run in runs if results[run.name].get("returncode") == 0}
+    curves = {run.name: run.curves()[1] for run in runs if results[run.name].get("returncode") == 0}
     analysis = analyse(args, runs, results, curves)
     run_wall = sum(result.get("wall_s", 0.0) for result in results.values())
     document = {

@@ -45,7 +45,7 @@ import numpy
 
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
-from megatron_acodm.mixing.weighting import domain_weighting
+from megatron_acodm.mixing.weighting import mixing_prior
 
 MIN_POINTS = 3  # a law has three parameters
 MAX_EXPONENT = 0.8  # the paper's bound on alpha
@@ -181,12 +181,11 @@ class ADOMixer(Mixer):
     ) -> Mixer:
         if args.train_iters is None:
             raise UserError("--mixer ado needs --train-iters: its warm-up is a fraction of the run")
-        weighting = dict(names=names, data_path_weights=initial_weights, domain_tokens=domain_tokens)
         return cls(
             names,
             initial_weights,
             total_steps=args.train_iters,
-            prior=domain_weighting(args.mixing_prior, "--mixing-prior", **weighting, every_domain=True),
+            prior=mixing_prior(args, names, initial_weights, domain_tokens),
             warmup_fraction=args.ado_warmup_fraction,
             fit_interval=args.ado_fit_interval,
             credit_smoothing=args.ado_credit_smoothing,

@@ -48,7 +48,7 @@ import numpy
 
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
-from megatron_acodm.mixing.weighting import domain_weighting
+from megatron_acodm.mixing.weighting import domain_weighting, mixing_prior
 
 
 def fit_interactions(loss_sum: numpy.ndarray, tokens: numpy.ndarray, shares: numpy.ndarray) -> numpy.ndarray:
@@ -190,14 +190,13 @@ class AioliMixer(Mixer):
     ) -> Mixer:
         if args.train_iters is None:
             raise UserError("--mixer aioli needs --train-iters: its rounds divide the run")
-        weighting = dict(names=names, data_path_weights=initial_weights, domain_tokens=domain_tokens)
         return cls(
             names,
             initial_weights,
             total_steps=args.train_iters,
             seed=args.seed,
-            prior=domain_weighting(args.mixing_prior, "--mixing-prior", **weighting, every_domain=True),
-            objective=domain_weighting(args.mixing_objective, "--mixing-objective", **weighting, every_domain=False),
+            prior=mixing_prior(args, names, initial_weights, domain_tokens),
+            objective=domain_weighting(args.mixing_objective, "--mixing-objective", names, initial_weights, domain_tokens, every_domain=False),
             rounds=args.aioli_rounds,
             sweeps=args.aioli_sweeps,
             segment_steps=args.aioli_segment_steps,

@@ -30,7 +30,7 @@ import torch
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.alignment import AlignmentSignal, target_objective
 from megatron_acodm.mixing.base import GRADIENT_GRAM, TARGET_GRADIENT, Mixer, StepSignals
-from megatron_acodm.mixing.weighting import domain_weighting
+from megatron_acodm.mixing.weighting import mixing_prior
 from megatron_acodm.sketch import HALVES
 
 
@@ -101,11 +101,8 @@ class DGAMixer(Mixer):
     ) -> Mixer:
         if not getattr(args, "target_data_path", None):
             raise UserError("--mixer dga needs --target-data-path: the target set whose gradient it aligns the mixture with")
-        prior = domain_weighting(
-            args.mixing_prior, "--mixing-prior", names, initial_weights, domain_tokens, every_domain=True
-        )
         return cls(
-            names, prior, step_size=args.dga_step_size, ema=args.dga_ema, score_decay=args.mixing_score_ema, floor=args.mixing_floor
+            names, mixing_prior(args, names, initial_weights, domain_tokens), step_size=args.dga_step_size, ema=args.dga_ema, score_decay=args.mixing_score_ema, floor=args.mixing_floor
         )
 
     def _policy(self) -> numpy.ndarray:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Optional, Sequence
 
 import numpy
@@ -70,3 +71,10 @@ def objective_weighting(
     if not has_target:
         raise UserError("--mixing-objective target needs --target-data-path: the target set whose loss the mixer lowers")
     return target_objective(len(names))
+
+
+def mixing_prior(
+    args: argparse.Namespace, names: Sequence[str], data_path_weights: Sequence[float], domain_tokens: Optional[Sequence[float]]
+) -> numpy.ndarray:
+    """p0 of `--mixing-prior` for the mixers that start from (and may return to) a prior: every domain positive."""
+    return domain_weighting(args.mixing_prior, "--mixing-prior", names, data_path_weights, domain_tokens, every_domain=True)

@@ -41,7 +41,7 @@ from megatron_acodm.mixing.acodm.policy import FrozenPolicy, load_policy, save_p
 from megatron_acodm.mixing.alignment import SCORES, AlignmentSignal
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals
 from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
-from megatron_acodm.mixing.weighting import domain_weighting, objective_weighting
+from megatron_acodm.mixing.weighting import mixing_prior, objective_weighting
 from megatron_acodm.sketch.segments import HALVES
 
 
@@ -254,7 +254,7 @@ class ACODMMixer(Mixer):
             initial_weights,
             total_steps=total_steps,
             seed=args.seed,
-            prior=domain_weighting(args.mixing_prior, "--mixing-prior", **weighting, every_domain=True),
+            prior=mixing_prior(args, names, initial_weights, domain_tokens),
             objective=objective_weighting(args.mixing_objective, **weighting, has_target=bool(getattr(args, "target_data_path", None))),
             config=DDPGConfig(
                 gamma=args.acodm_gamma,
