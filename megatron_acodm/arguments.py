@@ -122,6 +122,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("checkpoints and logging")
     group.add_argument("--save", default=None, help="checkpoint folder")
     group.add_argument("--load", default=None, help="resume from this checkpoint folder (its latest checkpoint)")
+    group.add_argument(
+        "--pretrained-checkpoint", default=None,
+        help="when --load holds no checkpoint, start from the model weights of this folder's latest checkpoint "
+        "(Megatron-LM's finetuning start: iteration 0, a new optimizer, LR schedule, mixer and data order)",
+    )
     group.add_argument("--save-interval", type=int, default=None)
     group.add_argument("--exit-interval", type=int, default=None, help="exit after the iteration divisible by this")
     group.add_argument(
@@ -142,7 +147,7 @@ def _add_sketch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sketch-dim", type=int, default=256, help="random rank-one probes per layer (k)")
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but the error is one line (no usage screen), and under torchrun only rank 0's."""
 
     def error(self, message: str):
@@ -150,7 +155,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="pretrain_acodm.py",
         description="Megatron-Core GPT pretraining whose data mixture is decided online.",
         allow_abbrev=False,
@@ -244,6 +249,27 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
                 "cannot run sequence-parallel); install one of them or drop --sequence-parallel"
             )
     return message
+
+
+def argument_names(group: str) -> list[str]:
+    """The arguments of one group of the command line ("model", "parallelism", ...), by name."""
+    titled = {entry.title: entry for entry in build_parser()._action_groups}
+    return [action.dest for action in titled[group]._group_actions]
+
+
+def command_line(values: dict) -> list[str]:
+    """The options that give `values` (argument name -> value, e.g. a checkpoint's saved arguments):
+    parse_args' inverse for the names it knows; a None value and a false flag are left out."""
+    options = {action.dest: action for action in build_parser()._actions if action.option_strings}
+    words = []
+    for name, value in values.items():
+        action = options[name]
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            words += [flag] if value else []
+        elif value is not None:
+            words += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return words
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None) -> argparse.Namespace:

@@ -43,6 +43,8 @@ class Manifest:
     domains: list[Domain]
     tokenizer: Optional[dict] = None  # TokenizerIdentity.to_json() of the writer
     path: Optional[str] = field(default=None, compare=False)
+    # How the weights were found, for a blend written by a mixture search (tools/mergemix.py).
+    provenance: Optional[dict] = None
 
     @property
     def names(self) -> list[str]:
@@ -67,6 +69,8 @@ class Manifest:
             entry["prefix"] = os.path.relpath(domain.prefix, folder)
             entries.append(entry)
         document = {"version": MANIFEST_VERSION, "tokenizer": self.tokenizer, "domains": entries}
+        if self.provenance is not None:
+            document["provenance"] = self.provenance
         write_text_atomically(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
@@ -121,7 +125,7 @@ def load_manifest(path: str) -> Manifest:
         if domain.weight is not None:
             validate_weights([domain.weight] + [1.0], source=f"{path} (domain {domain.name})")
         domains.append(domain)
-    manifest = Manifest(domains=domains, tokenizer=tokenizer, path=path)
+    manifest = Manifest(domains=domains, tokenizer=tokenizer, path=path, provenance=document.get("provenance"))
     check_unique_names(manifest.names, source=path)
     return manifest
 

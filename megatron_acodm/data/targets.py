@@ -135,6 +135,9 @@ class TargetSets:
         item["domain_id"] = set_id
         return item
 
+    def steering_sizes(self) -> list[int]:
+        return [len(target.steering) for target in self.sets]
+
     def held_out_sizes(self) -> list[int]:
         return [len(target.held_out) for target in self.sets]
 

@@ -54,7 +54,8 @@ def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group.add_argument(
         "--mixing-prior",
         default="uniform",
-        help="the mixture the gradient-based mixers start from and are pulled back to: uniform, tokens or data-path",
+        help="the mixture the online mixers start from (and the gradient-based ones are pulled back to): uniform, "
+        "tokens, data-path, or a blend file (BLEND.json, e.g. from tools/mergemix.py)",
     )
     group.add_argument(
         "--mixing-prior-pull",

@@ -7,6 +7,8 @@
                      needs every domain, since the policy works with its logarithm)
     target           the target set of --target-data-path (an objective only: a row after the
                      domains', see `mixing.alignment.target_objective`)
+    FILE.json        the weights of a blend file (a domains.json with a weight per domain, as
+                     tools/mergemix.py writes), matched to the domains by name
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy
 
-from megatron_acodm.data.manifest import validate_weights
+from megatron_acodm.data.manifest import load_manifest, validate_weights
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.alignment import TARGET, target_objective
 
@@ -41,6 +43,8 @@ def domain_weighting(
         weights = list(domain_tokens)
     elif text == "data-path":
         weights = list(data_path_weights)
+    elif text.endswith(".json"):
+        weights = _blend_file_weights(text, option, names)
     elif text == TARGET:  # reaches here only from a reader without a target row
         raise UserError(
             f"{option} target: only the alignment signal (--mixer acodm; --mixer dga always aligns with the "
@@ -58,8 +62,24 @@ def domain_weighting(
     weights = numpy.array(validate_weights(weights, source=option))
     if every_domain and numpy.any(weights <= 0):
         missing = [name for name, weight in zip(names, weights) if weight <= 0]
-        raise UserError(f"{option} {text!r} gives {missing} no weight; every domain needs a positive prior weight")
+        hint = " (tools/mergemix.py --min-weight keeps every weight positive)" if text.endswith(".json") else ""
+        raise UserError(f"{option} {text!r} gives {missing} no weight; every domain needs a positive prior weight{hint}")
     return weights
+
+
+def _blend_file_weights(path: str, option: str, names: Sequence[str]) -> list[float]:
+    """The weights a blend file gives the domains `names`, in their order."""
+    blend = load_manifest(path)
+    given = {domain.name: domain.weight for domain in blend.domains}
+    if sorted(given) != sorted(names):
+        raise UserError(
+            f"{option} {path}: the blend is over domains {sorted(given)}, --data-path has {sorted(names)}; "
+            f"give a blend found for this corpus (tools/mergemix.py --data-path with the same domains)"
+        )
+    unweighted = [name for name, weight in given.items() if weight is None]
+    if unweighted:
+        raise UserError(f"{option} {path}: domains {unweighted} have no 'weight'; give every domain a weight")
+    return [given[name] for name in names]
 
 
 def objective_weighting(

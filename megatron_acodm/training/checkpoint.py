@@ -208,6 +208,19 @@ def _restore_torch_adam_steps(optimizer, steps: list[Optional[float]]) -> None:
                 state["step"] = torch.tensor(step, dtype=torch.float32)
 
 
+def load_model_state(path: str, model) -> dict:
+    """This rank's shards of the model tensors saved at `path`, at this run's layout (megatron.core
+    reshards: the checkpoint may have been written at another TP/PP layout)."""
+    return dist_checkpointing.load({"model": model[0].module.sharded_state_dict()}, path)["model"]
+
+
+def initialize_from_pretrained(path: str, model, optimizer) -> None:
+    """Megatron-LM's finetuning start: the model's weights from `path`; optimizer state and RNG stay new."""
+    model[0].module.load_state_dict(load_model_state(path, model))
+    # A mixed-precision optimizer keeps the fp32 copies of the weights it made when it was built.
+    optimizer.reload_model_params()
+
+
 def load_checkpoint(path: str, run_state: dict, model, optimizer, distributed_optimizer: bool) -> None:
     """Load model, optimizer and (at the saved layout) RNG states from the checkpoint at `path`."""
     saved, current = run_state["layout"], _layout()

@@ -65,3 +65,8 @@ def evaluate(
     for chunk in model:
         chunk.train()
     return totals
+
+
+def part_means(sums: numpy.ndarray) -> list[Optional[float]]:
+    """Mean loss per token of each part of `[parts, 2]` sums (None for a part without tokens)."""
+    return [float(loss / tokens) if tokens > 0 else None for loss, tokens in sums]

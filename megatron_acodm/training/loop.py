@@ -19,11 +19,11 @@ from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, S
 from megatron_acodm.model import layers_at_depths, pad_vocab_size
 from megatron_acodm.sketch import HALVES, GradientSketcher, gram, half_segments
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
-from megatron_acodm.training.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
-from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches
+from megatron_acodm.training.checkpoint import initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint
+from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord
-from megatron_acodm.training.resume import check_resumable, restore, run_state
+from megatron_acodm.training.resume import check_resumable, check_same_model_shape, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step
 from megatron_acodm.training.target_pass import check_target_pass_supported, steering_batch_size, target_micro_batches, target_rows
@@ -34,6 +34,19 @@ def _rank_zero_first(build):
     built = build() if torch.distributed.get_rank() == 0 else None
     torch.distributed.barrier()
     return built if built is not None else build()
+
+
+def build_tokenizer(args: Namespace) -> Tokenizer:
+    """The tokenizer of --tokenizer-model; fills in `args.vocab_size` and the padded vocabulary."""
+    tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
+    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
+        raise UserError(
+            f"--vocab-size {args.vocab_size} but --tokenizer-model {args.tokenizer_model} has "
+            f"{tokenizer.vocab_size} ids; give the tokenizer's size or drop --vocab-size"
+        )
+    args.vocab_size = tokenizer.vocab_size
+    args.padded_vocab_size = pad_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    return tokenizer
 
 
 def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
@@ -62,6 +75,20 @@ def build_targets(args: Namespace, blender: DynamicBlender, tokenizer: Tokenizer
     if not args.target_data_path:
         return None
     return _rank_zero_first(lambda: TargetSets(args.target_data_path, blender.config, tokenizer, args.target_split))
+
+
+def _start_from_pretrained(args: Namespace, model, optimizer, log) -> None:
+    """The model's weights from --pretrained-checkpoint, after checking that they fit the model."""
+    pretrained = open_checkpoint(args.pretrained_checkpoint)
+    if pretrained is None:
+        raise UserError(
+            f"--pretrained-checkpoint {args.pretrained_checkpoint}: no checkpoint there (no latest_checkpointed_iteration.txt); "
+            f"give the --save folder of a pretrain_acodm.py run"
+        )
+    path, state = pretrained
+    check_same_model_shape(path, state["args"], args)
+    initialize_from_pretrained(path, model, optimizer)
+    log(f"initialised the model from {path} (--pretrained-checkpoint, iteration {state['iteration']}); this run starts at iteration 0")
 
 
 class _Interval:
@@ -95,16 +122,12 @@ class _Interval:
             grad_norm=grad_norm,
             tokens_per_s=tokens / max(self.seconds, 1e-9),
             global_batch_size=args.global_batch_size,
-            domain_loss=_domain_means(self.sums),
+            domain_loss=part_means(self.sums),
             domain_weight=[float(weight) for weight in weights],
             domain_share=(self.counts / self.counts.sum()).tolist(),
             domain_diagnostics={key: values.tolist() for key, values in mixer.domain_diagnostics().items()},
             mixer_diagnostics=mixer.scalar_diagnostics(),
         )
-
-
-def _domain_means(sums: numpy.ndarray) -> list:
-    return [float(loss / tokens) if tokens > 0 else None for loss, tokens in sums]
 
 
 def _signals(iteration: int, outcome: StepOutcome, counts: numpy.ndarray) -> StepSignals:
@@ -124,14 +147,7 @@ def pretrain(args: Namespace) -> None:
     rank = torch.distributed.get_rank()
     log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda message: None)
     run_device = device()
-    tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
-    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
-        raise UserError(
-            f"--vocab-size {args.vocab_size} but --tokenizer-model {args.tokenizer_model} has "
-            f"{tokenizer.vocab_size} ids; give the tokenizer's size or drop --vocab-size"
-        )
-    args.vocab_size = tokenizer.vocab_size
-    args.padded_vocab_size = pad_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    tokenizer = build_tokenizer(args)
     blender = build_blender(args, tokenizer)
     targets = build_targets(args, blender, tokenizer)
     mixer = build_mixer(args.mixer, names=blender.names, initial_weights=blender.initial_weights, domain_tokens=blender.domain_tokens, args=args)
@@ -146,6 +162,8 @@ def pretrain(args: Namespace) -> None:
         load_checkpoint(path, state, model, optimizer, args.use_distributed_optimizer)
         start = restore(state, args, scheduler, mixer, blender, log)
         log(f"resumed from {path} at iteration {start}")
+    elif args.pretrained_checkpoint:
+        _start_from_pretrained(args, model, optimizer, log)
     if start >= args.train_iters:
         log(f"nothing to do: the checkpoint is at iteration {start}, --train-iters is {args.train_iters}")
         return
@@ -197,8 +215,8 @@ def pretrain(args: Namespace) -> None:
             target_loss = None
             if target_eval_batches:
                 target_sums = evaluate(model, targets.held_out_sample, len(targets.sets), target_eval_batches, args, dp_rank, dp_size, run_device)
-                target_loss = dict(zip(targets.names, _domain_means(target_sums)))
-            logger.log_eval(EvalRecord(iteration=done, domain_loss=_domain_means(sums), domain_tokens=blender.domain_tokens.tolist(), target_loss=target_loss))
+                target_loss = dict(zip(targets.names, part_means(target_sums)))
+            logger.log_eval(EvalRecord(iteration=done, domain_loss=part_means(sums), domain_tokens=blender.domain_tokens.tolist(), target_loss=target_loss))
         signalled = exit_signals is not None and exit_signals.any_rank_received()
         exiting = signalled or (args.exit_interval is not None and done % args.exit_interval == 0)
         if args.save and ((args.save_interval and done % args.save_interval == 0) or exiting or done == args.train_iters):

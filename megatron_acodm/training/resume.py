@@ -15,22 +15,27 @@ from typing import Optional
 from megatron_acodm.data import DynamicBlender
 from megatron_acodm.errors import UserError
 
-# Arguments a checkpoint fixes: (argument, flag, what a change breaks).
+# Arguments that fix the model's tensors: (argument, flag). A checkpoint loads only into the same shape.
+MODEL_SHAPE_ARGUMENTS = [
+    ("num_layers", "--num-layers"),
+    ("hidden_size", "--hidden-size"),
+    ("ffn_hidden_size", "--ffn-hidden-size"),
+    ("num_attention_heads", "--num-attention-heads"),
+    ("num_query_groups", "--num-query-groups"),
+    ("max_position_embeddings", "--max-position-embeddings"),
+    ("position_embedding_type", "--position-embedding-type"),
+    ("normalization", "--normalization"),
+    ("swiglu", "--swiglu"),
+    ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights"),
+    ("padded_vocab_size", "the padded vocabulary (--tokenizer-model, --make-vocab-size-divisible-by, "
+     "--tensor-model-parallel-size)"),
+]
+
+# Arguments a checkpoint fixes for resuming: (argument, flag, what a change breaks).
 _FIXED_ARGUMENTS = [
     ("seq_length", "--seq-length", "the samples the blender has planned"),
     ("global_batch_size", "--global-batch-size", "the samples the blender has planned"),
-    ("num_layers", "--num-layers", "the model's shape"),
-    ("hidden_size", "--hidden-size", "the model's shape"),
-    ("ffn_hidden_size", "--ffn-hidden-size", "the model's shape"),
-    ("num_attention_heads", "--num-attention-heads", "the model's shape"),
-    ("num_query_groups", "--num-query-groups", "the model's shape"),
-    ("max_position_embeddings", "--max-position-embeddings", "the model's shape"),
-    ("position_embedding_type", "--position-embedding-type", "the model's shape"),
-    ("normalization", "--normalization", "the model's shape"),
-    ("swiglu", "--swiglu", "the model's shape"),
-    ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights", "the model's shape"),
-    ("padded_vocab_size", "the padded vocabulary (--tokenizer-model, --make-vocab-size-divisible-by, "
-     "--tensor-model-parallel-size)", "the model's shape"),
+    *[(name, flag, "the model's shape") for name, flag in MODEL_SHAPE_ARGUMENTS],
     ("use_distributed_optimizer", "--use-distributed-optimizer", "the optimizer state's layout"),
 ]
 
@@ -63,21 +68,30 @@ def _describe(flag: str, value) -> str:
     return flag if value is True else f"no {flag}" if value is False else f"{flag} {value}"
 
 
-def _back_to(flag: str, saved) -> str:
-    return f"add {flag}" if saved is True else f"drop {flag}" if saved is False else f"resume with {flag} {saved}"
+def _back_to(flag: str, saved, verb: str) -> str:
+    return f"add {flag}" if saved is True else f"drop {flag}" if saved is False else f"{verb} with {flag} {saved}"
 
 
-def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender: DynamicBlender) -> None:
-    """Refuse, with one message naming argument and fix, a run that cannot continue `state`."""
-    new_run = f"or start a new run (another --save, without --load {args.load})"
-    saved_args = state["args"]
-    for name, flag, what in _FIXED_ARGUMENTS:
+def _first_difference(path: str, saved_args: dict, args: Namespace, fixed, verb: str, advice: str = "") -> None:
+    """Refuse the first argument of `fixed` (argument, flag, what) whose value differs from the checkpoint's."""
+    for name, flag, what in fixed:
         saved, current = saved_args.get(name), getattr(args, name)
         if saved is not None and saved != current:
             raise UserError(
                 f"{path}: saved with {_describe(flag, saved)}, this run has {_describe(flag, current)}, which "
-                f"changes {what}; {_back_to(flag, saved)}, {new_run}"
+                f"changes {what}; {_back_to(flag, saved, verb)}{advice}"
             )
+
+
+def check_same_model_shape(path: str, saved_args: dict, args: Namespace) -> None:
+    """Refuse a checkpoint (saved with `saved_args`) whose model tensors have another shape than `args` builds."""
+    _first_difference(path, saved_args, args, [(name, flag, "the model's shape") for name, flag in MODEL_SHAPE_ARGUMENTS], "run")
+
+
+def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender: DynamicBlender) -> None:
+    """Refuse, with one message naming argument and fix, a run that cannot continue `state`."""
+    advice = f", or start a new run (another --save, without --load {args.load})"
+    _first_difference(path, state["args"], args, _FIXED_ARGUMENTS, "resume", advice)
     change = _data_change(state, blender)
     if change and not args.remap_domains:
         raise UserError(

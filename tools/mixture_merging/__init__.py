@@ -1,0 +1,1 @@
+"""MergeMix's parts: domain experts, merged-model evaluation, surrogate search."""
