@@ -17,7 +17,8 @@ The GPT, data, optimiser, steps and seeds of `bench/mixing_quality.py` (its runs
    Dirichlet seed mixtures of the search, a real run from the same base, `--expert-iters` steps at
    the experts' learning rate on that mixture; Spearman's rho between the merged model's objective and
    the real run's, with a 95% interval (Fisher's z with the variance 1.06/(M - 3) of a rank
-   correlation), and a scatter plot.
+   correlation), and a scatter plot; and the found blend the same way, apart from rho: does the
+   search's winner hold at the search's own horizon?
 4. The found blend trained from scratch as `--mixer static` (`mergemix`) for every seed, against
    `uniform` and `static` (tokens-proportional): final loss paired by seed and steps to each
    reference's final loss, by `mixing_quality_analysis`.
@@ -164,14 +165,13 @@ def rank_check(args: argparse.Namespace, folder: str, manifest: Manifest, search
     chosen = seeds[: args.rank_mixtures]  # uniform first, then the Dirichlet samples (the corners left out)
     runs = [ShortRun(folder, f"mixture{index:02d}", args, write_mixture(os.path.join(folder, f"mixture{index:02d}.json"), manifest, record["mixture"]), base)
             for index, record in enumerate(chosen)]
-    results = _execute(runs, args, "rank check")
-    pairs = []
-    for run, record in zip(runs, chosen):
-        if results[run.name].get("returncode") != 0:
-            continue
-        valid = run.curves()[1]["valid"]
-        pairs.append({"mixture": record["mixture"], "merged": record["objective"], "real": valid["lm_loss_uniform"][-1]})
-    return {"pairs": pairs, **spearman_with_interval([pair["merged"] for pair in pairs], [pair["real"] for pair in pairs])}
+    blend_run = ShortRun(folder, "blend", args, search["blend"], base)  # the winner at the search's own horizon
+    results = _execute([*runs, blend_run], args, "rank check")
+    final = lambda run: run.curves()[1]["valid"]["lm_loss_uniform"][-1] if results[run.name].get("returncode") == 0 else None
+    pairs = [{"mixture": record["mixture"], "merged": record["objective"], "real": final(run)}
+             for run, record in zip(runs, chosen) if final(run) is not None]
+    blend = {"merged": search["provenance"]["merged_objective"], "real": final(blend_run)}
+    return {"pairs": pairs, "blend": blend, **spearman_with_interval([pair["merged"] for pair in pairs], [pair["real"] for pair in pairs])}
 
 
 def _execute(runs: list[Run], args: argparse.Namespace, description: str) -> dict[str, dict]:
@@ -191,6 +191,7 @@ def plot_rank(rank: dict[str, Any], path: str, title: str) -> None:
     real = [pair["real"] for pair in rank["pairs"]]
     axes.scatter(merged, real, color="tab:blue")
     axes.scatter(merged[:1], real[:1], color="tab:red", label="uniform mixture")
+    axes.scatter([rank["blend"]["merged"]], [rank["blend"]["real"]], color="tab:green", marker="*", s=120, label="the blend (not in rho)")
     axes.set_xlabel("merged model: validation loss (uniform mean)")
     axes.set_ylabel("real run from the base: validation loss")
     axes.set_title(f"{title}\nSpearman rho {rank['rho']:.2f} [{rank['low']:.2f}, {rank['high']:.2f}], n = {rank['n']}", fontsize=10)
@@ -203,7 +204,7 @@ def rank_and_cost_markdown(args: argparse.Namespace, search: dict[str, Any], ran
     provenance = search["provenance"]
     lines = ["## The search", "",
              f"- Base: the uniform run of seed 1 at step {args.base_steps} of {args.steps}.",
-             f"- Cost: {provenance['expert_steps']} expert steps ({len(provenance['experts'])} experts x {provenance['expert_iters']}, "
+             f"- Cost: the base's {args.base_steps} steps, {provenance['expert_steps']} expert steps ({len(provenance['experts'])} experts x {provenance['expert_iters']}, "
              f"lr {provenance['expert_lr']} constant), {provenance['merged_models_evaluated']} merged models evaluated, "
              f"{clock(search['wall_s'])} of wall time for tools/mergemix.py (one process, experts' start-ups included), "
              f"against {args.steps} steps per training run.",
@@ -216,7 +217,11 @@ def rank_and_cost_markdown(args: argparse.Namespace, search: dict[str, Any], ran
                   f"**{rank['rho']:.2f}** (95% interval {rank['low']:.2f} to {rank['high']:.2f}), Pearson {rank['pearson']:.2f}.", "",
                   "| mixture | merged | real |", "|---|---|---|"]
         lines += [f"| {index} | {pair['merged']:.4f} | {pair['real']:.4f} |" for index, pair in enumerate(rank["pairs"])]
-        lines.append("")
+        blend, uniform = rank["blend"], rank["pairs"][0]
+        lines += [f"| the blend | {blend['merged']:.4f} | {blend['real']:.4f} |", "",
+                  f"The blend at the search's own horizon (the same {args.expert_iters} real steps from the base): merged "
+                  f"{blend['merged'] - uniform['merged']:+.4f} against the uniform mixture, real {blend['real'] - uniform['real']:+.4f} "
+                  f"(mixture 0 is uniform; one run each, seed 1).", ""]
     return "\n".join(lines)
 
 
@@ -245,7 +250,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     analysis = analyse(args, results, curves, names)
     run_wall = sum(result.get("wall_s", 0.0) for result in results.values())
     stem = os.path.join(args.output_dir, OUTPUT_STEMS[args.corpus])
-    report = markdown(args, analysis, run_wall, mode).replace("# Mixing quality", "# MergeMix quality", 1)
+    title, body = markdown(args, analysis, run_wall, mode).split("\n", 1)
+    report = f"# MergeMix quality ({mode} run): a blend found offline against uniform and static\n{body}"
     report += "\n" + rank_and_cost_markdown(args, search, rank)
     document = {
         "benchmark": "mergemix_quality", "mode": mode, "corpus": args.corpus, "settings": config,

@@ -103,6 +103,11 @@ def _heading(analysis: dict, name: str) -> str:
     return f"{name} (in no mean)" if name in excluded(analysis) else name
 
 
+def _at_a_time(args: argparse.Namespace) -> str:
+    jobs = getattr(args, "jobs", 1)  # benchmarks that run several at once say so
+    return "one run at a time" if jobs == 1 else f"{jobs} runs at a time on the shared cores"
+
+
 def _header(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) -> list[str]:
     names, targets = analysis["names"], analysis["targets"]
     tokens = args.steps * args.global_batch * args.seq_length
@@ -121,7 +126,7 @@ def _header(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) 
         f"AdamW lr {args.lr:g} -> {args.min_lr:g} cosine, warm-up {max(1, args.steps // 10)}, no dropout; "
         f"seeds {', '.join(map(str, args.seeds))} (each seed: model init, data order, held-out samples); "
         f"validation every {eval_interval(args)} steps on {args.eval_iters} x {args.global_batch} held-out sequences "
-        f"split evenly over the domains. CPU, {args.threads} thread(s) per run, one run at a time; "
+        f"split evenly over the domains. CPU, {args.threads} thread(s) per run, {_at_a_time(args)}; "
         f"total wall time {clock(wall_s)}.",
         *_corpus_lines(args, analysis),
         "",

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import mergemix
 import trainer_runs as runs
-from launching import run
+from launching import command, environment, run
 from megatron_acodm.arguments import argument_names, command_line, parse_args
 from megatron_acodm.data.manifest import load_manifest
 from megatron_acodm.errors import UserError
@@ -395,12 +395,31 @@ def test_a_search_with_min_weight_on_reused_results_writes_a_blend_that_obeys_it
     assert worker.group(1) == str(EVALUATED) and float(worker.group(2)) == pytest.approx(best["objective"], abs=1e-4)
     blend = load_manifest(output)
     weights = {domain.name: domain.weight for domain in blend.domains}
-    # Fails with tools/mergemix.py's write_blend taking the best of every record in the file.
-    assert min(weights.values()) >= 0.2 - 1e-12, (
-        f"the blend {weights} breaks --min-weight 0.2: write_blend chose among all {len(records)} records of the file, "
-        f"not among this search's; mergemix.py --mixing-prior {output} would then be refused"
-    )
+    assert min(weights.values()) >= 0.2 - 1e-12, f"the blend {weights} breaks --min-weight 0.2"
     assert weights == best["mixture"] and blend.provenance["merged_models_evaluated"] == EVALUATED
+
+
+@pytest.mark.parametrize("layout", [("--tensor-model-parallel-size", "2"), ("--pipeline-model-parallel-size", "2")], ids=["tp2", "pp2"])
+def test_each_rank_merges_its_own_shards_at_another_layout(search, tmp_path, layout):
+    """The search worker at TP=2 or PP=2 on the same checkpoints (resharded as they load): every rank
+    merges its shards, and the merged models' losses are the one-process ones."""
+    (plan_path,) = [os.path.join(search.work_dir, name) for name in os.listdir(search.work_dir) if name.endswith(".plan.json")]
+    with open(plan_path, encoding="utf-8") as stream:
+        plan = json.load(stream)
+    plan.update(arguments=[*plan["arguments"], *layout], rounds=0, seed_mixtures=4, results=str(tmp_path / "search.jsonl"),
+                outcome=str(tmp_path / "outcome.json"))
+    with open(tmp_path / "plan.json", "w", encoding="utf-8") as stream:
+        json.dump(plan, stream)
+    completed = subprocess.run(
+        command("-m", ["mixture_merging.search_worker", str(tmp_path / "plan.json")], processes=2), cwd=str(tmp_path),
+        env={**environment(), "PYTHONPATH": os.path.join(REPO, "tools")}, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    merged, reference = _records(plan["results"]), _records(search.results)[:4]  # uniform and the 3 corners
+    assert [record["mixture"] for record in merged] == [record["mixture"] for record in reference]
+    for ours, theirs in zip(merged, reference):
+        for name in DOMAINS:
+            assert ours["domain_loss"][name] == pytest.approx(theirs["domain_loss"][name], abs=1e-5)
 
 
 SETTINGS = {"base": {"path": "/b", "iteration": 1, "fingerprint": "f"}, "objective": "uniform"}
