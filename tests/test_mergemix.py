@@ -9,6 +9,7 @@ proposals) are shared by the module; tests that rerun the tool do so on a copy o
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -533,6 +534,18 @@ def test_an_expert_of_another_base_is_refused_and_kept(search, tmp_path, capsys)
     assert all(_bytes(path) == content for path, content in before.items())
     assert open_checkpoint(os.path.join(folder, "checkpoints"))[1]["iteration"] == EXPERT_ITERS
     assert not os.path.exists(output)
+
+
+def test_a_second_search_in_a_busy_work_folder_is_refused(search, tmp_path, capsys):
+    """Two searches in one folder would train the same experts at once: the second one is refused."""
+    work_dir, output = _copy_work_dir(search, tmp_path)
+    with open(os.path.join(work_dir, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running tools/mergemix.py holds it
+        status, lines = _mergemix_in_process(capsys, _mergemix_arguments(search, output, "--work-dir", work_dir))
+    assert status == 2 and [line for line in lines if "error:" in line] == [
+        f"error: --work-dir {work_dir}: another tools/mergemix.py is working there; wait for it or give another --work-dir"
+    ], lines
+    assert not any("[mergemix]" in line for line in lines) and not os.path.exists(output)
 
 
 # ---------------------------------------------------------------- command_line, parse_args' inverse

@@ -30,6 +30,8 @@ recorded beside it, never searched on).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -100,12 +102,30 @@ def _check_objective(args: argparse.Namespace, manifest: Manifest) -> None:
 
 def _run(command: list[str], what: str, folder: str) -> None:
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [TOOLS, os.environ.get("PYTHONPATH")])))
-    completed = subprocess.run(command, env=environment)
-    if completed.returncode != 0:
+    process = subprocess.Popen(command, env=environment)
+    try:
+        returncode = process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the child too: an expert finishes its step and saves (--exit-signal-handler).
+        process.wait()
+        raise
+    if returncode != 0:
         raise UserError(
-            f"{what} failed (exit status {completed.returncode}); its output is above, its files under {folder}. "
+            f"{what} failed (exit status {returncode}); its output is above, its files under {folder}. "
             f"Fix the cause and run this command again: what is finished is kept"
         )
+
+
+@contextlib.contextmanager
+def _working_alone(work_dir: str):
+    """Hold the work folder for this search: two searches in one folder would train the same experts."""
+    os.makedirs(work_dir, exist_ok=True)
+    with open(os.path.join(work_dir, ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"--work-dir {work_dir}: another tools/mergemix.py is working there; wait for it or give another --work-dir") from None
+        yield
 
 
 def train_experts(args: argparse.Namespace, base: Base, manifest: Manifest, settings: ExpertSettings, processes: int) -> list[Expert]:
@@ -192,9 +212,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   args.pipeline_model_parallel_size or base.args["pipeline_model_parallel_size"])
         processes = args.nproc_per_node or base.args.get("world_size", 1)
         settings = ExpertSettings(args.expert_iters, args.expert_lr or base.args["lr"], *layout)
-        experts = train_experts(args, base, manifest, settings, processes)
-        outcome = run_search(args, base, manifest, experts, layout, processes)
-        best = write_blend(args, base, manifest, experts, outcome)
+        with _working_alone(args.work_dir):
+            experts = train_experts(args, base, manifest, settings, processes)
+            outcome = run_search(args, base, manifest, experts, layout, processes)
+            best = write_blend(args, base, manifest, experts, outcome)
     except UserError as error:
         return report_error(f"error: {error}")
     except KeyboardInterrupt:
