@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import mergemix
 import trainer_runs as runs
+from conftest import _generated_texts, index_corpus
 from launching import command, environment, run
 from megatron_acodm.arguments import argument_names, command_line, parse_args
 from megatron_acodm.data.manifest import load_manifest
@@ -534,6 +535,30 @@ def test_an_expert_of_another_base_is_refused_and_kept(search, tmp_path, capsys)
     assert all(_bytes(path) == content for path, content in before.items())
     assert open_checkpoint(os.path.join(folder, "checkpoints"))[1]["iteration"] == EXPERT_ITERS
     assert not os.path.exists(output)
+
+
+def test_a_target_objective_searches_on_the_steering_examples_and_records_the_held_out_ones(search, tmp_path, tokenizer_model):
+    """--objective target: the experts are reused, each merge's objective is its loss on the target's
+    steering examples, and the held-out examples' loss is recorded beside it."""
+    target = index_corpus(tmp_path / "target", tokenizer_model, {"task": _generated_texts("code", 30, seed=5)})
+    work_dir, output = _copy_work_dir(search, tmp_path)
+    completed = _mergemix(tmp_path, *_mergemix_arguments(search, output, "--work-dir", work_dir, "--objective", "target",
+                                                         "--target-data-path", target))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "steps from the base" not in completed.stdout  # the experts do not depend on the objective
+    (results,) = [os.path.join(work_dir, name) for name in os.listdir(work_dir)
+                  if name.endswith(".jsonl") and name != os.path.basename(search.results)]
+    records = _records(results)
+    assert len(records) == EVALUATED
+    for record in records:
+        assert record["objective"] == record["target_steering_loss"]["task"]
+        assert numpy.isfinite(record["target_held_out_loss"]["task"])
+    corners = {name: next(record for record in records if record["mixture"][name] == 1.0) for name in DOMAINS}
+    assert min(corners, key=lambda name: corners[name]["objective"]) == "code"  # the target is code-like
+    blend = load_manifest(output)
+    best = min(records, key=lambda record: record["objective"])
+    assert {domain.name: domain.weight for domain in blend.domains} == best["mixture"]
+    assert blend.provenance["objective"] == "target"
 
 
 def test_a_second_search_in_a_busy_work_folder_is_refused(search, tmp_path, capsys):

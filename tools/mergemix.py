@@ -44,11 +44,11 @@ from megatron_acodm.arguments import OneLineArgumentParser, command_line
 from megatron_acodm.data.manifest import Domain, Manifest, parse_data_path
 from megatron_acodm.data.targets import parse_target_split
 from megatron_acodm.errors import UserError, report_error
+from megatron_acodm.mixing.alignment import TARGET
 from megatron_acodm.mixing.weighting import domain_weighting
 from mixture_merging.experts import Base, Expert, ExpertSettings, checkpoint_fingerprint, launcher, model_arguments, open_base
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
-TARGET = "target"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -28,6 +28,7 @@ from megatron.core import parallel_state
 from megatron_acodm.arguments import parse_args
 from megatron_acodm.atomic_files import write_text_atomically
 from megatron_acodm.errors import UserError, report_error
+from megatron_acodm.mixing.alignment import TARGET
 from megatron_acodm.mixing.weighting import domain_weighting
 from megatron_acodm.training.checkpoint import open_checkpoint
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
@@ -38,7 +39,6 @@ from mixture_merging.merged_model import MergedModel
 from mixture_merging.results import ResultsFile
 from mixture_merging.search import Surrogate, best_index, propose, seed_mixtures
 
-TARGET = "target"
 
 
 class Evaluator:
@@ -85,7 +85,6 @@ class Objective:
     """The number the search lowers, from an evaluation's record."""
 
     def __init__(self, text: str, evaluator: Evaluator):
-        self.text = text
         blender = evaluator.blender
         if text == TARGET:
             self.weights = None
