@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MergeMix on the demo corpus, on CPU: a short uniform base run, one expert per domain trained from
 # it, the merged-model search (tools/mergemix.py), then a run on the blend it found. Builds and
-# indexes the demo corpus first when it is missing (as cpu_quickstart.sh does). About 15 minutes on
+# indexes the demo corpus first when it is missing (as cpu_quickstart.sh does). About 13 minutes on
 # 2 cores. Scale with OUT, RUN, BASE_ITERS, EXPERT_ITERS, ITERS, LAYERS, HIDDEN, SEQ, BATCH, NPROC.
 # Needs the mergemix extra: pip install -e ".[demo,mergemix]".
 set -euo pipefail
