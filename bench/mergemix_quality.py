@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 from scipy import stats
 
 from common import REPO, child_env, describe_machine, run_process, save_figure, say, write_json, write_text
-from megatron_acodm.data.manifest import Domain, Manifest, load_manifest
+from megatron_acodm.data.manifest import Manifest, load_manifest
 from megatron_acodm.training.checkpoint import open_checkpoint
 from mixing_quality import Run, ensure_corpus, execute_runs, parse_args as mixing_quality_args, settings
 from mixing_quality_analysis import METRIC_TITLES, analyse, clock, parameter_count
@@ -108,8 +108,7 @@ class ShortRun(Run):
 
 
 def write_mixture(path: str, manifest: Manifest, mixture: dict[str, float]) -> str:
-    domains = [Domain(**{**vars(domain), "weight": mixture[domain.name]}) for domain in manifest.domains]
-    Manifest(domains=domains, tokenizer=manifest.tokenizer).save(path)
+    manifest.with_weights(mixture).save(path)
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import math
 import warnings
 
@@ -31,6 +30,7 @@ from megatron_acodm.mixing.acodm.features import FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.policy import POLICY_FORMAT, load_policy
 from megatron_acodm.sketch.segments import half_segments
+from mixer_states import assert_decides_alike, through_checkpoint
 
 NAMES = ["prose", "code", "maths"]
 INITIAL = [0.5, 0.25, 0.25]
@@ -272,17 +272,9 @@ def test_non_finite_signal_keeps_the_last_weights_and_warns_once():
 def test_state_round_trip_through_torch_save_continues_identically(save_at):
     original, problem = make_mixer(), QuadraticDomains(TRIANGLE)
     run(original, problem, range(save_at))
-    stream = io.BytesIO()
-    torch.save(original.state_dict(), stream)
-    stream.seek(0)
     restored = make_mixer(seed=99)  # the generator's state comes from the checkpoint
-    restored.load_state_dict(torch.load(stream, weights_only=True))  # as dist_checkpointing loads
-    for step in range(save_at, save_at + 20):
-        assert numpy.array_equal(restored.weights(), original.weights())
-        signals = problem.step(step, original.weights())
-        original.observe(signals)
-        restored.observe(signals)
-    assert numpy.array_equal(restored.weights(), original.weights())
+    restored.load_state_dict(through_checkpoint(original.state_dict()))
+    assert_decides_alike(original, restored, range(save_at, save_at + 20), problem.step)
     assert not moved(parameters(original.agent.critic), restored.agent.critic)
 
 

@@ -5,20 +5,19 @@ real runs of pretrain_acodm.py, resumed from a checkpoint taken mid-run."""
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import shutil
 import subprocess
 
 import numpy
 import pytest
-import torch
 
 import trainer_runs as runs
 from launching import command, environment
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import ADOMixer, StepSignals, add_mixer_arguments, build_mixer
 from megatron_acodm.mixing.ado import fit_power_law
+from mixer_states import assert_decides_alike, through_checkpoint
 
 NAMES = ["prose", "code"]
 PER_STEP = 4  # samples of every step below, two per domain
@@ -153,14 +152,6 @@ def test_prior_is_the_mixing_prior():
     assert numpy.array_equal(build().weights(), [1 / 3] * 3)
 
 
-def through_checkpoint(state: dict) -> dict:
-    """The state as the trainer's checkpoint gives it back: torch.save, then torch.load(weights_only=True)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 def test_state_round_trips_through_a_checkpoint_mid_block():
     rng = numpy.random.default_rng(1)
     original = build()
@@ -169,12 +160,7 @@ def test_state_round_trips_through_a_checkpoint_mid_block():
     assert original.block_steps == 2 and original.laws is not None
     restored = build()
     restored.load_state_dict(through_checkpoint(original.state_dict()))
-    for step in range(20, 60):
-        assert numpy.array_equal(restored.weights(), original.weights())
-        signals = random_step(rng, step, original.weights())
-        original.observe(signals)
-        restored.observe(signals)
-    assert numpy.array_equal(restored.weights(), original.weights())
+    assert_decides_alike(original, restored, range(20, 60), lambda step, weights: random_step(rng, step, weights))
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import AioliMixer, StepSignals, add_mixer_arguments, build_mixer
 from megatron_acodm.mixing.aioli import fit_interactions, normalise
-from test_ado import through_checkpoint
+from mixer_states import assert_decides_alike, through_checkpoint
 
 NAMES = ["prose", "code", "maths"]
 BATCH = 8
@@ -155,12 +155,7 @@ def test_state_round_trips_through_a_checkpoint_mid_sweep():
     assert len(original.sweep_rows) == 5 and original.smoothed is not None
     restored = build()
     restored.load_state_dict(through_checkpoint(original.state_dict()))
-    for step in range(25, 100):
-        assert numpy.array_equal(restored.weights(), original.weights())
-        signals = random_step(rng, step, original.weights())
-        original.observe(signals)
-        restored.observe(signals)
-    assert numpy.array_equal(restored.weights(), original.weights())
+    assert_decides_alike(original, restored, range(25, 100), lambda step, weights: random_step(rng, step, weights))
 
 
 def test_state_of_another_schedule_is_refused():

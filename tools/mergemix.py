@@ -41,7 +41,7 @@ import sys
 from typing import Optional, Sequence
 
 from megatron_acodm.arguments import OneLineArgumentParser, command_line
-from megatron_acodm.data.manifest import Domain, Manifest, parse_data_path
+from megatron_acodm.data.manifest import Manifest, parse_data_path
 from megatron_acodm.data.targets import parse_target_split
 from megatron_acodm.errors import UserError, report_error
 from megatron_acodm.mixing.alignment import TARGET
@@ -183,7 +183,6 @@ def run_search(args: argparse.Namespace, base: Base, manifest: Manifest, experts
 
 def write_blend(args: argparse.Namespace, base: Base, manifest: Manifest, experts: list[Expert], outcome: dict) -> dict:
     best, uniform = outcome["best"], outcome["uniform"]
-    domains = [Domain(**{**vars(domain), "weight": best["mixture"][domain.name]}) for domain in manifest.domains]
     provenance = {
         "method": "MergeMix (arXiv 2601.17858), tools/mergemix.py",
         "base": base.identity(),
@@ -195,7 +194,7 @@ def write_blend(args: argparse.Namespace, base: Base, manifest: Manifest, expert
         "merged_objective_uniform": uniform["objective"],
         "merged_models_evaluated": outcome["evaluated"], "results": os.path.abspath(outcome["results"]),
     }
-    Manifest(domains=domains, tokenizer=manifest.tokenizer, provenance=provenance).save(args.output)
+    manifest.with_weights(best["mixture"], provenance).save(args.output)
     return best
 
 

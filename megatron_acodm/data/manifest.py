@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Sequence
 
 from megatron_acodm.atomic_files import write_text_atomically
@@ -59,6 +59,11 @@ class Manifest:
         else:
             raw = [1.0] * len(self.domains)
         return validate_weights(raw, source=self.path or "--data-path")
+
+    def with_weights(self, weights: dict[str, float], provenance: Optional[dict] = None) -> "Manifest":
+        """The same domains with these weights, by name: a blend over this corpus."""
+        domains = [replace(domain, weight=weights[domain.name]) for domain in self.domains]
+        return Manifest(domains=domains, tokenizer=self.tokenizer, provenance=provenance)
 
     def save(self, path: str) -> None:
         """Write atomically, with prefixes relative to the manifest so the folder can move."""

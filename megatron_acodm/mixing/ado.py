@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 import numpy
 
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
+from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals, run_length
 from megatron_acodm.mixing.weighting import mixing_prior
 
 MIN_POINTS = 3  # a law has three parameters
@@ -179,12 +179,10 @@ class ADOMixer(Mixer):
         args: argparse.Namespace,
         **_: Any,
     ) -> Mixer:
-        if args.train_iters is None:
-            raise UserError("--mixer ado needs --train-iters: its warm-up is a fraction of the run")
         return cls(
             names,
             initial_weights,
-            total_steps=args.train_iters,
+            total_steps=run_length(args, "ado", "its warm-up is a fraction of the run"),
             prior=mixing_prior(args, names, initial_weights, domain_tokens),
             warmup_fraction=args.ado_warmup_fraction,
             fit_interval=args.ado_fit_interval,

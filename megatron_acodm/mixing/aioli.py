@@ -47,7 +47,7 @@ from typing import Any, Optional, Sequence
 import numpy
 
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
+from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals, run_length
 from megatron_acodm.mixing.weighting import domain_weighting, mixing_prior
 
 
@@ -188,12 +188,10 @@ class AioliMixer(Mixer):
         args: argparse.Namespace,
         **_: Any,
     ) -> Mixer:
-        if args.train_iters is None:
-            raise UserError("--mixer aioli needs --train-iters: its rounds divide the run")
         return cls(
             names,
             initial_weights,
-            total_steps=args.train_iters,
+            total_steps=run_length(args, "aioli", "its rounds divide the run"),
             seed=args.seed,
             prior=mixing_prior(args, names, initial_weights, domain_tokens),
             objective=domain_weighting(args.mixing_objective, "--mixing-objective", names, initial_weights, domain_tokens, every_domain=False),

@@ -61,6 +61,13 @@ class StepSignals:
         return loss
 
 
+def run_length(args: argparse.Namespace, mixer: str, why: str) -> int:
+    """--train-iters, for a mixer that plans over the whole run (`why` it needs it)."""
+    if getattr(args, "train_iters", None) is None:
+        raise UserError(f"--mixer {mixer} needs --train-iters: {why}")
+    return args.train_iters
+
+
 class Mixer(abc.ABC):
     """Decides the domain weights of each step from what the previous steps showed.
 

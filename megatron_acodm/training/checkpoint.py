@@ -90,6 +90,11 @@ def _earlier_complete_checkpoint(root: str, before: Optional[int]) -> str:
     return f"no complete checkpoint is left under {root}: delete {tracker} to start afresh"
 
 
+def saved_run_state(path: str) -> dict:
+    """The run state (iteration, arguments, mixer, blender, ...) of the checkpoint folder `path`."""
+    return dist_checkpointing.load_common_state_dict(path)["run"]
+
+
 def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
     """The latest checkpoint under `root` and its run state, after checking that it is whole."""
     iteration = _latest_iteration(root)
@@ -104,7 +109,7 @@ def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
     problem = _checkpoint_problem(path)
     if problem is None:
         try:
-            return path, dist_checkpointing.load_common_state_dict(path)["run"]
+            return path, saved_run_state(path)
         except Exception as error:  # a damaged common.pt fails inside torch.load with many types
             problem = f"{COMMON_STATE} is unreadable ({type(error).__name__})"
     raise UserError(f"{path}: the checkpoint is broken, {problem}; {_earlier_complete_checkpoint(root, iteration)}")

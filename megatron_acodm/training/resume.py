@@ -15,27 +15,27 @@ from typing import Optional
 from megatron_acodm.data import DynamicBlender
 from megatron_acodm.errors import UserError
 
-# Arguments that fix the model's tensors: (argument, flag). A checkpoint loads only into the same shape.
-MODEL_SHAPE_ARGUMENTS = [
-    ("num_layers", "--num-layers"),
-    ("hidden_size", "--hidden-size"),
-    ("ffn_hidden_size", "--ffn-hidden-size"),
-    ("num_attention_heads", "--num-attention-heads"),
-    ("num_query_groups", "--num-query-groups"),
-    ("max_position_embeddings", "--max-position-embeddings"),
-    ("position_embedding_type", "--position-embedding-type"),
-    ("normalization", "--normalization"),
-    ("swiglu", "--swiglu"),
-    ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights"),
+# Arguments that fix the model's tensors: (argument, flag, what a change breaks).
+_MODEL_SHAPE = [
+    ("num_layers", "--num-layers", "the model's shape"),
+    ("hidden_size", "--hidden-size", "the model's shape"),
+    ("ffn_hidden_size", "--ffn-hidden-size", "the model's shape"),
+    ("num_attention_heads", "--num-attention-heads", "the model's shape"),
+    ("num_query_groups", "--num-query-groups", "the model's shape"),
+    ("max_position_embeddings", "--max-position-embeddings", "the model's shape"),
+    ("position_embedding_type", "--position-embedding-type", "the model's shape"),
+    ("normalization", "--normalization", "the model's shape"),
+    ("swiglu", "--swiglu", "the model's shape"),
+    ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights", "the model's shape"),
     ("padded_vocab_size", "the padded vocabulary (--tokenizer-model, --make-vocab-size-divisible-by, "
-     "--tensor-model-parallel-size)"),
+     "--tensor-model-parallel-size)", "the model's shape"),
 ]
 
-# Arguments a checkpoint fixes for resuming: (argument, flag, what a change breaks).
+# Arguments a checkpoint fixes for resuming: the model's shape, the planned samples, the optimizer state's layout.
 _FIXED_ARGUMENTS = [
     ("seq_length", "--seq-length", "the samples the blender has planned"),
     ("global_batch_size", "--global-batch-size", "the samples the blender has planned"),
-    *[(name, flag, "the model's shape") for name, flag in MODEL_SHAPE_ARGUMENTS],
+    *_MODEL_SHAPE,
     ("use_distributed_optimizer", "--use-distributed-optimizer", "the optimizer state's layout"),
 ]
 
@@ -85,7 +85,7 @@ def _first_difference(path: str, saved_args: dict, args: Namespace, fixed, verb:
 
 def check_same_model_shape(path: str, saved_args: dict, args: Namespace) -> None:
     """Refuse a checkpoint (saved with `saved_args`) whose model tensors have another shape than `args` builds."""
-    _first_difference(path, saved_args, args, [(name, flag, "the model's shape") for name, flag in MODEL_SHAPE_ARGUMENTS], "run")
+    _first_difference(path, saved_args, args, _MODEL_SHAPE, "run")
 
 
 def check_resumable(path: str, state: dict, args: Namespace, scheduler, blender: DynamicBlender) -> None:

@@ -15,7 +15,6 @@ search is deterministic, so it retraces its steps and goes on where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Optional
@@ -30,7 +29,7 @@ from megatron_acodm.atomic_files import write_text_atomically
 from megatron_acodm.errors import UserError, report_error
 from megatron_acodm.mixing.alignment import TARGET
 from megatron_acodm.mixing.weighting import domain_weighting
-from megatron_acodm.training.checkpoint import open_checkpoint
+from megatron_acodm.training.checkpoint import saved_run_state
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
 from megatron_acodm.training.loop import build_blender, build_targets, build_tokenizer
 from megatron_acodm.training.resume import check_same_model_shape
@@ -53,7 +52,7 @@ class Evaluator:
             raise UserError(f"--data-path gives domains {self.blender.names}, the experts are for {plan['domains']}")
         model = build_model(args)
         for path in [plan["base"], *plan["experts"]]:
-            check_same_model_shape(path, open_checkpoint(os.path.dirname(path))[1]["args"], args)
+            check_same_model_shape(path, saved_run_state(path)["args"], args)
         self.model = model
         self.merged = MergedModel(model, plan["base"], plan["experts"])
         global_batch = args.global_batch_size

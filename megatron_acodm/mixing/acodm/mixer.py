@@ -39,7 +39,7 @@ from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.networks import NetworkConfig
 from megatron_acodm.mixing.acodm.policy import FrozenPolicy, load_policy, save_policy
 from megatron_acodm.mixing.alignment import SCORES, AlignmentSignal
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals
+from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals, run_length
 from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
 from megatron_acodm.mixing.weighting import mixing_prior, objective_weighting
 from megatron_acodm.sketch.segments import HALVES
@@ -245,9 +245,7 @@ class ACODMMixer(Mixer):
         args: argparse.Namespace,
         **_: Any,
     ) -> Mixer:
-        total_steps = getattr(args, "train_iters", None)
-        if total_steps is None:
-            raise UserError("--mixer acodm needs --train-iters: the state holds progress t/T, the warm-up is part of T")
+        total_steps = run_length(args, "acodm", "the state holds progress t/T, the warm-up is part of T")
         weighting = dict(names=names, data_path_weights=initial_weights, domain_tokens=domain_tokens)
         return cls(
             names,
