@@ -36,7 +36,6 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence
 
 from scipy import stats
@@ -165,18 +164,12 @@ def rank_check(args: argparse.Namespace, folder: str, manifest: Manifest, search
     runs = [ShortRun(folder, f"mixture{index:02d}", args, write_mixture(os.path.join(folder, f"mixture{index:02d}.json"), manifest, record["mixture"]), base)
             for index, record in enumerate(chosen)]
     blend_run = ShortRun(folder, "blend", args, search["blend"], base)  # the winner at the search's own horizon
-    results = _execute([*runs, blend_run], args, "rank check")
+    results = execute_runs([*runs, blend_run], args.fresh, "rank check", jobs=args.jobs)
     final = lambda run: run.curves()[1]["valid"]["lm_loss_uniform"][-1] if results[run.name].get("returncode") == 0 else None
     pairs = [{"mixture": record["mixture"], "merged": record["objective"], "real": final(run)}
              for run, record in zip(runs, chosen) if final(run) is not None]
     blend = {"merged": search["provenance"]["merged_objective"], "real": final(blend_run)}
     return {"pairs": pairs, "blend": blend, **spearman_with_interval([pair["merged"] for pair in pairs], [pair["real"] for pair in pairs])}
-
-
-def _execute(runs: list[Run], args: argparse.Namespace, description: str) -> dict[str, dict]:
-    with ThreadPoolExecutor(args.jobs) as pool:
-        shards = pool.map(lambda shard: execute_runs(shard, args.fresh, description), [runs[job :: args.jobs] for job in range(args.jobs)])
-        return {name: result for shard in shards for name, result in shard.items()}
 
 
 def plot_rank(rank: dict[str, Any], path: str, title: str) -> None:
@@ -241,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs = []
     for seed in args.seeds:
         runs += [Run(root, "uniform", seed, args), Run(root, "static", seed, args), BlendRun(root, seed, args, search["blend"])]
-    results = _execute(runs, args, "mergemix quality")
+    results = execute_runs(runs, args.fresh, "mergemix quality", jobs=args.jobs)
     curves, names = {}, []
     for run in runs:
         if results[run.name].get("returncode") == 0:

@@ -57,6 +57,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy
@@ -410,9 +411,15 @@ class Run:
         return result
 
 
-def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing quality") -> dict[str, dict[str, Any]]:
+def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing quality", jobs: int = 1) -> dict[str, dict[str, Any]]:
     """The runs in order (seed by seed, so partial results cover every mixer), with a progress bar
-    over the steps still to run; a complete run is not run again unless `fresh`."""
+    over the steps still to run; a complete run is not run again unless `fresh`. With `jobs` > 1,
+    each of `jobs` threads takes every jobs-th run (for runs that do not depend on one another,
+    i.e. no proxy and its target; each child does its own work)."""
+    if jobs > 1:
+        with ThreadPoolExecutor(jobs) as pool:
+            shards = pool.map(lambda shard: execute_runs(shard, fresh, description), [runs[job::jobs] for job in range(jobs)])
+            return {name: result for shard in shards for name, result in shard.items()}
     proxies_to_run = {run.seed for run in runs if run.is_proxy and (fresh or not run.complete())}
 
     def to_run(run: Run) -> bool:  # a proxy trained now has a new policy: its target runs again

@@ -32,7 +32,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence
 
 from common import REPO, describe_machine, say, write_json, write_text
@@ -134,10 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs = build_runs(root, args)
     say(f"target quality ({mode}): {len(runs)} runs of {args.steps} steps in {root}")
     started = time.perf_counter()
-    # Each job takes every jobs-th run: the runs are independent, their children do the work.
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        shards = pool.map(lambda shard: execute_runs(shard, args.fresh, "target quality"), [runs[job :: args.jobs] for job in range(args.jobs)])
-        results = {name: result for shard in shards for name, result in shard.items()}
+    results = execute_runs(runs, args.fresh, "target quality", jobs=args.jobs)
     curves = {run.name: run.curves()[1] for run in runs if results[run.name].get("returncode") == 0}
     analysis = analyse(args, runs, results, curves)
     run_wall = sum(result.get("wall_s", 0.0) for result in results.values())
