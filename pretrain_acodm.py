@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import sys
 
+INTERRUPTED = (
+    "interrupted: stopped without saving (the checkpoints already written are kept; with "
+    "--exit-signal-handler a Ctrl-C or SIGTERM first finishes the step and saves)"
+)
+
 
 def main(argv=None) -> int:
-    from megatron_acodm.arguments import parse_args
+    from megatron_acodm.errors import run_reporting_errors
 
-    args = parse_args(argv)
-    from megatron_acodm.errors import UserError, report_error
-    from megatron_acodm.training.loop import pretrain
+    def train() -> None:
+        # Imported here, so that a Ctrl-C during the imports is reported like any other.
+        from megatron_acodm.arguments import parse_args
+        from megatron_acodm.training.loop import pretrain
 
-    try:
-        pretrain(args)
-    except UserError as error:
-        return report_error(f"error: {error}", rank_local=error.rank_local)
-    return 0
+        pretrain(parse_args(argv))
+
+    return run_reporting_errors(train, INTERRUPTED)
 
 
 if __name__ == "__main__":  # dist_checkpointing's saver spawns processes that re-import this file

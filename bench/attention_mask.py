@@ -26,11 +26,11 @@ SEED = 1234
 
 
 def measure(data_path: str, tokenizer_model: str, samples: int, create_attention_mask: bool, repeats: int) -> dict:
-    from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
+    from megatron_acodm.data import DynamicBlender, Tokenizer, open_corpus, parse_data_path
     from megatron_acodm.training.batches import micro_batches
 
     blender = DynamicBlender(
-        parse_data_path([data_path]), Tokenizer("SentencePieceTokenizer", tokenizer_model),
+        open_corpus(parse_data_path([data_path]), Tokenizer("SentencePieceTokenizer", tokenizer_model)),
         seq_length=SEQ_LENGTH, global_batch_size=GLOBAL_BATCH, seed=SEED, create_attention_mask=create_attention_mask,
     )
     plan = blender.plan(0, blender.initial_weights)

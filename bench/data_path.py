@@ -201,12 +201,13 @@ def measure_megatron(data_path: str, tokenizer_model: str, run_length: int, cach
 def measure_blender(data_path: str, tokenizer_model: str, run_length: int, cache_dir: str) -> dict:
     """Our side; `run_length` only labels the row: the blender takes no run length."""
     from megatron_acodm.data.blender import DynamicBlender
+    from megatron_acodm.data.corpus import open_corpus
 
     manifest, tokenizer, weights = _load_inputs(data_path, tokenizer_model)
     rss_before = psutil.Process().memory_info().rss
     start = time.perf_counter()
     blender = DynamicBlender(
-        manifest, tokenizer, seq_length=SEQ_LENGTH, global_batch_size=GLOBAL_BATCH_SIZE, seed=SEED,
+        open_corpus(manifest, tokenizer), seq_length=SEQ_LENGTH, global_batch_size=GLOBAL_BATCH_SIZE, seed=SEED,
         split=SPLIT, data_cache_path=cache_dir,
     )
     build_s = time.perf_counter() - start

@@ -371,11 +371,11 @@ def host_batch_ms(corpus: Corpus, model: Model, seq_length: int, calls: int) -> 
     import itertools
 
     from common import calls_per_second
-    from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
+    from megatron_acodm.data import DynamicBlender, Tokenizer, open_corpus, parse_data_path
     from megatron_acodm.sketch import half_segments
     from megatron_acodm.training.batches import data_parallel_slice, micro_batches
 
-    blender = DynamicBlender(parse_data_path([corpus.domains_json]), Tokenizer("SentencePieceTokenizer", corpus.tokenizer_model),
+    blender = DynamicBlender(open_corpus(parse_data_path([corpus.domains_json]), Tokenizer("SentencePieceTokenizer", corpus.tokenizer_model)),
                              seq_length=seq_length, global_batch_size=model.global_batch, seed=SEED, split="100")
     steps = itertools.count()
 

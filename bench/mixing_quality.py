@@ -70,6 +70,7 @@ from megatron_acodm.data.indexed import check_indexed_files
 from megatron_acodm.data.manifest import MANIFEST_NAME, PREFIX_SUFFIX, Domain, Manifest, load_manifest
 from megatron_acodm.data.tokenizers import Tokenizer, file_sha256
 from megatron_acodm.errors import UserError
+from megatron_acodm.mixing import MIXERS
 from megatron_acodm.training.metrics import validation_means
 from mixing_quality_analysis import REFERENCE, REFERENCES, analyse, clock, eval_interval, log_interval, parameter_count
 from mixing_quality_plots import plot_curves, plot_weights
@@ -326,7 +327,8 @@ class Run:
             arguments += ["--mixer", "aioli", "--aioli-rounds", "1", "--aioli-sweeps", "1", "--aioli-segment-steps", "1"]
         else:
             arguments += ["--mixer", self.mixer]
-        if args.mixing_objective:
+        # Only the mixers that read an objective are given one (the trainer refuses it to the others).
+        if args.mixing_objective and "mixing_objective" in MIXERS[arguments[1]].reads:
             arguments += ["--mixing-objective", ",".join(args.mixing_objective)]
         return arguments
 

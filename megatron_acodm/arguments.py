@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
 from megatron_acodm.errors import report_error
-from megatron_acodm.mixing import add_mixer_arguments
+from megatron_acodm.mixing.registry import add_mixer_arguments, unread_option
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,7 +189,7 @@ def default_args() -> argparse.Namespace:
 def _fill_defaults(args: argparse.Namespace, world_size: int) -> None:
     args.world_size = world_size
     model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
-    args.data_parallel_size = world_size // model_parallel if world_size % model_parallel == 0 else 0
+    args.data_parallel_size = world_size // model_parallel if model_parallel > 0 and world_size % model_parallel == 0 else 0
     if args.ffn_hidden_size is None:
         args.ffn_hidden_size = int(4 * args.hidden_size * 2 / 3 / 64) * 64 if args.swiglu else 4 * args.hidden_size
     if args.num_query_groups is None:
@@ -203,12 +204,31 @@ def _fill_defaults(args: argparse.Namespace, world_size: int) -> None:
         args.metrics_path = os.path.join(args.save or "runs", "metrics.jsonl")
 
 
+# A --split as Megatron-LM writes it: up to three shares, train,valid,test (megatron.core keeps
+# whatever numbers it finds in the text, so "90,abc" would silently mean 90,0,0).
+_SPLIT = re.compile(r"^\s*\d+(\.\d*)?(\s*[,/]\s*\d+(\.\d*)?){0,2}\s*$")
+# Sizes that must be whole numbers >= 1 before anything is divided by them.
+_POSITIVE = (
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "seq_length",
+    "max_position_embeddings", "micro_batch_size", "global_batch_size", "train_iters",
+)
+
+
+def _split_problem(split: str) -> Optional[str]:
+    if not _SPLIT.match(split) or not sum(float(share) for share in re.split(r"[,/]", split)) > 0:
+        return f"--split {split!r}: give up to three shares train,valid,test with a positive sum, e.g. 969,30,1 (100 trains on everything)"
+    return None
+
+
 def _contradictions(args: argparse.Namespace) -> Optional[str]:
     """The first contradiction among the arguments, as a Megatron-style message, or None."""
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    too_small = next((name for name in _POSITIVE if getattr(args, name) < 1), None)
+    if too_small:
+        return f"--{too_small.replace('_', '-')} ({getattr(args, too_small)}) must be >= 1"
     checks = [
+        (_split_problem(args.split) is not None, _split_problem(args.split)),
         (args.bf16 and args.fp16, "--bf16 and --fp16 are mutually exclusive"),
-        (tp < 1 or pp < 1, "--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1"),
         (args.data_parallel_size == 0, f"world size ({args.world_size}) is not divisible by tensor ({tp}) x pipeline ({pp}) parallel size"),
         (args.num_layers % pp != 0, f"--num-layers ({args.num_layers}) must be divisible by --pipeline-model-parallel-size ({pp})"),
         (args.num_attention_heads % tp != 0, f"--num-attention-heads ({args.num_attention_heads}) must be divisible by --tensor-model-parallel-size ({tp})"),
@@ -220,7 +240,6 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.global_batch_size % (args.micro_batch_size * max(args.data_parallel_size, 1)) != 0,
          f"--global-batch-size ({args.global_batch_size}) must be divisible by --micro-batch-size ({args.micro_batch_size}) "
          f"x data-parallel size ({args.data_parallel_size})"),
-        (args.train_iters < 1, "--train-iters must be >= 1"),
         (not args.lr > 0, f"--lr ({args.lr}) must be positive"),
         (args.min_lr < 0, f"--min-lr ({args.min_lr}) must be >= 0"),
         (0 < args.lr_decay_iters <= args.lr_warmup_iters, f"--lr-warmup-iters ({args.lr_warmup_iters}) must be below --lr-decay-iters ({args.lr_decay_iters})"),
@@ -235,11 +254,9 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
         (args.sketch_dim < 1, "--sketch-dim must be >= 1"),
         (args.dga_interval < 1, f"--dga-interval ({args.dga_interval}) must be >= 1"),
-        ((args.acodm_policy or args.acodm_export_policy) and args.mixer != "acodm",
-         "--acodm-policy and --acodm-export-policy need --mixer acodm"),
         (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),
     ]
-    message = next((message for failed, message in checks if failed), None)
+    message = next((message for failed, message in checks if failed), None) or unread_option(args, _defaults())
     if message is None and args.sequence_parallel:
         from megatron_acodm.model import norm_supports_sequence_parallel  # imports megatron.core: only when asked
 

@@ -1,18 +1,30 @@
-"""The one exception type for bad user input, and how an entry point reports it: one line, exit 2."""
+"""The one exception type for bad user input, and how an entry point reports it: one line, exit 2.
 
+Under torchrun every rank of a job may meet the same bad input, or only one rank may (a sample it
+alone reads). The line is printed once for the whole job: the first rank to report claims it in
+torchrun's own key-value store, which outlives any rank; the others stay silent. Each rank also
+writes the line to the error file torchrun gives it (`TORCHELASTIC_ERROR_FILE`, the file its
+`@record` writes), so torchrun's failure summary names the line rather than a documentation link.
+"""
+
+import datetime
+import json
 import os
 import sys
 import time
+from typing import Callable, Optional
 
 EXIT_STATUS = 2  # argparse's status for a usage error
-_SILENT_RANK_GRACE_S = 2.0
+INTERRUPTED_STATUS = 130  # 128 + SIGINT
+_SILENT_RANK_GRACE_S = 2.0  # torchrun stops every rank once one exits: let the reporting rank print first
+_STORE_TIMEOUT_S = 5.0
 
 
 class UserError(ValueError):
     """Bad input (data, arguments, checkpoints): the message names the file or argument and the fix.
 
-    Most bad inputs are seen alike by every rank, and only rank 0 reports them; `rank_local` marks
-    one that only the raising rank can see (a sample it alone reads), which that rank reports.
+    `rank_local` marks a problem only the raising rank can see (a sample it alone reads): where no
+    torchrun store decides who prints, that rank prints it; otherwise rank 0 prints for the job.
     """
 
     def __init__(self, message: str, rank_local: bool = False):
@@ -20,11 +32,64 @@ class UserError(ValueError):
         self.rank_local = rank_local
 
 
-def report_error(line: str, rank_local: bool = False) -> int:
-    """Print `line` once for the whole job (rank 0, or the rank that alone saw the problem)."""
-    if rank_local or int(os.environ.get("RANK", "0")) == 0:
+def _claim_in_torchrun_store() -> bool | None:
+    """Whether this rank is the first of its job to report an error; None without torchrun's store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    try:
+        from torch.distributed import TCPStore
+
+        store = TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=datetime.timedelta(seconds=_STORE_TIMEOUT_S),
+        )
+        # A restarted job (torchrun --max-restarts) reports again: the key names the attempt.
+        return store.add(f"megatron_acodm/error_reported/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
+    except Exception:  # the store is gone or unreachable: fall back to rank 0
+        return None
+
+
+def _leave_for_torchrun(line: str) -> None:
+    """Write `line` where torchrun's failure summary reads a rank's error (as its `@record` would)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    timestamp = str(int(time.time()))
+    record = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": timestamp}}}
+    try:
+        with open(path, "w", encoding="utf-8") as stream:
+            json.dump(record, stream)
+    except OSError:
+        pass  # the summary then shows torchrun's own words; the line is printed all the same
+
+
+def _print_once(line: str, rank_local: bool) -> None:
+    first = _claim_in_torchrun_store()
+    if first is None:
+        first = rank_local or int(os.environ.get("RANK", "0")) == 0
+    if first:
         print(line, file=sys.stderr, flush=True)
     else:
-        # torchrun stops every rank once one exits: let rank 0 print before this one does.
         time.sleep(_SILENT_RANK_GRACE_S)
+
+
+def report_error(line: str, rank_local: bool = False) -> int:
+    """Print `line` once for the whole job; return the exit status."""
+    _leave_for_torchrun(line)
+    _print_once(line, rank_local)
     return EXIT_STATUS
+
+
+def run_reporting_errors(body: Callable[[], Optional[int]], interrupted: str) -> int:
+    """An entry point's `body()`, its exit status: bad input is one `error:` line (2), Ctrl-C the
+    one line `interrupted` (130, as a shell reports it) instead of a traceback from wherever it struck."""
+    try:
+        return body() or 0
+    except UserError as error:
+        return report_error(f"error: {error}", rank_local=error.rank_local)
+    except KeyboardInterrupt:
+        _leave_for_torchrun(interrupted)
+        _print_once(interrupted, rank_local=False)
+        return INTERRUPTED_STATUS

@@ -11,7 +11,7 @@ import torch
 
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from megatron_acodm.data import DynamicBlender, Manifest, load_manifest, parse_data_path
+from megatron_acodm.data import DynamicBlender, Manifest, load_manifest, open_corpus, parse_data_path
 from megatron_acodm.data.manifest import Domain
 from megatron_acodm.errors import UserError
 
@@ -49,7 +49,7 @@ def corpus(tmp_path, tokenizer):
 def _blender(manifest_path, tokenizer, **overrides):
     options = dict(seq_length=SEQ, global_batch_size=BATCH, seed=7, split="90,10,0", data_cache_path=None)
     options.update(overrides)
-    return DynamicBlender(load_manifest(manifest_path), tokenizer, **options)
+    return DynamicBlender(open_corpus(load_manifest(manifest_path), tokenizer), **options)
 
 
 def _weights(step):
@@ -153,7 +153,7 @@ def test_initial_weights_from_megatron_data_path(corpus, tokenizer):
     folder = os.path.dirname(corpus)
     manifest = parse_data_path(["0.2", f"{folder}/alpha_text_document", "0.8", f"{folder}/gamma_text_document"])
     assert manifest.names == ["alpha", "gamma"]
-    blender = DynamicBlender(manifest, tokenizer, seq_length=SEQ, global_batch_size=10, seed=7)
+    blender = DynamicBlender(open_corpus(manifest, tokenizer), seq_length=SEQ, global_batch_size=10, seed=7)
     assert numpy.allclose(blender.initial_weights, [0.2, 0.8])
 
 
@@ -210,16 +210,16 @@ def test_token_ids_beyond_vocabulary_are_refused(tmp_path, tokenizer):
     prefix = _write_domain(str(tmp_path), "wide", [[5, 6, tokenizer.vocab_size + 3]] * 40)
     manifest = parse_data_path([prefix])
     with pytest.raises(UserError, match=rf"wide_text_document\.bin: token id {tokenizer.vocab_size + 3} is beyond"):
-        DynamicBlender(manifest, tokenizer, seq_length=SEQ, global_batch_size=4, seed=7)
+        DynamicBlender(open_corpus(manifest, tokenizer), seq_length=SEQ, global_batch_size=4, seed=7)
 
 
 def test_empty_and_too_short_domains_are_refused(tmp_path, tokenizer):
     empty = _write_domain(str(tmp_path), "empty", [])
     with pytest.raises(UserError, match="holds no documents"):
-        DynamicBlender(parse_data_path([empty]), tokenizer, seq_length=SEQ, global_batch_size=4, seed=7)
+        DynamicBlender(open_corpus(parse_data_path([empty]), tokenizer), seq_length=SEQ, global_batch_size=4, seed=7)
     short = _write_domain(str(tmp_path), "short", [[5, 6, 7]] * 3)
     with pytest.raises(UserError, match="'short' has no training sample of 17 tokens"):
-        DynamicBlender(parse_data_path([short]), tokenizer, seq_length=SEQ, global_batch_size=4, seed=7)
+        DynamicBlender(open_corpus(parse_data_path([short]), tokenizer), seq_length=SEQ, global_batch_size=4, seed=7)
 
 
 def test_manifest_from_another_tokenizer_is_refused(corpus, tokenizer):
@@ -245,7 +245,7 @@ def test_unreadable_manifest_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserError, match=r"domains\.json: not valid JSON"):
         load_manifest(str(path))
-    with pytest.raises(UserError, match=r"no such manifest; create it with tools/preprocess_domains.py"):
+    with pytest.raises(UserError, match=r"--data-path .*missing.json: no such file; create it with tools/preprocess_domains.py"):
         load_manifest(str(tmp_path / "missing.json"))
 
 

@@ -17,9 +17,9 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 import trainer_runs as runs
 from conftest import _generated_texts, index_corpus
 from megatron_acodm.arguments import parse_args
-from megatron_acodm.data import Tokenizer, parse_data_path
+from megatron_acodm.data import Tokenizer, open_corpus, parse_data_path
 from megatron_acodm.data.blender import DynamicBlender
-from megatron_acodm.data.targets import TargetSets, split_documents
+from megatron_acodm.data.targets import TargetSets, open_target_sets, split_documents
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import ACODMMixer, StepSignals, build_mixer
 from megatron_acodm.mixing.dga import DGAMixer, exponentiated_gradient_step
@@ -118,11 +118,11 @@ def target_set(tmp_path_factory, tokenizer_model) -> str:
 
 
 def _blender(corpus: str, tokenizer: Tokenizer, seed: int) -> DynamicBlender:
-    return DynamicBlender(parse_data_path([corpus]), tokenizer, seq_length=32, global_batch_size=8, seed=seed, split="90,10,0")
+    return DynamicBlender(open_corpus(parse_data_path([corpus]), tokenizer), seq_length=32, global_batch_size=8, seed=seed, split="90,10,0")
 
 
 def test_target_sets_hold_out_the_same_examples_whatever_the_seed(preprocessed_corpus, target_set, tokenizer):
-    sets = {seed: TargetSets([target_set], _blender(preprocessed_corpus, tokenizer, seed).config, tokenizer) for seed in (1, 2)}
+    sets = {seed: TargetSets(open_target_sets([target_set], tokenizer), _blender(preprocessed_corpus, tokenizer, seed).config) for seed in (1, 2)}
     for seed, targets in sets.items():
         (target,) = targets.sets
         steering_documents, held_out_documents = set(target.steering.indices), set(target.held_out.indices)
@@ -137,7 +137,7 @@ def test_target_sets_hold_out_the_same_examples_whatever_the_seed(preprocessed_c
     assert sorted(numpy.concatenate([targets.steering_batch(index, 3)[1] for index in range(size)])) == sorted(list(range(size)) * 3)
 
     # Several sets take turns, and each walks its own samples an epoch at a time.
-    several = TargetSets([preprocessed_corpus], _blender(preprocessed_corpus, tokenizer, 1).config, tokenizer)
+    several = TargetSets(open_target_sets([preprocessed_corpus], tokenizer), _blender(preprocessed_corpus, tokenizer, 1).config)
     batches = [several.steering_batch(index, 5) for index in range(40)]
     set_ids, sample_ids = (numpy.concatenate(part) for part in zip(*batches))
     assert set_ids.tolist() == [index % 3 for index in range(200)]
@@ -150,14 +150,14 @@ def test_bad_target_sets_are_refused_with_one_line(tmp_path, preprocessed_corpus
     config = _blender(preprocessed_corpus, tokenizer, 1).config
     single = index_corpus(tmp_path / "single", tokenizer_model, {"one": ["just one example, long enough " * 5]})
     with pytest.raises(UserError, match="target set 'one' has 1 document; it needs at least two"):
-        TargetSets([single], config, tokenizer)
+        TargetSets(open_target_sets([single], tokenizer), config)
     with pytest.raises(UserError, match="--target-data-path .*: is a folder"):
-        TargetSets([os.path.dirname(target_set)], config, tokenizer)
+        TargetSets(open_target_sets([os.path.dirname(target_set)], tokenizer), config)
     with pytest.raises(UserError, match="--target-split '1,0': give two positive shares"):
-        TargetSets([target_set], config, tokenizer, split="1,0")
+        TargetSets(open_target_sets([target_set], tokenizer), config, split="1,0")
     short = index_corpus(tmp_path / "short", tokenizer_model, {"short": ["a b", "c d", "e f"]})
     with pytest.raises(UserError, match="hold no sample of 33 tokens"):
-        TargetSets([short], config, tokenizer)
+        TargetSets(open_target_sets([short], tokenizer), config)
 
 
 # ------------------------------------------------------------------------------------------ importance

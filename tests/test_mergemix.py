@@ -497,7 +497,7 @@ def test_a_base_without_a_checkpoint_is_refused(search, tmp_path, capsys):
     [
         (["--objective", "target"], "mergemix.py: error: --objective target needs --target-data-path (the target sets to lower) (see --help)"),
         (["--objective", "nosuchdomain"], "error: --objective 'nosuchdomain': no domains ['nosuchdomain'] in --data-path; give one "
-         "of uniform, tokens, data-path or domain names from ['code', 'multilingual', 'prose']"),
+         "of uniform, tokens, data-path, a blend file (BLEND.json) or domain names from ['code', 'multilingual', 'prose']"),
         (["--min-weight", "0.4"], "error: --min-weight 0.4: give a value in [0, 1/3) for 3 domains"),
         (["--seed-mixtures", "3"], "error: --seed-mixtures 3: at least 4 (uniform and the 3 corners)"),
         (["--output", "blend.txt"], "mergemix.py: error: --output blend.txt: give a .json file name (the blend is a domains.json) (see --help)"),

@@ -356,12 +356,32 @@ def test_bad_records_name_file_and_line(tmp_path, tokenizer_model, line, message
         run(inputs, tmp_path / "out", tokenizer_model)
 
 
-def test_truncated_gzip_names_the_file(tmp_path, tokenizer_model):
+def _zstd_frames(data: bytes) -> bytes:
+    """`data` in two zstd frames, as parallel compressors write it."""
+    import zstandard
+
+    half = len(data) // 2
+    return zstandard.ZstdCompressor().compress(data[:half]) + zstandard.ZstdCompressor().compress(data[half:])
+
+
+@pytest.mark.parametrize(
+    "suffix, compress, keep",
+    [
+        ("gz", gzip.compress, lambda size: size - 20),
+        # zstandard's own reader returns what a cut file holds: a cut inside a line read as bad JSON,
+        # one at a line's end as a shorter domain, one in the first frame as no text at all.
+        ("zst", _zstd_frames, lambda size: size - 20),
+        ("zst", _zstd_frames, lambda size: size // 2),
+        ("zst", _zstd_frames, lambda size: 12),
+    ],
+    ids=["gz", "zst-end", "zst-middle", "zst-start"],
+)
+def test_truncated_compressed_input_names_the_file(tmp_path, tokenizer_model, suffix, compress, keep):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    data = gzip.compress(b'{"text": "repeated line"}\n' * 1000)
-    (inputs / "web.jsonl.gz").write_bytes(data[:-20])
-    with pytest.raises(UserError, match=r"web\.jsonl\.gz: cannot be read.*check the file is complete"):
+    data = compress(b"".join(b'{"text": "line %d of a document"}\n' % number for number in range(4000)))
+    (inputs / f"web.jsonl.{suffix}").write_bytes(data[: keep(len(data))])
+    with pytest.raises(UserError, match=rf"web\.jsonl\.{suffix}: cannot be read.*check the file is complete"):
         run(inputs, tmp_path / "out", tokenizer_model)
 
 
@@ -422,7 +442,7 @@ def test_input_folder_problems(tmp_path, make_jsonl_corpus):
         discover_inputs(input_dir=str(tmp_path / "twice"))
 
 
-def test_cli_in_process(tmp_path, tokenizer_model, make_jsonl_corpus, domain_texts):
+def test_cli_in_process(tmp_path, tokenizer_model, make_jsonl_corpus, domain_texts, capsys):
     sys.path.insert(0, os.path.dirname(TOOL))
     try:
         import preprocess_domains
@@ -440,6 +460,15 @@ def test_cli_in_process(tmp_path, tokenizer_model, make_jsonl_corpus, domain_tex
     assert preprocess_domains.main(arguments(tokenizer_model)) == 0
     assert load_manifest(str(tmp_path / "out" / "domains.json")).names == ["src"]
     assert preprocess_domains.main(arguments(str(tmp_path / "nope"))) == 2
+
+    # An --output-dir that names a file: one line, and the file untouched.
+    (tmp_path / "a-file").write_text("kept")
+    capsys.readouterr()
+    assert preprocess_domains.main(arguments(tokenizer_model)[:2] + ["--output-dir", str(tmp_path / "a-file")] + arguments(tokenizer_model)[4:]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --output-dir {tmp_path}/a-file: is a file, not a folder; give a folder (it is created when missing)"
+    ]
+    assert (tmp_path / "a-file").read_text() == "kept"
 
 
 def run_cli(inputs, output, tokenizer_model: str) -> subprocess.CompletedProcess:

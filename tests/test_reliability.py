@@ -19,7 +19,7 @@ import trainer_runs as runs
 from conftest import index_corpus
 from launching import command, environment, run
 from megatron_acodm.arguments import parse_args
-from megatron_acodm.data import DynamicBlender, parse_data_path
+from megatron_acodm.data import DynamicBlender, open_corpus, parse_data_path
 from megatron_acodm.errors import UserError
 from megatron_acodm.model import pad_vocab_size
 from megatron_acodm.training.checkpoint import open_checkpoint
@@ -27,6 +27,7 @@ from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluati
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.resume import check_resumable
 from megatron_acodm.training.setup import build_scheduler
+from torch.distributed.checkpoint import FileSystemReader
 
 
 @pytest.fixture
@@ -35,16 +36,21 @@ def fresh_corpus(tmp_path, tokenizer_model, domain_texts) -> str:
 
 
 def _error_lines(completed: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in (completed.stdout + completed.stderr).splitlines() if "error:" in line]
+    return [line for line in (completed.stdout + completed.stderr).splitlines() if line.startswith("error: ")]
 
 
 def _assert_one_error_line(completed: subprocess.CompletedProcess, message: str) -> None:
-    """Status 2 (torchrun reports its own failure), no traceback through the program, one `error:` line."""
-    output = completed.stdout[-2000:] + completed.stderr[-2000:]
-    assert completed.returncode == (1 if "torch.distributed.run" in completed.args else 2), output
+    """No traceback through the program and one `error:` line; exit status 2, or under torchrun its
+    own status 1 after a failure summary whose root cause is that line (what the README promises)."""
+    output = completed.stdout[-3000:] + completed.stderr[-3000:]
     assert 'pretrain_acodm.py", line' not in completed.stderr, output
-    assert len(_error_lines(completed)) == 1, output
-    assert _error_lines(completed)[0].startswith("error: ") and message in _error_lines(completed)[0], output
+    assert len(_error_lines(completed)) == 1 and message in _error_lines(completed)[0], output
+    if "torch.distributed.run" in completed.args:
+        assert completed.returncode == 1, output
+        root_cause = completed.stderr.split("Root Cause (first observed failure):")[1]
+        assert f"traceback : {_error_lines(completed)[0]}" in root_cause and "exitcode  : 2" in root_cause, output
+    else:
+        assert completed.returncode == 2, output
 
 
 # ---------------------------------------------------------------- fresh data, every layout
@@ -59,9 +65,10 @@ def test_first_run_on_fresh_data_then_resume(tmp_path, fresh_corpus, tokenizer_m
     # Two ranks on data that has no index cache yet: megatron.core writes the cache of every
     # dataset, training and validation, on one rank while the other waits for it.
     save = str(tmp_path / "run")
-    arguments = runs.arguments(fresh_corpus, tokenizer_model, save, "--train-iters", "4", *layout)
-    runs.train(tmp_path, arguments + ["--exit-interval", "2"], processes=2)
-    resumed = runs.train(tmp_path, arguments + ["--load", save], processes=2)
+    arguments = runs.arguments(fresh_corpus, tokenizer_model, save, "--train-iters", "4", *layout, "--load", save)
+    first = runs.train(tmp_path, arguments + ["--exit-interval", "2"], processes=2)
+    assert f"--load {save}: no checkpoint there (no latest_checkpointed_iteration.txt); training from iteration 0" in first.stdout
+    resumed = runs.train(tmp_path, arguments, processes=2)
     assert f"resumed from {save}/iter_0000002 at iteration 2" in resumed.stdout
     train, valid, _ = runs.losses(save)
     assert len(train) == 4 and len(valid) == 1 and all(numpy.isfinite(train + valid))
@@ -210,6 +217,22 @@ def _remove(*parts):
     return lambda save: os.remove(os.path.join(save, *parts))
 
 
+def _zero_a_tensor_file(save):
+    path = os.path.join(save, "iter_0000004", "__0_0.distcp")
+    with open(path, "r+b") as stream:
+        stream.write(bytes(os.path.getsize(path)))
+
+
+def _damage_inside_a_tensor(save):
+    """Zero a stretch inside the first stored tensor: the file keeps its size and its items' ends."""
+    path = os.path.join(save, "iter_0000004", "__0_0.distcp")
+    item = min((item for item in FileSystemReader(os.path.dirname(path)).read_metadata().storage_data.values()
+                if item.relative_path == "__0_0.distcp" and item.length > 4096), key=lambda item: item.offset)
+    with open(path, "r+b") as stream:
+        stream.seek(item.offset + 64)
+        stream.write(bytes(2048))
+
+
 def _write_binary_junk_into_the_tracker(save):
     with open(os.path.join(save, "latest_checkpointed_iteration.txt"), "wb") as stream:
         stream.write(b"\xff\xfe\x00junk")
@@ -220,6 +243,9 @@ BROKEN_CHECKPOINTS = {
     "truncated-tensor-file": (_truncate_a_tensor_file, "{save}/iter_0000004: the checkpoint is broken, __0_0.distcp is truncated"),
     "missing-common-state": (_remove("iter_0000004", "common.pt"), "{save}/iter_0000004: the checkpoint is broken, common.pt is missing; " + EARLIER),
     "missing-tensor-metadata": (_remove("iter_0000004", ".metadata"), "{save}/iter_0000004: the checkpoint is broken, .metadata is missing; " + EARLIER),
+    "missing-checkpoint-format": (_remove("iter_0000004", "metadata.json"), "{save}/iter_0000004: the checkpoint is broken, metadata.json is missing; " + EARLIER),
+    "zeroed-tensor-file": (_zero_a_tensor_file, "{save}/iter_0000004: the checkpoint is broken, __0_0.distcp is damaged (the item at byte 0 "
+                                                "is not what torch.save wrote); " + EARLIER),
     "binary-tracker": (_write_binary_junk_into_the_tracker, r"latest_checkpointed_iteration.txt: expected an iteration number, found '\\xff\\xfe"),
 }
 
@@ -247,7 +273,7 @@ def _scheduler(args):
 
 
 def _blender(args, tokenizer):
-    return DynamicBlender(parse_data_path(args.data_path), tokenizer, seq_length=args.seq_length,
+    return DynamicBlender(open_corpus(parse_data_path(args.data_path), tokenizer), seq_length=args.seq_length,
                           global_batch_size=args.global_batch_size, seed=args.seed, split=args.split)
 
 
@@ -262,8 +288,10 @@ def _blender(args, tokenizer):
                                           "changes the optimizer state's layout; drop --use-distributed-optimizer"),
         (["--lr", "2e-3"], "the checkpoint's LR schedule has --lr 0.001, these arguments give 0.002"),
         (["--lr-decay-style", "linear"], "the checkpoint's LR schedule has --lr-decay-style cosine, these arguments give linear"),
+        (["--seed", "7"], "saved with --seed 1234, this run has --seed 7, which changes the order the blender draws samples in; "
+                          "resume with --seed 1234, or start a new run"),
     ],
-    ids=["global-batch", "seq-length", "num-layers", "distributed-optimizer", "lr", "decay-style"],
+    ids=["global-batch", "seq-length", "num-layers", "distributed-optimizer", "lr", "decay-style", "seed"],
 )
 def test_resuming_with_arguments_the_checkpoint_cannot_follow_is_refused(saved_run, preprocessed_corpus, tokenizer, extra, message):
     path, state = open_checkpoint(saved_run)
@@ -293,8 +321,11 @@ def test_same_domain_names_over_other_data_are_refused_unless_remapped(tmp_path,
          "saved with --hidden-size 32, this run has --hidden-size 64, which changes the model's shape; resume with --hidden-size 32"),
         ("broken-checkpoint", _truncate_a_tensor_file, [],
          "iter_0000004: the checkpoint is broken, __0_0.distcp is truncated"),
+        ("damaged-tensor", _damage_inside_a_tensor, [],
+         "iter_0000004: the checkpoint is broken, a tensor file holds damaged data (RuntimeError while reading it); "
+         "{save}/iter_0000002 is complete"),
     ],
-    ids=["changed-model", "broken-checkpoint"],
+    ids=["changed-model", "broken-checkpoint", "damaged-tensor"],
 )
 def test_a_resume_that_cannot_work_is_one_error_line_and_loses_nothing(tmp_path, saved_run, preprocessed_corpus, tokenizer_model, case, breaking, extra, message):
     save = str(tmp_path / "run")
@@ -303,7 +334,7 @@ def test_a_resume_that_cannot_work_is_one_error_line_and_loses_nothing(tmp_path,
         breaking(save)
     kept = {name: open(os.path.join(save, name), "rb").read() for name in ("latest_checkpointed_iteration.txt", "metrics.jsonl")}
     arguments = runs.arguments(preprocessed_corpus, tokenizer_model, save, "--train-iters", "4", "--load", save, *extra)
-    _assert_one_error_line(run(runs.ENTRY, arguments, cwd=str(tmp_path)), message)
+    _assert_one_error_line(run(runs.ENTRY, arguments, cwd=str(tmp_path)), message.format(save=save))
     assert {name: open(os.path.join(save, name), "rb").read() for name in kept} == kept
     assert not filecmp.dircmp(os.path.join(saved_run, "iter_0000002"), os.path.join(save, "iter_0000002")).diff_files
 
@@ -315,8 +346,9 @@ def test_token_ids_beyond_the_vocabulary_in_a_changed_bin_are_one_error_line(tmp
     tokens[:] = tokenizer.vocab_size + 7
     tokens.flush()
     arguments = runs.arguments(fresh_corpus, tokenizer_model, str(tmp_path / "run"), "--train-iters", "3")
+    # Two data-parallel ranks each read a bad sample of their own: the line is printed once.
     _assert_one_error_line(
-        run(runs.ENTRY, arguments, cwd=str(tmp_path)),
+        run(runs.ENTRY, arguments, cwd=str(tmp_path), processes=2),
         f"holds token id {tokenizer.vocab_size + 7}, beyond the tokenizer's vocabulary ({tokenizer.vocab_size} ids); "
         f"the file changed since it was indexed",
     )
@@ -328,3 +360,18 @@ def test_two_ranks_print_one_error_line(tmp_path, preprocessed_corpus, tokenizer
         run(runs.ENTRY, arguments, cwd=str(tmp_path), processes=2),
         "error: --mixing-floor (0.5) must be in [0, 1/K] = [0, 0.3333] for the 3 domains of --data-path; lower it",
     )
+
+
+def test_ctrl_c_while_starting_is_one_line_and_status_130(tmp_path, preprocessed_corpus, tokenizer_model):
+    # As when tools/mergemix.py's Ctrl-C reaches an expert that is still importing megatron.core.
+    arguments = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "run"), "--train-iters", "3")
+    process = subprocess.Popen(command(runs.ENTRY, arguments), cwd=str(tmp_path), env=environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stderr and [line for line in stderr.splitlines() if "interrupted" in line] == [
+        "interrupted: stopped without saving (the checkpoints already written are kept; with --exit-signal-handler "
+        "a Ctrl-C or SIGTERM first finishes the step and saves)"
+    ]

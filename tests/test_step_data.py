@@ -6,7 +6,7 @@ import numpy
 import pytest
 import torch
 
-from megatron_acodm.data import DynamicBlender, parse_data_path
+from megatron_acodm.data import DynamicBlender, open_corpus, parse_data_path
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
 from megatron_acodm.training.loss import domain_loss_func, per_domain_sums
 
@@ -46,7 +46,7 @@ def test_data_parallel_slices_partition_the_global_batch():
 
 
 def test_micro_batches_tag_every_sequence_with_its_domain(preprocessed_corpus, tokenizer):
-    blender = DynamicBlender(parse_data_path([preprocessed_corpus]), tokenizer, seq_length=16, global_batch_size=8, seed=7, split="90,10,0")
+    blender = DynamicBlender(open_corpus(parse_data_path([preprocessed_corpus]), tokenizer), seq_length=16, global_batch_size=8, seed=7, split="90,10,0")
     plan = blender.plan(0, [0.25, 0.25, 0.5])
     batches = micro_batches(blender.sample, plan.domain_ids, plan.sample_ids, 4)
     assert len(batches) == 2 and batches[0]["tokens"].shape == (4, 16)
@@ -61,7 +61,7 @@ def test_micro_batches_tag_every_sequence_with_its_domain(preprocessed_corpus, t
 def test_micro_batches_carry_an_explicit_mask_only_when_asked(preprocessed_corpus, tokenizer, create_attention_mask):
     # The trainer asks only with --reset-attention-mask: for plain causal attention the kernel masks itself,
     # and a [1, seq, seq] mask per sample costs the host (bench/attention_mask.py).
-    blender = DynamicBlender(parse_data_path([preprocessed_corpus]), tokenizer, seq_length=16, global_batch_size=8, seed=7,
+    blender = DynamicBlender(open_corpus(parse_data_path([preprocessed_corpus]), tokenizer), seq_length=16, global_batch_size=8, seed=7,
                              split="90,10,0", create_attention_mask=create_attention_mask)
     plan = blender.plan(0, [0.25, 0.25, 0.5])
     (batch,) = micro_batches(blender.sample, plan.domain_ids[:4], plan.sample_ids[:4], 4)

@@ -26,7 +26,7 @@ import trainer_runs as runs
         (["--save-interval", "5"], "--save-interval needs --save"),
         (["--lr-warmup-iters", "4"], "--lr-warmup-iters (4) must be below --lr-decay-iters (4)"),
         (["--mixer", "nope"], "invalid choice: 'nope'"),
-        (["--acodm-policy", "p.pt"], "--acodm-policy and --acodm-export-policy need --mixer acodm"),
+        (["--acodm-policy", "p.pt"], "--acodm-policy is read by --mixer acodm only, not by --mixer static"),
         (["--lr", "-1"], "--lr (-1.0) must be positive"),
         (["--eval-iters", "-1"], "--eval-iters (-1) must be >= 0 (0 turns evaluation off)"),
         (["--mixing-floor", "1.5"], "--mixing-floor (1.5) must be in [0, 1/K]"),
@@ -127,7 +127,10 @@ def test_resuming_on_other_domains_is_refused_unless_remapped(tmp_path, preproce
 def test_proxy_policy_drives_a_deeper_wider_target(tmp_path, preprocessed_corpus, tokenizer_model):
     policy = str(tmp_path / "policy.pt")
     proxy = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "proxy"), "--train-iters", "8", "--mixer", "acodm")
-    runs.train(tmp_path, proxy + ["--acodm-export-policy", policy])
+    runs.train(tmp_path, proxy)
+    # A finished run asked for its policy afterwards still writes it.
+    resumed = runs.train(tmp_path, proxy + ["--load", str(tmp_path / "proxy"), "--acodm-export-policy", policy])
+    assert "nothing to do: the checkpoint is at iteration 8" in resumed.stdout and f"wrote the AC-ODM policy to {policy}" in resumed.stdout
     target = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "target"), "--train-iters", "6", "--mixer", "acodm")
     target = target + ["--acodm-policy", policy, "--num-layers", "4", "--hidden-size", "64"]
     runs.train(tmp_path, target)

@@ -180,6 +180,49 @@ def plan_jobs(domains: Sequence[DomainInput], json_keys: Sequence[str], output_d
 # ---------------------------------------------------------------- reading documents
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a zstd file of one or more frames (parallel compressors write many).
+
+    zstandard's own stream reader returns whatever a truncated file holds, so a cut file would read
+    as a shorter one; here a file that ends inside a frame raises EOFError, as gzip does."""
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, raw: IO[bytes], zstandard):
+        self._raw, self._zstandard = raw, zstandard
+        self._frame = None  # the decompressor of the current frame
+        self._pending, self._position = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._position == len(self._pending):
+            compressed = self._raw.read(self._CHUNK)
+            if not compressed:
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("the file ends inside a compressed frame")
+                return 0
+            self._pending, self._position = self._decompress(compressed), 0
+        count = min(len(buffer), len(self._pending) - self._position)
+        buffer[:count] = self._pending[self._position : self._position + count]
+        self._position += count
+        return count
+
+    def _decompress(self, compressed: bytes) -> bytes:
+        parts = []
+        while compressed:
+            if self._frame is None or self._frame.eof:
+                self._frame = self._zstandard.ZstdDecompressor().decompressobj()
+            parts.append(self._frame.decompress(compressed))
+            compressed = self._frame.unused_data if self._frame.eof else b""
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 @contextlib.contextmanager
 def _open_binary(path: str) -> Iterator[IO[bytes]]:
     """Open `path`, decompressing by suffix; read errors in the block become a UserError naming it."""
@@ -195,9 +238,7 @@ def _open_binary(path: str) -> Iterator[IO[bytes]]:
                 f"or decompress the file"
             ) from None
         read_errors += (zstandard.ZstdError,)
-        # read_across_frames: files from parallel compressors hold many frames.
-        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True, closefd=True)
-        stream = io.BufferedReader(reader)
+        stream = io.BufferedReader(_ZstdFrames(open(path, "rb"), zstandard))
     else:
         stream = open(path, "rb")
     with stream:

@@ -43,7 +43,8 @@ from typing import Optional, Sequence
 from megatron_acodm.arguments import OneLineArgumentParser, command_line
 from megatron_acodm.data.manifest import Manifest, parse_data_path
 from megatron_acodm.data.targets import parse_target_split
-from megatron_acodm.errors import UserError, report_error
+from megatron_acodm.errors import UserError, run_reporting_errors
+from megatron_acodm.output_paths import check_output_file, check_output_folder
 from megatron_acodm.mixing.alignment import TARGET
 from megatron_acodm.mixing.weighting import domain_weighting
 from mixture_merging.experts import Base, Expert, ExpertSettings, checkpoint_fingerprint, launcher, model_arguments, open_base
@@ -198,32 +199,33 @@ def write_blend(args: argparse.Namespace, base: Base, manifest: Manifest, expert
     return best
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        if importlib.util.find_spec("sklearn") is None:
-            raise UserError("tools/mergemix.py needs scikit-learn for its surrogate: pip install -e \".[mergemix]\"")
-        base = open_base(args.base)
-        manifest = parse_data_path(args.data_path)
-        _check_objective(args, manifest)
-        args.work_dir = args.work_dir or args.output[: -len(".json")] + ".mergemix"
-        layout = (args.tensor_model_parallel_size or base.args["tensor_model_parallel_size"],
-                  args.pipeline_model_parallel_size or base.args["pipeline_model_parallel_size"])
-        processes = args.nproc_per_node or base.args.get("world_size", 1)
-        settings = ExpertSettings(args.expert_iters, args.expert_lr or base.args["lr"], *layout)
-        with _working_alone(args.work_dir):
-            experts = train_experts(args, base, manifest, settings, processes)
-            outcome = run_search(args, base, manifest, experts, layout, processes)
-            best = write_blend(args, base, manifest, experts, outcome)
-    except UserError as error:
-        return report_error(f"error: {error}")
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to go on (finished experts and evaluations are kept)", file=sys.stderr)
-        return 130
+def mergemix(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("sklearn") is None:
+        raise UserError("tools/mergemix.py needs scikit-learn for its surrogate: pip install -e \".[mergemix]\"")
+    base = open_base(args.base)
+    manifest = parse_data_path(args.data_path)
+    _check_objective(args, manifest)
+    args.work_dir = args.work_dir or args.output[: -len(".json")] + ".mergemix"
+    check_output_file(args.output, "--output", "blend.json")
+    check_output_folder(args.work_dir, "--work-dir")
+    layout = (args.tensor_model_parallel_size or base.args["tensor_model_parallel_size"],
+              args.pipeline_model_parallel_size or base.args["pipeline_model_parallel_size"])
+    processes = args.nproc_per_node or base.args.get("world_size", 1)
+    settings = ExpertSettings(args.expert_iters, args.expert_lr or base.args["lr"], *layout)
+    with _working_alone(args.work_dir):
+        experts = train_experts(args, base, manifest, settings, processes)
+        outcome = run_search(args, base, manifest, experts, layout, processes)
+        best = write_blend(args, base, manifest, experts, outcome)
     weights = ", ".join(f"{name} {weight:.3f}" for name, weight in best["mixture"].items())
     print(f"[mergemix] wrote {args.output}: {weights} (merged objective {best['objective']:.4f}); train on it with "
           f"--data-path {args.output} --mixer static, or start an online mixer from it with --mixing-prior {args.output}", flush=True)
-    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    return run_reporting_errors(
+        lambda: mergemix(args), "interrupted: run the same command again to go on (finished experts and evaluations are kept)"
+    )
 
 
 if __name__ == "__main__":

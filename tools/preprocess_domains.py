@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 # megatron.core warns at import that Transformer Engine and Apex are missing; tokenizing needs neither.
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
 
-from megatron_acodm.errors import UserError  # noqa: E402
+from megatron_acodm.errors import run_reporting_errors  # noqa: E402
+from megatron_acodm.output_paths import check_output_folder  # noqa: E402
 from domain_indexing import (  # noqa: E402
     DEFAULT_JSON_KEY,
     PreprocessOptions,
@@ -67,12 +68,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         workers=args.workers,
         force=args.force,
     )
-    try:
+
+    def preprocess() -> None:
+        check_output_folder(args.output_dir, "--output-dir")
         preprocess_all(discover_inputs(args.input, args.domain), options)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(preprocess, "interrupted: run the same command again to go on (finished domains are kept)")
 
 
 if __name__ == "__main__":

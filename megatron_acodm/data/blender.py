@@ -18,9 +18,8 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
 
 from megatron_acodm.data.apportion import apportion
-from megatron_acodm.data.indexed import open_indexed_dataset
-from megatron_acodm.data.manifest import Manifest, validate_weights
-from megatron_acodm.data.tokenizers import Tokenizer
+from megatron_acodm.data.corpus import Corpus
+from megatron_acodm.data.manifest import validate_weights
 from megatron_acodm.errors import UserError
 
 STATE_VERSION = 1
@@ -74,8 +73,7 @@ class DynamicBlender:
 
     def __init__(
         self,
-        manifest: Manifest,
-        tokenizer: Tokenizer,
+        corpus: Corpus,
         *,
         seq_length: int,
         global_batch_size: int,
@@ -90,7 +88,7 @@ class DynamicBlender:
     ):
         if global_batch_size < 1:
             raise ValueError(f"global batch size must be positive, got {global_batch_size}")
-        check_tokenizer_matches(manifest, tokenizer)
+        manifest = corpus.manifest
         most = global_batch_size // len(manifest.names)
         if not 0 <= min_samples_per_domain <= most:
             raise UserError(
@@ -102,27 +100,22 @@ class DynamicBlender:
         self.min_samples_per_domain = min_samples_per_domain
         self.global_batch_size = global_batch_size
         self.seed = seed
-        self.initial_weights = numpy.array(manifest.initial_weights())
+        self.initial_weights = corpus.initial_weights
         self.config = GPTDatasetConfig(
             random_seed=seed,
             sequence_length=seq_length,
             blend=([domain.prefix for domain in manifest.domains], None),
             split=split,
             path_to_cache=data_cache_path,
-            tokenizer=tokenizer,
+            tokenizer=corpus.tokenizer,
             reset_position_ids=reset_position_ids,
             reset_attention_mask=reset_attention_mask,
             eod_mask_loss=eod_mask_loss,
             create_attention_mask=create_attention_mask,
         )
-        self.vocab_size = tokenizer.vocab_size
-        self._indexed = [
-            open_indexed_dataset(domain.prefix, self.vocab_size, domain.max_token_id)
-            for domain in manifest.domains
-        ]
-        # Tokens per domain in its whole indexed dataset: what a temperature blend and the
-        # corpus-weighted validation mean weigh.
-        self.domain_tokens = numpy.array([int(indexed.sequence_lengths.sum(dtype=numpy.int64)) for indexed in self._indexed])
+        self.vocab_size = corpus.tokenizer.vocab_size
+        self._indexed = corpus.indexed
+        self.domain_tokens = corpus.tokens
         self.train_datasets = [self._build(index, Split.train) for index in range(len(self.names))]
         # Built here, not on first use: megatron's index cache is written by whichever process builds
         # a dataset first, so every dataset must exist before the other ranks construct theirs.
@@ -145,7 +138,6 @@ class DynamicBlender:
     @property
     def num_domains(self) -> int:
         return len(self.names)
-
 
     def _build(self, index: int, split: Split) -> Optional[GPTDataset]:
         """A GPTDataset over this domain's documents in `split`, by Megatron's --split bookends."""
@@ -249,13 +241,3 @@ class DynamicBlender:
         for walker, epoch, position in zip(self._walkers, state["epochs"], state["positions"]):
             walker.seek(int(epoch), int(position))
 
-
-def check_tokenizer_matches(manifest: Manifest, tokenizer: Tokenizer) -> None:
-    recorded = manifest.tokenizer
-    if recorded and recorded.get("model_sha256") != tokenizer.identity.model_sha256:
-        raise UserError(
-            f"{manifest.path}: its domains were tokenized with a {recorded.get('type')} model of "
-            f"sha256 {str(recorded.get('model_sha256'))[:12]}... ({recorded.get('vocab_size')} ids), but "
-            f"--tokenizer-model {tokenizer.model} is {tokenizer.identity.model_sha256[:12]}...; pass the "
-            f"tokenizer the corpus was made with, or preprocess it again with this one"
-        )

@@ -21,6 +21,7 @@ MANIFEST_VERSION = 1
 PREFIX_SUFFIX = "_text_document"
 # Raw documents, the input of tools/preprocess_domains.py: never a `--data-path` prefix.
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+_INDEXED_SUFFIXES = (".bin", ".idx")
 _PAIRS_EXAMPLE = "give `weight prefix` pairs, e.g. --data-path 0.3 books_text_document 0.7 code_text_document"
 
 
@@ -51,8 +52,16 @@ class Manifest:
         return [domain.name for domain in self.domains]
 
     def initial_weights(self) -> list[float]:
-        """The user's weights where all domains have one, else proportional to tokens, else uniform."""
-        if all(domain.weight is not None for domain in self.domains):
+        """The user's weights where all domains have one, else proportional to tokens, else uniform;
+        weights on only some domains are refused (the others' would be a guess)."""
+        weighted = [domain.name for domain in self.domains if domain.weight is not None]
+        if weighted and len(weighted) < len(self.domains):
+            unweighted = [domain.name for domain in self.domains if domain.weight is None]
+            raise UserError(
+                f"{self.path or '--data-path'}: domains {weighted} have a 'weight' and {unweighted} have none; give "
+                f"every domain a weight, or none (the mixture then follows the domains' tokens)"
+            )
+        if weighted:
             raw = [domain.weight for domain in self.domains]
         elif all(domain.tokens for domain in self.domains):
             raw = [float(domain.tokens) for domain in self.domains]
@@ -101,10 +110,13 @@ def validate_weights(weights: Sequence[float], source: str) -> list[float]:
     return [value / total for value in scaled]
 
 
-def load_manifest(path: str) -> Manifest:
+def load_manifest(path: str, option: str = "--data-path") -> Manifest:
+    """The manifest at `path`; `option` names the argument that gave it in error messages."""
+    if os.path.isdir(path):
+        raise UserError(_folder_message(path, option))
     if not os.path.isfile(path):
         raise UserError(
-            f"{path}: no such manifest; create it with tools/preprocess_domains.py "
+            f"{option} {path}: no such file; create it with tools/preprocess_domains.py "
             f"--input DIR --output-dir {os.path.dirname(path) or '.'}"
         )
     try:
@@ -114,6 +126,12 @@ def load_manifest(path: str) -> Manifest:
         raise UserError(f"{path}: not valid JSON ({error}); regenerate it with tools/preprocess_domains.py") from error
     if not isinstance(document, dict) or not isinstance(document.get("domains"), list):
         raise UserError(f"{path}: not a domains manifest (no 'domains' list); regenerate it with tools/preprocess_domains.py")
+    unknown = sorted(set(document) - set(_TOP_LEVEL_FIELDS))
+    if unknown:
+        raise UserError(
+            f"{path}: unknown field {unknown[0]!r}; a manifest holds {', '.join(map(repr, _TOP_LEVEL_FIELDS))}: "
+            f"correct the field's name or remove it"
+        )
     if document.get("version") != MANIFEST_VERSION:
         raise UserError(f"{path}: manifest version {document.get('version')!r}, expected {MANIFEST_VERSION}")
     tokenizer = document.get("tokenizer")
@@ -160,22 +178,28 @@ _FIELD_CHECKS = {
     "inputs_sha256": (_is_text, "a non-empty string"),
 }
 _REQUIRED_FIELDS = ("name", "prefix")
+_TOP_LEVEL_FIELDS = ("version", "tokenizer", "domains", "provenance")
 
 
 def _domain_from_entry(entry, index: int, path: str) -> Domain:
     """One manifest entry, its fields type-checked so a hand edit fails here, by name, not deep in training."""
     if not isinstance(entry, dict) or any(key not in entry for key in _REQUIRED_FIELDS):
         raise UserError(f"{path}: every domain needs a 'name' and a 'prefix', got {entry!r}")
-    fields = {key: value for key, value in entry.items() if key in Domain.__dataclass_fields__}
-    for key, value in fields.items():
+    label = repr(entry["name"]) if _is_text(entry["name"]) else f"#{index + 1}"
+    unknown = [key for key in entry if key not in _FIELD_CHECKS]
+    if unknown:
+        raise UserError(
+            f"{path}: domain {label}: unknown field {unknown[0]!r}; a domain holds {', '.join(map(repr, _FIELD_CHECKS))}: "
+            f"correct the field's name or remove it"
+        )
+    for key, value in entry.items():
         is_valid, expected = _FIELD_CHECKS[key]
         if not (is_valid(value) or (value is None and key not in _REQUIRED_FIELDS)):
-            label = repr(entry["name"]) if _is_text(entry["name"]) else f"#{index + 1}"
             raise UserError(
                 f"{path}: domain {label}: field {key!r} is {json.dumps(value)}, expected {expected}; "
                 f"correct the field, or delete the manifest and rerun tools/preprocess_domains.py to regenerate it"
             )
-    return Domain(**fields)
+    return Domain(**entry)
 
 
 def check_unique_names(names: Sequence[str], source: str) -> None:
@@ -193,9 +217,15 @@ def parse_data_path(data_path: Sequence[str], option: str = "--data-path") -> Ma
     `option` names the argument in error messages (`--target-data-path` reads the same forms)."""
     items = list(data_path)
     if len(items) == 1 and items[0].endswith(".json"):
-        return load_manifest(items[0])
+        return load_manifest(items[0], option)
     if not items:
         raise UserError(f"{option} is empty; give a domains.json or `weight prefix` pairs")
+    manifests = [item for item in items if item.endswith(".json")]
+    if manifests:
+        raise UserError(
+            f"{option} {' '.join(items)}: a manifest ({manifests[0]}) must be the only item; give one domains.json, "
+            f"or `weight prefix` pairs without it"
+        )
     weights, prefixes = _split_weights(items, option)
     for prefix in prefixes:
         _check_prefix(prefix, option)
@@ -234,6 +264,10 @@ def _check_prefix(prefix: str, option: str) -> None:
     # megatron.core keeps its default index cache in a folder named like the prefix itself.
     if os.path.isdir(prefix) and not os.path.isfile(f"{prefix}.idx"):
         raise UserError(_folder_message(prefix, option))
+    if prefix.endswith(_INDEXED_SUFFIXES):
+        raise UserError(
+            f"{option} {prefix}: give the prefix of the .bin/.idx pair, without the suffix: {option} {prefix[:-4]}"
+        )
     if prefix.endswith(INPUT_SUFFIXES):
         raise UserError(
             f"{option} {prefix}: is raw JSONL, not a Megatron .bin/.idx dataset; index it first with "

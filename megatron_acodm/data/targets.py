@@ -21,8 +21,7 @@ import numpy
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
 
-from megatron_acodm.data.blender import check_tokenizer_matches
-from megatron_acodm.data.indexed import open_indexed_dataset
+from megatron_acodm.data.corpus import Corpus, open_corpus
 from megatron_acodm.data.manifest import parse_data_path
 from megatron_acodm.data.tokenizers import Tokenizer
 from megatron_acodm.errors import UserError
@@ -61,19 +60,21 @@ class TargetSet:
     held_out: GPTDataset
 
 
+def open_target_sets(data_path: Sequence[str], tokenizer: Tokenizer) -> Corpus:
+    """The target sets of `--target-data-path`, opened and checked against the tokenizer."""
+    return open_corpus(parse_data_path(data_path, option=OPTION), tokenizer)
+
+
 class TargetSets:
-    """Every target set of `--target-data-path`, split, with readers for both parts.
+    """Every target set of `corpus` (`open_target_sets`), split, with readers for both parts.
 
     `config` is the training data's `GPTDatasetConfig` (sequence length, masks, tokenizer, cache),
     so a target sample is shaped exactly like a training sample."""
 
-    def __init__(self, data_path: Sequence[str], config: GPTDatasetConfig, tokenizer: Tokenizer, split: str = "50,50"):
-        manifest = parse_data_path(data_path, option=OPTION)
-        check_tokenizer_matches(manifest, tokenizer)
+    def __init__(self, corpus: Corpus, config: GPTDatasetConfig, split: str = "50,50"):
         steering_share, _ = parse_target_split(split)
         self.sets: list[TargetSet] = []
-        for domain in manifest.domains:
-            indexed = open_indexed_dataset(domain.prefix, tokenizer.vocab_size, domain.max_token_id)
+        for domain, indexed in zip(corpus.manifest.domains, corpus.indexed):
             documents = len(indexed)
             if documents < 2:
                 raise UserError(

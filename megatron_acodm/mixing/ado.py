@@ -77,6 +77,7 @@ class ADOMixer(Mixer):
     """ADO's online power laws and smoothed policy; see the module's docstring for the exact rules."""
 
     needs = frozenset({DOMAIN_LOSSES})
+    reads = frozenset({"mixing_prior"})
 
     def __init__(
         self,

@@ -85,6 +85,7 @@ class AioliMixer(Mixer):
     """Aioli's sweeps and exponentiated-gradient mixture; see the module's docstring for the exact rules."""
 
     needs = frozenset({DOMAIN_LOSSES})
+    reads = frozenset({"mixing_prior", "mixing_objective"})
 
     def __init__(
         self,

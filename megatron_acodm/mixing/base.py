@@ -15,7 +15,7 @@ import abc
 import argparse
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy
 
@@ -77,6 +77,9 @@ class Mixer(abc.ABC):
     """
 
     needs: frozenset[str] = frozenset()
+    # The options shared between mixers that this one reads (`registry.SHARED_OPTIONS`, or another
+    # mixer's own, e.g. --dga-interval): any other mixer's option given to this one is refused.
+    reads: frozenset[str] = frozenset()
 
     @classmethod
     @abc.abstractmethod
@@ -154,6 +157,10 @@ class Mixer(abc.ABC):
     def scalar_diagnostics(self) -> dict[str, float]:
         """What the mixer would show as single numbers (e.g. how well AC-ODM's critic fits)."""
         return {}
+
+    def end_of_run(self, log: Callable[[str], None]) -> None:
+        """What the mixer leaves behind when the run ends, finished or resumed already finished (e.g.
+        AC-ODM's exported policy); called on one rank. Most mixers leave nothing."""
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values (and torch tensors, for mixers with networks: see the module's docstring)."""

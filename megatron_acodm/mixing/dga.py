@@ -45,6 +45,7 @@ class DGAMixer(Mixer):
     """DGA; see the module's docstring for the exact rule."""
 
     needs = frozenset({GRADIENT_GRAM, TARGET_GRADIENT})
+    reads = frozenset({"mixing_prior", "mixing_score_ema", "sketch_layers", "sketch_dim"})
 
     def __init__(
         self,

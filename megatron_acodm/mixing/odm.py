@@ -13,26 +13,29 @@ After t updates (t >= 1), with K domains and exploration `e_t = min(1/K, sqrt(ln
   `pi_i` is the weight this mixer gave the step (the weights of a batch drawn as a mixture); a
   domain sampled with weight 0 (only a blender's minimum count can do that) uses its realised share.
 
-Before the first update, and for `warmup_steps` steps, the mixer returns its initial weights; the
-updates made meanwhile still accumulate rewards and count towards t.
+Before the first update, and for `warmup_steps` steps, the mixer returns its initial weights
+(`--mixing-prior`, uniform by default as EXP3 starts); the updates made meanwhile still accumulate
+rewards and count towards t.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy
 
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
+from megatron_acodm.mixing.weighting import mixing_prior
 
 
 class ODMMixer(Mixer):
     """The ODM bandit; see the module's docstring for the exact rules."""
 
     needs = frozenset({DOMAIN_LOSSES})
+    reads = frozenset({"mixing_prior"})
 
     def __init__(
         self,
@@ -78,11 +81,17 @@ class ODMMixer(Mixer):
 
     @classmethod
     def from_args(
-        cls, *, names: Sequence[str], initial_weights: Sequence[float], args: argparse.Namespace, **_: Any
+        cls,
+        *,
+        names: Sequence[str],
+        initial_weights: Sequence[float],
+        domain_tokens: Optional[Sequence[float]],
+        args: argparse.Namespace,
+        **_: Any,
     ) -> Mixer:
         return cls(
             names,
-            initial_weights,
+            mixing_prior(args, names, initial_weights, domain_tokens),
             smoothing=args.odm_smoothing,
             warmup_steps=args.odm_warmup_steps,
             importance_weighting=args.odm_importance_weighting,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any, Optional, Sequence
 
 from megatron_acodm.mixing.acodm import ACODMMixer
@@ -78,6 +79,36 @@ def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     for mixer in MIXERS.values():
         mixer.add_arguments(group)
     return parser
+
+
+# Options of the data-mixing group (and the sketch group) that several mixers read; each mixer
+# declares those it reads in `Mixer.reads`.
+SHARED_OPTIONS = (
+    "mixing_objective", "mixing_prior", "mixing_prior_pull", "mixing_kl_radius", "mixing_score_ema",
+    "sketch_layers", "sketch_dim",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def own_options(mixer: type[Mixer]) -> dict[str, Any]:
+    """The options `mixer.add_arguments` adds, by name, with their defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    mixer.add_arguments(parser.add_argument_group())
+    return vars(parser.parse_args([]))
+
+
+def unread_option(args: argparse.Namespace, defaults: dict[str, Any]) -> Optional[str]:
+    """The first option given a value (other than its default) that `--mixer` does not read, as an
+    error message; None when every option given is read. `defaults`: every option's default."""
+    chosen = MIXERS[args.mixer]
+    readable = set(own_options(chosen)) | chosen.reads
+    for option in [*SHARED_OPTIONS, *(name for mixer in MIXERS.values() for name in own_options(mixer))]:
+        if option in readable or getattr(args, option) == defaults[option]:
+            continue
+        readers = [name for name, mixer in MIXERS.items() if option in own_options(mixer) or option in mixer.reads]
+        flag = "--" + option.replace("_", "-")
+        return f"{flag} is read by --mixer {', '.join(readers)}{' only' if len(readers) == 1 else ''}, not by --mixer {args.mixer}; drop it"
+    return None
 
 
 def build_mixer(

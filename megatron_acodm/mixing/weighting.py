@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 import numpy
@@ -56,7 +57,8 @@ def domain_weighting(
         if unknown or not chosen:
             problem = f"no domains {unknown} in --data-path" if unknown else "no domain named"
             raise UserError(
-                f"{option} {text!r}: {problem}; give one of {', '.join(NAMED_WEIGHTINGS)} or domain names from {list(names)}"
+                f"{option} {text!r}: {problem}; give one of {', '.join(NAMED_WEIGHTINGS)}, a blend file (BLEND.json) "
+                f"or domain names from {list(names)}"
             )
         weights = [1.0 if name in chosen else 0.0 for name in names]
     weights = numpy.array(validate_weights(weights, source=option))
@@ -69,7 +71,12 @@ def domain_weighting(
 
 def _blend_file_weights(path: str, option: str, names: Sequence[str]) -> list[float]:
     """The weights a blend file gives the domains `names`, in their order."""
-    blend = load_manifest(path)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{option} {path}: no such blend file; write one with tools/mergemix.py --output {path}, or give one of "
+            f"{', '.join(NAMED_WEIGHTINGS)}"
+        )
+    blend = load_manifest(path, option)
     given = {domain.name: domain.weight for domain in blend.domains}
     if sorted(given) != sorted(names):
         raise UserError(

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
@@ -27,6 +28,10 @@ from megatron_acodm.errors import UserError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 COMMON_STATE = "common.pt"  # dist_checkpointing's file of the state every rank shares
+DIST_CHECKPOINT_CONFIG = "metadata.json"  # dist_checkpointing's record of the checkpoint's format
+# Every stored item is a torch.save zip archive: it starts with a local file header and, having
+# no comment, ends with the 22-byte end-of-central-directory record.
+_ZIP_START, _ZIP_END, _ZIP_END_RECORD = b"PK\x03\x04", b"PK\x05\x06", 22
 _ITERATION_FOLDER = re.compile(r"iter_(\d{7})")
 
 
@@ -57,7 +62,7 @@ def _checkpoint_problem(path: str) -> Optional[str]:
     """
     if not os.path.isdir(path):
         return "the folder is missing"
-    for name in (COMMON_STATE, ".metadata"):
+    for name in (COMMON_STATE, ".metadata", DIST_CHECKPOINT_CONFIG):
         if not os.path.isfile(os.path.join(path, name)):
             return f"{name} is missing"
     try:
@@ -74,6 +79,27 @@ def _checkpoint_problem(path: str) -> Optional[str]:
             return f"{item.relative_path} is missing"
         if size < item.offset + item.length:
             return f"{item.relative_path} is truncated ({size} bytes, its metadata needs {item.offset + item.length})"
+    return _damaged_item(path, storage.values())
+
+
+def _damaged_item(path: str, items) -> Optional[str]:
+    """The first tensor file whose stored items do not begin and end as torch.save writes them (a
+    zip archive): a file zeroed or overwritten at its full size, found before any rank reads it."""
+    streams: dict[str, object] = {}
+    try:
+        for item in items:
+            if getattr(item, "transform_descriptors", None):  # compressed or otherwise transformed: no zip to see
+                continue
+            stream = streams.get(item.relative_path) or streams.setdefault(item.relative_path, open(os.path.join(path, item.relative_path), "rb"))
+            stream.seek(item.offset)
+            head = stream.read(len(_ZIP_START))
+            stream.seek(item.offset + item.length - _ZIP_END_RECORD)
+            tail = stream.read(len(_ZIP_END))
+            if head != _ZIP_START or tail != _ZIP_END:
+                return f"{item.relative_path} is damaged (the item at byte {item.offset} is not what torch.save wrote)"
+    finally:
+        for stream in streams.values():
+            stream.close()
     return None
 
 
@@ -112,7 +138,14 @@ def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
             return path, saved_run_state(path)
         except Exception as error:  # a damaged common.pt fails inside torch.load with many types
             problem = f"{COMMON_STATE} is unreadable ({type(error).__name__})"
-    raise UserError(f"{path}: the checkpoint is broken, {problem}; {_earlier_complete_checkpoint(root, iteration)}")
+    raise _broken(path, problem)
+
+
+def _broken(path: str, problem: str) -> UserError:
+    """The error for a checkpoint `path` (an iter_NNNNNNN folder) that cannot load, naming where to resume instead."""
+    root, folder = os.path.split(os.path.abspath(path))
+    iteration = int(_ITERATION_FOLDER.fullmatch(folder).group(1))
+    return UserError(f"{path}: the checkpoint is broken, {problem}; {_earlier_complete_checkpoint(root, iteration)}")
 
 
 def _layout() -> dict:
@@ -240,9 +273,14 @@ def load_checkpoint(path: str, run_state: dict, model, optimizer, distributed_op
         )
     if distributed_optimizer:
         _prepare_distributed_optimizer_load(optimizer)
-    state = dist_checkpointing.load(
-        _sharded_state(model, optimizer, is_loading=True, distributed_optimizer=distributed_optimizer), path
-    )
+    try:
+        state = dist_checkpointing.load(
+            _sharded_state(model, optimizer, is_loading=True, distributed_optimizer=distributed_optimizer), path
+        )
+    except CheckpointException as error:  # a tensor file damaged where the checks before loading cannot see
+        # Each rank's failure comes as (exception, stack): name its kind; torch's own text runs long.
+        kinds = sorted({type(failure[0] if isinstance(failure, tuple) else failure).__name__ for failure in error.failures.values()})
+        raise _broken(path, f"a tensor file holds damaged data ({', '.join(kinds)} while reading it)") from error
     model[0].module.load_state_dict(state["model"])
     # megatron.core 0.16 copies the distributed optimizer's dp_reshardable state into fp32 main
     # params that are views of trainable weights, which autograd refuses outside no_grad.

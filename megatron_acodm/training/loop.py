@@ -12,69 +12,20 @@ import torch
 
 from megatron.core import parallel_state
 
-from megatron_acodm.data import DynamicBlender, Tokenizer, parse_data_path
-from megatron_acodm.data.targets import TargetSets
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, StepSignals, build_mixer
-from megatron_acodm.model import layers_at_depths, pad_vocab_size
+from megatron_acodm.model import layers_at_depths
 from megatron_acodm.sketch import HALVES, GradientSketcher, gram, half_segments
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
-from megatron_acodm.training.checkpoint import initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint
+from megatron_acodm.training.checkpoint import TRACKER, initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
 from megatron_acodm.training.exit_signal import ExitSignalHandler
+from megatron_acodm.training.inputs import build_blender, build_targets, check_output_paths, open_inputs
 from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord
 from megatron_acodm.training.resume import check_resumable, check_same_model_shape, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step
 from megatron_acodm.training.target_pass import check_target_pass_supported, steering_batch_size, target_micro_batches, target_rows
-
-
-def _rank_zero_first(build):
-    """`build()` on every rank, rank 0 first, so it alone writes megatron's index cache."""
-    built = build() if torch.distributed.get_rank() == 0 else None
-    torch.distributed.barrier()
-    return built if built is not None else build()
-
-
-def build_tokenizer(args: Namespace) -> Tokenizer:
-    """The tokenizer of --tokenizer-model; fills in `args.vocab_size` and the padded vocabulary."""
-    tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
-    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
-        raise UserError(
-            f"--vocab-size {args.vocab_size} but --tokenizer-model {args.tokenizer_model} has "
-            f"{tokenizer.vocab_size} ids; give the tokenizer's size or drop --vocab-size"
-        )
-    args.vocab_size = tokenizer.vocab_size
-    args.padded_vocab_size = pad_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
-    return tokenizer
-
-
-def build_blender(args: Namespace, tokenizer: Tokenizer) -> DynamicBlender:
-    """The blender on every rank."""
-    return _rank_zero_first(
-        lambda: DynamicBlender(
-            parse_data_path(args.data_path),
-            tokenizer,
-            seq_length=args.seq_length,
-            global_batch_size=args.global_batch_size,
-            seed=args.seed,
-            split=args.split,
-            min_samples_per_domain=args.min_samples_per_domain,
-            data_cache_path=args.data_cache_path,
-            reset_position_ids=args.reset_position_ids,
-            reset_attention_mask=args.reset_attention_mask,
-            eod_mask_loss=args.eod_mask_loss,
-            # The attention kernel applies the causal mask itself; only document-wise masks must be built.
-            create_attention_mask=args.reset_attention_mask,
-        )
-    )
-
-
-def build_targets(args: Namespace, blender: DynamicBlender, tokenizer: Tokenizer) -> Optional[TargetSets]:
-    """The target sets of --target-data-path on every rank (None without), shaped as the training data."""
-    if not args.target_data_path:
-        return None
-    return _rank_zero_first(lambda: TargetSets(args.target_data_path, blender.config, tokenizer, args.target_split))
 
 
 def _start_from_pretrained(args: Namespace, model, optimizer, log) -> None:
@@ -143,14 +94,17 @@ def _signals(iteration: int, outcome: StepOutcome, counts: numpy.ndarray) -> Ste
 
 
 def pretrain(args: Namespace) -> None:
+    # Every input is checked before the process group exists (training.inputs), the mixer's
+    # options included; the mixer is built before the seeds are set, so it cannot move them.
+    inputs = open_inputs(args)
+    mixer = build_mixer(args.mixer, names=inputs.corpus.names, initial_weights=inputs.corpus.initial_weights, domain_tokens=inputs.corpus.tokens, args=args)
+    check_output_paths(args)
     initialize(args)
     rank = torch.distributed.get_rank()
     log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda message: None)
     run_device = device()
-    tokenizer = build_tokenizer(args)
-    blender = build_blender(args, tokenizer)
-    targets = build_targets(args, blender, tokenizer)
-    mixer = build_mixer(args.mixer, names=blender.names, initial_weights=blender.initial_weights, domain_tokens=blender.domain_tokens, args=args)
+    blender = build_blender(args, inputs.corpus)
+    targets = build_targets(args, inputs.targets, blender)
     model = build_model(args)
     optimizer, scheduler = build_optimizer(args, model)
 
@@ -162,10 +116,13 @@ def pretrain(args: Namespace) -> None:
         load_checkpoint(path, state, model, optimizer, args.use_distributed_optimizer)
         start = restore(state, args, scheduler, mixer, blender, log)
         log(f"resumed from {path} at iteration {start}")
-    elif args.pretrained_checkpoint:
+    elif args.load:
+        log(f"--load {args.load}: no checkpoint there (no {TRACKER}); training from iteration 0")
+    if checkpoint is None and args.pretrained_checkpoint:
         _start_from_pretrained(args, model, optimizer, log)
     if start >= args.train_iters:
         log(f"nothing to do: the checkpoint is at iteration {start}, --train-iters is {args.train_iters}")
+        _end_of_run(mixer, rank, log)
         return
 
     logger = MetricsLogger(
@@ -228,8 +185,12 @@ def pretrain(args: Namespace) -> None:
             break
     if exit_signals is not None:
         exit_signals.release()
-    if args.acodm_export_policy and rank == 0:
-        mixer.export_policy(args.acodm_export_policy)
-        log(f"wrote the AC-ODM policy to {args.acodm_export_policy}")
+    _end_of_run(mixer, rank, log)
     logger.close()
+
+
+def _end_of_run(mixer, rank: int, log) -> None:
+    """What the mixer leaves behind (e.g. AC-ODM's exported policy), written once, then every rank leaves together."""
+    if rank == 0:
+        mixer.end_of_run(log)
     torch.distributed.barrier()

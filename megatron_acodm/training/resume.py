@@ -35,6 +35,7 @@ _MODEL_SHAPE = [
 _FIXED_ARGUMENTS = [
     ("seq_length", "--seq-length", "the samples the blender has planned"),
     ("global_batch_size", "--global-batch-size", "the samples the blender has planned"),
+    ("seed", "--seed", "the order the blender draws samples in"),
     *_MODEL_SHAPE,
     ("use_distributed_optimizer", "--use-distributed-optimizer", "the optimizer state's layout"),
 ]

@@ -26,12 +26,12 @@ from megatron.core import parallel_state
 
 from megatron_acodm.arguments import parse_args
 from megatron_acodm.atomic_files import write_text_atomically
-from megatron_acodm.errors import UserError, report_error
+from megatron_acodm.errors import UserError, run_reporting_errors
 from megatron_acodm.mixing.alignment import TARGET
 from megatron_acodm.mixing.weighting import domain_weighting
 from megatron_acodm.training.checkpoint import saved_run_state
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
-from megatron_acodm.training.loop import build_blender, build_targets, build_tokenizer
+from megatron_acodm.training.inputs import RunInputs, build_blender, build_targets, open_inputs
 from megatron_acodm.training.resume import check_same_model_shape
 from megatron_acodm.training.setup import build_model, device, initialize
 from mixture_merging.merged_model import MergedModel
@@ -43,11 +43,10 @@ from mixture_merging.search import Surrogate, best_index, propose, seed_mixtures
 class Evaluator:
     """Merges at a mixture and measures it; every rank calls it with the same mixture."""
 
-    def __init__(self, args, plan: dict):
+    def __init__(self, args, plan: dict, inputs: RunInputs):
         self.args = args
-        tokenizer = build_tokenizer(args)
-        self.blender = build_blender(args, tokenizer)
-        self.targets = build_targets(args, self.blender, tokenizer)
+        self.blender = build_blender(args, inputs.corpus)
+        self.targets = build_targets(args, inputs.targets, self.blender)
         if self.blender.names != plan["domains"]:
             raise UserError(f"--data-path gives domains {self.blender.names}, the experts are for {plan['domains']}")
         model = build_model(args)
@@ -165,21 +164,22 @@ class Search:
             write_text_atomically(plan["outcome"], json.dumps(outcome, indent=2) + "\n")
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0], encoding="utf-8") as stream:
+def search(plan_path: str) -> None:
+    with open(plan_path, encoding="utf-8") as stream:
         plan = json.load(stream)
     args = parse_args(plan["arguments"])
-    try:
-        initialize(args)
-        evaluator = Evaluator(args, plan)
-        objective = Objective(plan["objective"], evaluator)
-        results = ResultsFile(plan["results"], plan["settings"]) if torch.distributed.get_rank() == 0 else None
-        Search(plan, evaluator, objective, results).run()
-    except UserError as error:
-        return report_error(f"error: {error}", rank_local=error.rank_local)
+    inputs = open_inputs(args)
+    initialize(args)
+    evaluator = Evaluator(args, plan, inputs)
+    objective = Objective(plan["objective"], evaluator)
+    results = ResultsFile(plan["results"], plan["settings"]) if torch.distributed.get_rank() == 0 else None
+    Search(plan, evaluator, objective, results).run()
     torch.distributed.barrier()
-    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return run_reporting_errors(lambda: search(argv[0]), "interrupted: the search's evaluations so far are kept")
 
 
 if __name__ == "__main__":  # dist_checkpointing's loader may spawn processes that re-import this file

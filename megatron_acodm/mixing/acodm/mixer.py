@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy
 import torch
 
 from megatron_acodm.errors import UserError
+from megatron_acodm.output_paths import check_output_file
 from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig
 from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, DEFAULT_STALE_DECAY, FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
@@ -72,6 +73,10 @@ class ACODMMixer(Mixer):
     `half_gram` and `half_tokens` and `layer_weight_norms` at `feature_layer_depths`."""
 
     needs = frozenset({DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS})
+    reads = frozenset({
+        "mixing_prior", "mixing_objective", "mixing_prior_pull", "mixing_kl_radius", "mixing_score_ema",
+        "sketch_layers", "sketch_dim", "dga_interval",  # the target pass's interval, with --mixing-objective target
+    })
 
     def __init__(
         self,
@@ -94,11 +99,16 @@ class ACODMMixer(Mixer):
         kl_radius: float = 0.25,
         max_step: float = 0.1,
         policy: Optional[FrozenPolicy] = None,
+        export_path: Optional[str] = None,
         floor: float = 0.0,
     ):
         """`prior` (p0) and `objective` (pi) default to uniform. `policy` switches to proxy mode:
-        the network, feature depths and stale decay are then the policy's, `hidden`, `depth` unused."""
+        the network, feature depths and stale decay are then the policy's, `hidden`, `depth` unused.
+        `export_path`: where the actor goes at the end of the run (`end_of_run`)."""
         super().__init__(names, initial_weights, floor)
+        if export_path is not None:
+            check_output_file(export_path, "--acodm-export-policy", "policy.pt")
+        self.export_path = export_path
         if not 0.0 <= warmup_fraction <= 1.0:
             raise UserError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
         uniform = numpy.full(self.num_domains, 1.0 / self.num_domains)
@@ -274,6 +284,7 @@ class ACODMMixer(Mixer):
             kl_radius=args.mixing_kl_radius,
             max_step=args.acodm_max_step,
             policy=load_policy(args.acodm_policy, names) if args.acodm_policy else None,
+            export_path=args.acodm_export_policy,
             floor=args.mixing_floor,
         )
 
@@ -281,6 +292,11 @@ class ACODMMixer(Mixer):
         """Write the actor with its feature spec to `path` (atomically), for `--acodm-policy` in another run."""
         actor = self.agent.actor if self.agent is not None else self.policy.actor
         save_policy(path, self.names, self.spec, self.network, actor)
+
+    def end_of_run(self, log: Callable[[str], None]) -> None:
+        if self.export_path is not None:
+            self.export_policy(self.export_path)
+            log(f"wrote the AC-ODM policy to {self.export_path}")
 
     def _warming_up(self) -> bool:
         return self.steps_observed < self.warmup_steps

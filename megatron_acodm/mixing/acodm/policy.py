@@ -11,6 +11,7 @@ be the same, in the same order.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy
@@ -67,9 +68,11 @@ def load_policy(path: str, names: Sequence[str]) -> FrozenPolicy:
             f"{path}: no such policy file; --acodm-policy takes the file a run wrote with --acodm-export-policy"
         )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise PolicyError(f"{path}: not a readable AC-ODM policy ({error}); {_EXPORT_FIX}") from error
+        with warnings.catch_warnings():  # torch warns about a foreign pickle before it fails on it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's reasons run to many lines of advice that does not apply here
+        raise PolicyError(f"{path}: not a readable AC-ODM policy ({type(error).__name__}); {_EXPORT_FIX}") from error
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
         raise PolicyError(f"{path}: not an AC-ODM policy file (no format {POLICY_FORMAT!r}); {_EXPORT_FIX}")
     if payload.get("version") != POLICY_VERSION:

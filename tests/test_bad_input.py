@@ -1,0 +1,159 @@
+"""Bad input to pretrain_acodm.py is refused before any process group starts: one `error:` line
+naming the argument or file and the fix, exit status 2, and nothing already written touched.
+
+The entry point's `main` runs in this process with the process group's start replaced by a
+failure, so each case also shows that its check comes before any rank joins a job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pytest
+
+import trainer_runs as runs
+from megatron_acodm.training import loop
+
+
+def _entry_point():
+    spec = importlib.util.spec_from_file_location("pretrain_acodm", runs.ENTRY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ENTRY_POINT = _entry_point()
+
+
+@pytest.fixture
+def no_process_group(monkeypatch):
+    def refuse(args):
+        raise AssertionError("the run reached the process group: its input should have been refused before")
+
+    monkeypatch.setattr(loop, "initialize", refuse)
+
+
+@pytest.fixture
+def earlier_run(tmp_path):
+    """A --save folder holding what an earlier run wrote, and how to tell it is untouched."""
+    save = tmp_path / "run"
+    save.mkdir()
+    (save / "metrics.jsonl").write_text('{"kind": "run"}\n')
+    (save / "latest_checkpointed_iteration.txt").write_text("2\n")
+    return save
+
+
+def _contents(folder) -> dict:
+    return {path: open(path, "rb").read() for path in sorted(str(p) for p in folder.rglob("*") if p.is_file())}
+
+
+def refused(argv: list[str], capsys) -> str:
+    """The one error line `argv` gets (exit status 2)."""
+    capsys.readouterr()
+    try:
+        status = ENTRY_POINT.main(argv)
+    except SystemExit as exit_:  # argparse's own refusal
+        status = exit_.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(("error: ", "pretrain_acodm.py: error: ")), lines
+    return lines[0]
+
+
+def _arguments(corpus, tokenizer_model, save, *extra) -> list[str]:
+    return runs.arguments(corpus, tokenizer_model, str(save), "--train-iters", "4", *extra)
+
+
+def _partly_weighted(manifest_path, tmp_path) -> str:
+    manifest = json.loads(open(manifest_path).read())
+    manifest["domains"][0]["weight"] = 0.7
+    return _rewritten(manifest, manifest_path, tmp_path / "partly-weighted.json")
+
+
+def _misspelled_weight(manifest_path, tmp_path) -> str:
+    manifest = json.loads(open(manifest_path).read())
+    for domain in manifest["domains"]:
+        domain["wieght"] = 1.0
+    return _rewritten(manifest, manifest_path, tmp_path / "misspelled.json")
+
+
+def _rewritten(manifest: dict, original: str, path) -> str:
+    """`manifest` written to `path`, its prefixes still naming the original's files."""
+    folder = os.path.dirname(original)
+    for domain in manifest["domains"]:
+        domain["prefix"] = os.path.join(folder, domain["prefix"])
+    path.write_text(json.dumps(manifest))
+    return str(path)
+
+
+# (case, extra arguments given {tmp, corpus}, the error line's words)
+CASES = [
+    ("split-not-a-number", ["--split", "90,abc"], "--split '90,abc': give up to three shares train,valid,test"),
+    ("micro-batch-zero", ["--micro-batch-size", "0"], "--micro-batch-size (0) must be >= 1"),
+    ("cache-is-a-file", ["--data-cache-path", "{tmp}/a-file"], "--data-cache-path {tmp}/a-file: is a file, not a folder"),
+    ("tensorboard-is-a-file", ["--tensorboard-dir", "{tmp}/a-file"], "--tensorboard-dir {tmp}/a-file: is a file, not a folder"),
+    ("metrics-is-a-folder", ["--metrics-path", "{tmp}"],
+     "--metrics-path {tmp}: is a folder; give a file name, e.g. --metrics-path {tmp}/metrics.jsonl"),
+    ("load-is-a-file", ["--load", "{tmp}/a-file"], "--load {tmp}/a-file: is a file; give the --save folder of an earlier run"),
+    ("odm-prior-word", ["--mixer", "odm", "--mixing-prior", "tokenz"], "--mixing-prior 'tokenz': no domains ['tokenz'] in --data-path; give one of uniform, tokens, data-path, a blend file (BLEND.json) or domain names"),
+    ("odm-prior-missing", ["--mixer", "odm", "--mixing-prior", "{tmp}/missing.json"],
+     "--mixing-prior {tmp}/missing.json: no such blend file; write one with tools/mergemix.py --output {tmp}/missing.json"),
+    ("acodm-prior-missing", ["--mixer", "acodm", "--mixing-prior", "{tmp}/missing.json"], "--mixing-prior {tmp}/missing.json: no such blend file"),
+    ("ado-prior-missing", ["--mixer", "ado", "--mixing-prior", "{tmp}/missing.json"], "--mixing-prior {tmp}/missing.json: no such blend file"),
+    ("export-under-a-file", ["--mixer", "acodm", "--acodm-export-policy", "{tmp}/a-file/policy.pt"],
+     "--acodm-export-policy {tmp}/a-file/policy.pt: {tmp}/a-file is a file, so nothing can be created under it"),
+    ("export-into-proc", ["--mixer", "acodm", "--acodm-export-policy", "/proc/policy.pt"],
+     "--acodm-export-policy /proc/policy.pt: cannot write in /proc"),
+    ("export-is-a-folder", ["--mixer", "acodm", "--acodm-export-policy", "{tmp}"], "--acodm-export-policy {tmp}: is a folder"),
+    ("policy-garbage", ["--mixer", "acodm", "--acodm-policy", "{tmp}/garbage.pt"],
+     "{tmp}/garbage.pt: not a readable AC-ODM policy (UnpicklingError); re-export it with --mixer acodm --acodm-export-policy"),
+    ("option-of-another-mixer", ["--mixer", "ado", "--odm-smoothing", "0.3"], "--odm-smoothing is read by --mixer odm only, not by --mixer ado; drop it"),
+    ("prior-of-a-static-run", ["--mixer", "static", "--mixing-prior", "tokens"], "--mixing-prior is read by --mixer odm, acodm, ado, aioli, dga, not by --mixer static"),
+    ("policy-without-acodm", ["--acodm-policy", "{tmp}/p.pt"], "--acodm-policy is read by --mixer acodm only, not by --mixer static"),
+    ("data-path-bin", ["--data-path", "{corpus_folder}/code_text_document.bin"],
+     "--data-path {corpus_folder}/code_text_document.bin: give the prefix of the .bin/.idx pair, without the suffix: "
+     "--data-path {corpus_folder}/code_text_document"),
+    ("data-path-idx", ["--data-path", "{corpus_folder}/code_text_document.idx"], "give the prefix of the .bin/.idx pair"),
+    ("manifest-and-prefix", ["--data-path", "{corpus}", "{corpus_folder}/code_text_document"],
+     "a manifest ({corpus}) must be the only item; give one domains.json"),
+    ("weights-on-some-domains", ["--data-path", "{partly_weighted}"],
+     "{partly_weighted}: domains ['code'] have a 'weight' and ['multilingual', 'prose'] have none; give every domain a weight, or none"),
+    ("misspelled-field", ["--data-path", "{misspelled}"],
+     "{misspelled}: domain 'code': unknown field 'wieght'; a domain holds 'name', 'prefix'"),
+]
+
+
+@pytest.mark.parametrize("extra, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_one_error_line_before_the_process_group(
+    tmp_path, preprocessed_corpus, tokenizer_model, earlier_run, no_process_group, capsys, extra, message
+):
+    (tmp_path / "a-file").write_text("kept")
+    (tmp_path / "garbage.pt").write_bytes(os.urandom(3000))
+    names = {
+        "tmp": str(tmp_path),
+        "corpus": preprocessed_corpus,
+        "corpus_folder": os.path.dirname(preprocessed_corpus),
+        "partly_weighted": _partly_weighted(preprocessed_corpus, tmp_path),
+        "misspelled": _misspelled_weight(preprocessed_corpus, tmp_path),
+    }
+    before = _contents(tmp_path)
+    line = refused(_arguments(preprocessed_corpus, tokenizer_model, earlier_run, *[word.format(**names) for word in extra]), capsys)
+    assert message.format(**names) in line
+    assert _contents(tmp_path) == before  # nothing written, nothing left behind by the checks
+
+
+def test_odm_starts_from_the_prior_like_every_mixer_that_reads_one(tmp_path, preprocessed_corpus):
+    from megatron_acodm.arguments import parse_args
+    from megatron_acodm.data import load_manifest
+    from megatron_acodm.mixing import build_mixer
+
+    manifest = load_manifest(preprocessed_corpus)
+    blend = tmp_path / "blend.json"
+    manifest.with_weights({"code": 0.7, "multilingual": 0.2, "prose": 0.1}).save(str(blend))
+    tokens = [domain.tokens for domain in manifest.domains]
+    for mixer in ("odm", "ado", "acodm"):
+        args = parse_args(["--data-path", preprocessed_corpus, "--tokenizer-model", "t", "--train-iters", "10",
+                           "--mixer", mixer, "--mixing-prior", str(blend)])
+        built = build_mixer(mixer, names=manifest.names, initial_weights=manifest.initial_weights(), domain_tokens=tokens, args=args)
+        assert built.weights() == pytest.approx([0.7, 0.2, 0.1], abs=1e-12), mixer
