@@ -2,8 +2,7 @@
 timing, progress, and the results writer.
 
 Benchmarks run as scripts (`python bench/<name>.py`), so this folder is on `sys.path` and they
-`import common`. Importing this module also puts the repository's `tools/` folder on `sys.path`:
-the metrics reader (`run_metrics`) and the tool scripts' modules live there.
+`import common`; everything else they use is the installed package, `megatron_acodm`.
 """
 
 from __future__ import annotations
@@ -23,9 +22,6 @@ from tqdm import tqdm
 from megatron_acodm.atomic_files import atomic_write, write_text_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(REPO, "tools")
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
 
 MIB = 2**20
 GIB = 2**30

@@ -22,6 +22,7 @@ import io
 import itertools
 import multiprocessing
 import os
+import runpy
 import shutil
 import sys
 import time
@@ -30,7 +31,7 @@ from typing import Callable
 
 import psutil
 
-from common import GIB, MIB, calls_per_second, describe_machine, progress, save_figure, say, write_json
+from common import GIB, MIB, REPO, calls_per_second, describe_machine, progress, save_figure, say, write_json
 
 RUN_LENGTHS = (10**5, 10**6, 10**7, 10**8)
 QUICK_RUN_LENGTHS = (10**5, 10**6)
@@ -242,8 +243,7 @@ def measure_blender(data_path: str, tokenizer_model: str, run_length: int, cache
 def measure_preprocess(jsonl_dir: str, tokenizer_model: str, workers: int, output_dir: str) -> dict:
     """`tools/preprocess_domains.py` with a user's arguments, called in this fresh process once its
     imports are done: the time is the tokenizing and writing, not the interpreter's start-up."""
-    import preprocess_domains  # in tools/, which common put on sys.path
-
+    preprocess_domains = runpy.run_path(os.path.join(REPO, "tools", "preprocess_domains.py"), run_name="preprocess_domains")
     from megatron_acodm.data.manifest import load_manifest
 
     argv = ["--input", jsonl_dir, "--output-dir", output_dir, "--tokenizer-type", TOKENIZER_TYPE,
@@ -251,7 +251,7 @@ def measure_preprocess(jsonl_dir: str, tokenizer_model: str, workers: int, outpu
     log = io.StringIO()  # the tool's per-domain lines: not this benchmark's output
     start = time.perf_counter()
     with contextlib.redirect_stderr(log):
-        status = preprocess_domains.main(argv)
+        status = preprocess_domains["main"](argv)
     seconds = time.perf_counter() - start
     if status != 0:
         raise RuntimeError(f"tools/preprocess_domains.py exited with {status}: {log.getvalue()[-2000:]}")

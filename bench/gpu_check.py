@@ -20,7 +20,7 @@ others still run, since one device session should bring back everything it can:
    linear_fc2 8192 -> 2048, k = 256, 16 rows), both implementations, against the GPU's roofline.
 4. corpus: 8 domains of random words, a SentencePiece BPE tokenizer trained on them (the demo
    corpus's trainer, 4096 entries: a speed check needs no real vocabulary) and the project's own
-   indexing (`tools/domain_indexing.py`); the GPU machine has neither a corpus nor a network.
+   indexing (`megatron_acodm.indexing`); the GPU machine has neither a corpus nor a network.
 5. host_batch: what building one step's batch costs the host (the blender's plan, the sketch
    rows, reading and collating, as the training loop does), at each model's shape.
 6. training: Pythia-like 160M (12 x 768, 12 heads) and 1B (16 x 2048, 8 heads) models, bf16, seq
@@ -59,7 +59,6 @@ from functools import partial
 from typing import Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, REPO)  # megatron_acodm without an install; this folder stays first
 
 # What megatron-core 0.16.1 and this project need that a bare PyTorch image (torch, Triton, numpy,
 # sentencepiece, pytest) lacks, as the wheels to carry (the versions tested here) and the module
@@ -220,14 +219,14 @@ def halves_inputs(shape: dict, sequence_domains: tuple, dtype, device: str):
     import torch
 
     from megatron_acodm.sketch import half_segments
-    from sketch_kernels import inputs
+    from megatron_acodm.sketch.kernel_inputs import inputs
 
     rows = torch.from_numpy(half_segments(sequence_domains)).repeat_interleave(shape["tokens"] // len(sequence_domains))
     return inputs(**shape, dtype=dtype, device=device, token_domain=rows)
 
 
 def projection_cases(profile: Profile) -> dict[str, Callable]:
-    from sketch_kernels import ragged_inputs
+    from megatron_acodm.sketch.kernel_inputs import ragged_inputs
 
     return {
         "ragged": ragged_inputs,
@@ -238,7 +237,7 @@ def projection_cases(profile: Profile) -> dict[str, Callable]:
 
 def agreement(case: str, operation: str, dtype, got, expected, empty_rows=None) -> dict:
     """How far the kernel is from the reference, and whether that passes."""
-    from sketch_kernels import relative_difference
+    from megatron_acodm.sketch.kernel_inputs import relative_difference
 
     difference = relative_difference(got, expected)
     result = {"case": case, "operation": operation, "dtype": str(dtype).removeprefix("torch."), "shape": list(got.shape),
@@ -254,7 +253,7 @@ def kernel_correctness(profile: Profile, device: str) -> dict:
     import torch
 
     from megatron_acodm.sketch import backend, reference
-    from sketch_kernels import sketch_rows
+    from megatron_acodm.sketch.kernel_inputs import sketch_rows
 
     chosen, why = backend.choose_backend(torch.device(device))
     cases = []
@@ -344,9 +343,9 @@ def build_corpus(profile: Profile, corpus: Corpus) -> dict:
     import random
     from pathlib import Path
 
-    from demo_corpus import tokenizer_training
-    from demo_corpus.output import jsonl_bytes, write_bytes
-    from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
+    from megatron_acodm.demo_corpus import tokenizer_training
+    from megatron_acodm.demo_corpus.output import jsonl_bytes, write_bytes
+    from megatron_acodm.indexing import PreprocessOptions, discover_inputs, preprocess_all
 
     documents = random_documents(profile, random.Random(SEED))
     every_document = [text for texts in documents.values() for text in texts]

@@ -14,6 +14,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The project's package from this checkout, without installing it (the device image has no network).
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 USAGE="usage: bench/gpu_check.sh OUT_DIR [WHEEL_DIR] [--cpu]"
 
 positional=()

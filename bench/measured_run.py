@@ -13,11 +13,7 @@ trainer's.
 from __future__ import annotations
 
 import json
-import os
 import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 MIB = 2**20
 

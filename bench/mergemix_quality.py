@@ -47,7 +47,7 @@ from mixing_quality import Run, ensure_corpus, execute_runs, parse_args as mixin
 from mixing_quality_analysis import METRIC_TITLES, analyse, clock, parameter_count
 from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
-from mixture_merging.results import read_results
+from megatron_acodm.mergemix.results import read_results
 
 OUTPUT_STEMS = {"demo": "mergemix_quality", "noisy": "mergemix_quality_noisy"}
 MIXERS = ("uniform", "static", "mergemix")

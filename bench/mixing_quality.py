@@ -64,18 +64,18 @@ import numpy
 from megatron.core.datasets.indexed_dataset import DType
 
 from common import REPO, child_env, describe_machine, progress, run_process, say, tail, write_json, write_text
-from demo_corpus.tokenizer_training import SPECIAL_IDS
-from domain_indexing import DomainInput, EncodedBatch, Job, write_domain
+from megatron_acodm.demo_corpus.tokenizer_training import SPECIAL_IDS
+from megatron_acodm.indexing import DomainInput, EncodedBatch, Job, write_domain
 from megatron_acodm.data.indexed import check_indexed_files
 from megatron_acodm.data.manifest import MANIFEST_NAME, PREFIX_SUFFIX, Domain, Manifest, load_manifest
 from megatron_acodm.data.tokenizers import Tokenizer, file_sha256
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import MIXERS
-from megatron_acodm.training.metrics import validation_means
+from megatron_acodm.metrics import validation_means
 from mixing_quality_analysis import REFERENCE, REFERENCES, analyse, clock, eval_interval, log_interval, parameter_count
 from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
-from run_metrics import read_metrics
+from megatron_acodm.metrics.reader import read_metrics
 
 DEMO_DIR = "data/demo"
 DEMO_DATA = f"{DEMO_DIR}/indexed/domains.json"

@@ -53,7 +53,7 @@ import time
 import warnings
 
 from common import REPO, child_env, describe_machine, progress, run_process, save_figure, say, time_cpu, write_json
-from run_metrics import read_metrics
+from megatron_acodm.metrics.reader import read_metrics
 
 SIZES = {"small": {"num_layers": 4, "hidden_size": 128}, "large": {"num_layers": 8, "hidden_size": 256}}
 MIXERS = ("static", "acodm", "proxy")

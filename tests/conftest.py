@@ -130,7 +130,7 @@ def make_jsonl_corpus() -> Callable[..., str]:
 def index_corpus(folder: str | os.PathLike, tokenizer_model: str, domains: dict[str, list[str]]) -> str:
     """Write `domains` ({domain: [texts]}) as JSONL under `folder` and index it (--append-eod, one
     worker, no index cache yet); return the path of its `domains.json`."""
-    from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
+    from megatron_acodm.indexing import PreprocessOptions, discover_inputs, preprocess_all
 
     corpus = write_jsonl_corpus(os.path.join(folder, "jsonl"), domains)
     output = os.path.join(folder, "out")

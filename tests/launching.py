@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+import types
 from typing import Optional
 
 from megatron_acodm.compat.distributed import free_port
@@ -30,3 +32,13 @@ def run(script: str, arguments: list[str], cwd: str, processes: Optional[int] = 
     return subprocess.run(
         command(script, arguments, processes), cwd=cwd, env=environment(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def load_script(path: str) -> types.ModuleType:
+    """The module of a script (`tools/*.py`, `pretrain_acodm.py`) without running its `__main__` part,
+    so a test can call its `main` in this process."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from functools import partial
 from typing import Callable, Iterator
 
 import torch
 
 # The kernel inputs are the ones the kernel benchmark and the GPU check use.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-from sketch_kernels import ragged_inputs, sketch_rows  # noqa: E402
+from megatron_acodm.sketch.kernel_inputs import ragged_inputs, sketch_rows
 
 SEED = 1234
 VOCAB = 512

@@ -7,23 +7,16 @@ failure, so each case also shows that its check comes before any rank joins a jo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pytest
 
 import trainer_runs as runs
+from launching import load_script
 from megatron_acodm.training import loop
 
 
-def _entry_point():
-    spec = importlib.util.spec_from_file_location("pretrain_acodm", runs.ENTRY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ENTRY_POINT = _entry_point()
+ENTRY_POINT = load_script(runs.ENTRY)
 
 
 @pytest.fixture

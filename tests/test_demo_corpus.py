@@ -23,27 +23,27 @@ import pytest
 import rdata
 import sentencepiece
 
-from demo_corpus import build as build_module
-from demo_corpus import tokenizer_training
-from demo_corpus.build import BuildOptions, build
-from demo_corpus.documents import finish, pack, split_long
-from demo_corpus.fetch import DEFAULT_CACHE_DIR, Fetcher, FetchError
-from demo_corpus.formats import bsdquiz, dictd, mallard
-from demo_corpus.formats.fortune import is_offensive, split_fortunes
-from demo_corpus.formats.metamath import strip_proofs
-from demo_corpus.formats.r_lazyload import (
+from megatron_acodm.demo_corpus import build as build_module
+from megatron_acodm.demo_corpus import tokenizer_training
+from megatron_acodm.demo_corpus.build import BuildOptions, build
+from megatron_acodm.demo_corpus.documents import finish, pack, split_long
+from megatron_acodm.demo_corpus.fetch import DEFAULT_CACHE_DIR, Fetcher, FetchError
+from megatron_acodm.demo_corpus.formats import bsdquiz, dictd, mallard
+from megatron_acodm.demo_corpus.formats.fortune import is_offensive, split_fortunes
+from megatron_acodm.demo_corpus.formats.metamath import strip_proofs
+from megatron_acodm.demo_corpus.formats.r_lazyload import (
     RDataError,
     read_character_vectors,
     read_lazyload_index,
     read_lazyload_record,
 )
-from demo_corpus.output import jsonl_bytes, write_bytes
-from demo_corpus.selection import hash_order, take_balanced
-from demo_corpus.sources import Extracted, Source, SourceUnavailable
-from demo_corpus.sources.books import austen_chapters, austen_novels
-from demo_corpus.sources.dialogue import CHATTERBOT, chatterbot_english
-from demo_corpus.sources.multilingual import SOURCES as MULTILINGUAL_SOURCES
-from demo_corpus.sources.targets import GSM8K_TASK, LM_EVAL, gsm8k_exemplars
+from megatron_acodm.demo_corpus.output import jsonl_bytes, write_bytes
+from megatron_acodm.demo_corpus.selection import hash_order, take_balanced
+from megatron_acodm.demo_corpus.sources import Extracted, Source, SourceUnavailable
+from megatron_acodm.demo_corpus.sources.books import austen_chapters, austen_novels
+from megatron_acodm.demo_corpus.sources.dialogue import CHATTERBOT, chatterbot_english
+from megatron_acodm.demo_corpus.sources.multilingual import SOURCES as MULTILINGUAL_SOURCES
+from megatron_acodm.demo_corpus.sources.targets import GSM8K_TASK, LM_EVAL, gsm8k_exemplars
 from megatron_acodm.atomic_files import atomic_write
 
 # ---------------------------------------------------------------------------------------------

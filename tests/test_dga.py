@@ -25,7 +25,7 @@ from megatron_acodm.mixing import ACODMMixer, StepSignals, build_mixer
 from megatron_acodm.mixing.dga import DGAMixer, exponentiated_gradient_step
 from megatron_acodm.mixing.importance import domain_posteriors, importance_weights, ngram_features, steering_examples
 from mixer_states import assert_decides_alike, through_checkpoint
-from run_metrics import read_metrics
+from megatron_acodm.metrics.reader import read_metrics
 
 NAMES = ["prose", "code", "maths"]
 

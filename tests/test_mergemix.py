@@ -22,22 +22,22 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-import mergemix
 import trainer_runs as runs
 from conftest import _generated_texts, index_corpus
-from launching import command, environment, run
+from launching import command, environment, load_script, run
 from megatron_acodm.arguments import argument_names, command_line, parse_args
 from megatron_acodm.data.manifest import load_manifest
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import build_mixer
 from megatron_acodm.mixing.weighting import mixing_prior
 from megatron_acodm.training.checkpoint import open_checkpoint
-from mixture_merging.experts import checkpoint_fingerprint
-from mixture_merging.results import ResultsFile, read_results
-from run_metrics import read_metrics
+from megatron_acodm.mergemix.experts import checkpoint_fingerprint
+from megatron_acodm.mergemix.results import ResultsFile, read_results
+from megatron_acodm.metrics.reader import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGEMIX = os.path.join(REPO, "tools", "mergemix.py")
+mergemix = load_script(MERGEMIX)
 DOMAINS = ["code", "multilingual", "prose"]  # the corpus manifest's order
 EXPERT_ITERS = 2
 SEARCH = ["--expert-iters", str(EXPERT_ITERS), "--seed-mixtures", "5", "--search-rounds", "1", "--proposals", "2"]
@@ -413,8 +413,8 @@ def test_each_rank_merges_its_own_shards_at_another_layout(search, tmp_path, lay
     with open(tmp_path / "plan.json", "w", encoding="utf-8") as stream:
         json.dump(plan, stream)
     completed = subprocess.run(
-        command("-m", ["mixture_merging.search_worker", str(tmp_path / "plan.json")], processes=2), cwd=str(tmp_path),
-        env={**environment(), "PYTHONPATH": os.path.join(REPO, "tools")}, capture_output=True, text=True, timeout=300,
+        command("-m", ["megatron_acodm.mergemix.search_worker", str(tmp_path / "plan.json")], processes=2), cwd=str(tmp_path),
+        env=environment(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     merged, reference = _records(plan["results"]), _records(search.results)[:4]  # uniform and the 3 corners
@@ -461,7 +461,7 @@ def test_a_damaged_line_before_the_last_is_refused(tmp_path, last):
         records, message = read_results(path)[1], None
     except UserError as error:
         records, message = None, str(error)
-    # Fails for "torn": tools/mixture_merging/results.py's `number < len(lines) - 1` counts the torn line as
+    # Fails for "torn": megatron_acodm/mergemix/results.py's `number < len(lines) - 1` counts the torn line as
     # the empty one after a final newline, so line 3 passes as "the last" and is dropped.
     assert message is not None, f"the damaged line 3 was dropped silently; read back {records}"
     assert message.startswith(f"{path}:3: not valid JSON ("), message

@@ -1,4 +1,4 @@
-"""tools/mixture_merging/search.py: seed mixtures, the Gaussian-process surrogate, proposals, best_index."""
+"""megatron_acodm/mergemix/search.py: seed mixtures, the Gaussian-process surrogate, proposals, best_index."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-from mixture_merging.search import Surrogate, best_index, propose, seed_mixtures
+from megatron_acodm.mergemix.search import Surrogate, best_index, propose, seed_mixtures
 
 # A smooth score on the 4-simplex with its minimum 0 at the interior point TARGET.
 TARGET = np.array([0.4, 0.3, 0.2, 0.1])

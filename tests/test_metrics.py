@@ -1,9 +1,8 @@
-"""megatron_acodm.training.metrics (console, JSONL, TensorBoard, progress) and the mixture plot."""
+"""megatron_acodm.metrics (console, JSONL, TensorBoard, progress) and the mixture plot."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import math
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from launching import load_script
 from megatron_acodm.errors import UserError
-from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord, validation_means
-from run_metrics import read_metrics
+from megatron_acodm.metrics import EvalRecord, MetricsLogger, TrainRecord, validation_means
+from megatron_acodm.metrics.reader import read_metrics
 
 DOMAINS = ["prose", "code", "multilingual"]
 SCIENTIFIC = r"\d\.\d{6}E[+-]\d{2}"
@@ -314,10 +314,7 @@ def write_synthetic_run(path: Path, *, with_eval: bool = True) -> Path:
 
 
 def load_cli():
-    spec = importlib.util.spec_from_file_location("plot_mixture", Path(__file__).parents[1] / "tools/plot_mixture.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
+    return load_script(str(Path(__file__).parents[1] / "tools/plot_mixture.py"))
 
 
 @pytest.mark.parametrize("with_eval", [True, False])
@@ -332,7 +329,7 @@ def test_plot_tool_writes_a_png_next_to_the_metrics(tmp_path, capsys, with_eval)
 
 def test_plot_output_option(tmp_path):
     pytest.importorskip("matplotlib")
-    from mixture_plots import plot_mixture
+    from megatron_acodm.metrics.plots import plot_mixture
 
     metrics = write_synthetic_run(tmp_path / "run.jsonl")
     output = plot_mixture(metrics, tmp_path / "figures" / "mix.png")
@@ -342,7 +339,7 @@ def test_plot_output_option(tmp_path):
 
 def test_plot_draws_each_target_sets_held_out_loss(tmp_path):
     pytest.importorskip("matplotlib")
-    from mixture_plots import _draw
+    from megatron_acodm.metrics.plots import _draw
 
     headers, train, valid = read_metrics(write_synthetic_run(tmp_path / "run.jsonl"))
     figure = _draw(headers, train, valid)
@@ -375,7 +372,7 @@ def test_plot_errors_name_the_file_and_line(tmp_path, capsys, content, message):
 
 
 def test_missing_matplotlib_names_the_install_command(tmp_path, monkeypatch):
-    from mixture_plots import PlotDependencyError, plot_mixture
+    from megatron_acodm.metrics.plots import PlotDependencyError, plot_mixture
 
     metrics = write_synthetic_run(tmp_path / "run.jsonl")
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -20,7 +20,7 @@ import numpy
 import pytest
 
 from launching import command, environment
-from run_metrics import read_metrics
+from megatron_acodm.metrics.reader import read_metrics
 
 ENTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrain_acodm.py")
 STEPS = 16

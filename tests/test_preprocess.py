@@ -1,4 +1,4 @@
-"""tools/preprocess_domains.py and tools/domain_indexing.py: JSONL -> Megatron .bin/.idx + domains.json."""
+"""tools/preprocess_domains.py and megatron_acodm.indexing: JSONL -> Megatron .bin/.idx + domains.json."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ import sys
 
 import numpy
 import pytest
+from launching import load_script
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
-import domain_indexing
-from domain_indexing import PreprocessOptions, discover_inputs, preprocess_all
+from megatron_acodm.indexing import PROGRESS_NAME, PreprocessOptions, discover_inputs, preprocess_all, writing
 from megatron_acodm.data.manifest import Manifest, load_manifest
 from megatron_acodm.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "preprocess_domains.py")
-PROGRESS = domain_indexing.PROGRESS_NAME
+PROGRESS = PROGRESS_NAME
 
 TRICKY_TEXTS = [
     "Plain ASCII prose.",
@@ -283,7 +283,7 @@ class Interrupted(Exception):
 
 def interrupt_after(monkeypatch, documents: int) -> None:
     """Make the writer raise after `documents` more documents, as a crash or Ctrl-C would."""
-    original = domain_indexing.IndexedDatasetBuilder.add_document
+    original = writing.IndexedDatasetBuilder.add_document
     calls = {"count": 0}
 
     def add_document(self, *args, **kwargs):
@@ -292,7 +292,7 @@ def interrupt_after(monkeypatch, documents: int) -> None:
             raise Interrupted()
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(domain_indexing.IndexedDatasetBuilder, "add_document", add_document)
+    monkeypatch.setattr(writing.IndexedDatasetBuilder, "add_document", add_document)
 
 
 def test_interrupted_run_keeps_finished_domains_and_leaves_no_half_files(
@@ -443,11 +443,7 @@ def test_input_folder_problems(tmp_path, make_jsonl_corpus):
 
 
 def test_cli_in_process(tmp_path, tokenizer_model, make_jsonl_corpus, domain_texts, capsys):
-    sys.path.insert(0, os.path.dirname(TOOL))
-    try:
-        import preprocess_domains
-    finally:
-        sys.path.remove(os.path.dirname(TOOL))
+    preprocess_domains = load_script(TOOL)
     corpus = make_jsonl_corpus(tmp_path / "in", {"code": domain_texts["code"]})
 
     def arguments(model: str) -> list[str]:
@@ -476,8 +472,7 @@ def run_cli(inputs, output, tokenizer_model: str) -> subprocess.CompletedProcess
         sys.executable, TOOL, "--input", str(inputs), "--output-dir", str(output),
         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model,
     ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": REPO}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_reports_data_errors_without_traceback(tmp_path, tokenizer_model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from launching import run
-from run_metrics import read_metrics
+from megatron_acodm.metrics.reader import read_metrics
 
 ENTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrain_acodm.py")
 TINY = [

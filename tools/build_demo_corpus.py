@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 try:
-    from demo_corpus.build import (
+    from megatron_acodm.demo_corpus.build import (
         ALL_PARTS,
         DEFAULT_MAX_MB_PER_DOMAIN,
         DEFAULT_VOCAB_SIZE,
@@ -26,7 +26,7 @@ try:
         BuildOptions,
         build,
     )
-    from demo_corpus.fetch import DEFAULT_CACHE_DIR, FetchError
+    from megatron_acodm.demo_corpus.fetch import DEFAULT_CACHE_DIR, FetchError
 except ModuleNotFoundError as missing:
     if missing.name not in ("yaml", "rdata"):
         raise

@@ -14,7 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from megatron_acodm.errors import UserError
-from mixture_plots import PlotDependencyError, plot_mixture
+from megatron_acodm.metrics.plots import PlotDependencyError, plot_mixture
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not
 
 from megatron_acodm.errors import run_reporting_errors  # noqa: E402
 from megatron_acodm.output_paths import check_output_folder  # noqa: E402
-from domain_indexing import (  # noqa: E402
+from megatron_acodm.indexing import (  # noqa: E402
     DEFAULT_JSON_KEY,
     PreprocessOptions,
     discover_inputs,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from argparse import Namespace
-from typing import Optional
 
 import numpy
 import torch
@@ -21,7 +20,7 @@ from megatron_acodm.training.checkpoint import TRACKER, initialize_from_pretrain
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.inputs import build_blender, build_targets, check_output_paths, open_inputs
-from megatron_acodm.training.metrics import EvalRecord, MetricsLogger, TrainRecord
+from megatron_acodm.metrics import EvalRecord, MetricsLogger, TrainRecord
 from megatron_acodm.training.resume import check_resumable, check_same_model_shape, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step

@@ -13,7 +13,7 @@ import os
 from typing import Any, Optional, Sequence, Union
 
 from megatron_acodm.errors import UserError
-from run_metrics import read_metrics
+from megatron_acodm.metrics.reader import read_metrics
 
 _INSTALL_HINT = "pip install matplotlib (or pip install 'megatron-acodm[plot]')"
 

@@ -11,10 +11,10 @@ import gzip
 import json
 import zipfile
 
-from demo_corpus.documents import as_text
-from demo_corpus.fetch import Fetcher
-from demo_corpus.formats.bsdquiz import question_answer_texts, read_index
-from demo_corpus.sources.base import TARGETS, Extracted, Source, SourceUnavailable, deb_texts, parse_yaml
+from megatron_acodm.demo_corpus.documents import as_text
+from megatron_acodm.demo_corpus.fetch import Fetcher
+from megatron_acodm.demo_corpus.formats.bsdquiz import question_answer_texts, read_index
+from megatron_acodm.demo_corpus.sources.base import TARGETS, Extracted, Source, SourceUnavailable, deb_texts, parse_yaml
 
 QUIZ_FOLDER = "usr/share/games/bsdgames/quiz/"
 LM_EVAL = ("lm-eval", "0.4.13")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from demo_corpus.fetch import Fetcher
-from demo_corpus.sources.base import Extracted, Source, deb_texts
+from megatron_acodm.demo_corpus.fetch import Fetcher
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, deb_texts
 
 # The HTML manual ships the reST it was built from, which is cleaner text than the HTML.
 PYTHON_DOC_SOURCES = "usr/share/doc/python3.11/html/_sources/"

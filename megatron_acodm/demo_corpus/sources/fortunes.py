@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Callable
 
-from demo_corpus.documents import pack
-from demo_corpus.fetch import Fetcher
-from demo_corpus.formats.fortune import is_cookie_file, is_offensive, split_fortunes
-from demo_corpus.sources.base import Extracted, deb_texts
+from megatron_acodm.demo_corpus.documents import pack
+from megatron_acodm.demo_corpus.fetch import Fetcher
+from megatron_acodm.demo_corpus.formats.fortune import is_cookie_file, is_offensive, split_fortunes
+from megatron_acodm.demo_corpus.sources.base import Extracted, deb_texts
 
 # Files of ASCII drawings or package banners rather than sentences.
 PICTURE_FILES = frozenset({"ascii-art", "asciiart", "banner"})

@@ -6,10 +6,10 @@ import logging
 from collections import defaultdict
 from xml.etree.ElementTree import ParseError
 
-from demo_corpus.fetch import Fetcher, read_deb_files
-from demo_corpus.formats.mallard import page_paragraphs
-from demo_corpus.sources.base import Extracted, Source, SourceUnavailable
-from demo_corpus.sources.fortunes import fortune_cookies
+from megatron_acodm.demo_corpus.fetch import Fetcher, read_deb_files
+from megatron_acodm.demo_corpus.formats.mallard import page_paragraphs
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, SourceUnavailable
+from megatron_acodm.demo_corpus.sources.fortunes import fortune_cookies
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import zipfile
 
-from demo_corpus.documents import as_text, pack
-from demo_corpus.fetch import Fetcher
-from demo_corpus.sources.base import Extracted, Source, SourceUnavailable, parse_yaml
-from demo_corpus.sources.fortunes import fortune_cookies
+from megatron_acodm.demo_corpus.documents import as_text, pack
+from megatron_acodm.demo_corpus.fetch import Fetcher
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, SourceUnavailable, parse_yaml
+from megatron_acodm.demo_corpus.sources.fortunes import fortune_cookies
 
 CHATTERBOT = ("chatterbot-corpus", "1.3.3")
 CHATTERBOT_ENGLISH = "chatterbot_corpus/data/english/"

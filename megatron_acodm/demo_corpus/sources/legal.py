@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from demo_corpus.fetch import Fetcher
-from demo_corpus.sources.base import Extracted, Source, local_origin, local_texts
+from megatron_acodm.demo_corpus.fetch import Fetcher
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, local_origin, local_texts
 
 DOC_ROOT = "/usr/share/doc"
 LICENSES_ROOT = "/usr/share/common-licenses"

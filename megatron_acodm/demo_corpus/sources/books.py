@@ -7,9 +7,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from demo_corpus.fetch import Fetcher, read_deb_files, unpack_deb
-from demo_corpus.formats.r_lazyload import RDataError, read_character_vectors
-from demo_corpus.sources.base import Extracted, Source, SourceUnavailable
+from megatron_acodm.demo_corpus.fetch import Fetcher, read_deb_files, unpack_deb
+from megatron_acodm.demo_corpus.formats.r_lazyload import RDataError, read_character_vectors
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, SourceUnavailable
 
 AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data/Rdata"
 AUSTEN_CHAPTER = re.compile(r"(CHAPTER|Chapter) ([0-9]+|[IVXLC]+)\.?")

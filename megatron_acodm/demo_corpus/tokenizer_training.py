@@ -12,8 +12,8 @@ from pathlib import Path
 
 import sentencepiece
 
-from demo_corpus.documents import utf8_size
-from demo_corpus.output import write_bytes
+from megatron_acodm.demo_corpus.documents import utf8_size
+from megatron_acodm.demo_corpus.output import write_bytes
 
 # Megatron needs an end-of-document id and a padding id different from it.
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}

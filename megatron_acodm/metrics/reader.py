@@ -1,4 +1,4 @@
-"""Reading a run's metrics JSONL (written by `megatron_acodm.training.metrics.MetricsLogger`).
+"""Reading a run's metrics JSONL (written by `megatron_acodm.metrics.MetricsLogger`).
 
 A resumed run appends to the same file: for each iteration the last record written wins, and a run
 header with a `start_iteration` drops the records the interrupted run wrote after that iteration.

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import yaml
 
-from demo_corpus.documents import as_text
-from demo_corpus.fetch import Artifact, Fetcher, read_deb_files
+from megatron_acodm.demo_corpus.documents import as_text
+from megatron_acodm.demo_corpus.fetch import Artifact, Fetcher, read_deb_files
 
 TRAINING_DOMAINS = ("books", "encyclopedic", "code", "math", "technical", "legal", "dialogue", "multilingual")
 TARGETS = "targets"  # small task-specific sets, kept apart from the training domains

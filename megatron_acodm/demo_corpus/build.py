@@ -16,12 +16,12 @@ from typing import Optional
 
 import sentencepiece
 
-from demo_corpus import tokenizer_training
-from demo_corpus.documents import MAX_DOCUMENT_BYTES, MIN_DOCUMENT_BYTES, PACK_TARGET_BYTES, finish, utf8_size
-from demo_corpus.fetch import DEFAULT_CACHE_DIR, Fetcher
-from demo_corpus.output import jsonl_bytes, write_bytes, write_json
-from demo_corpus.selection import hash_order, take_balanced
-from demo_corpus.sources import ALL_SOURCES, TARGETS, TRAINING_DOMAINS, Source, SourceUnavailable
+from megatron_acodm.demo_corpus import tokenizer_training
+from megatron_acodm.demo_corpus.documents import MAX_DOCUMENT_BYTES, MIN_DOCUMENT_BYTES, PACK_TARGET_BYTES, finish, utf8_size
+from megatron_acodm.demo_corpus.fetch import DEFAULT_CACHE_DIR, Fetcher
+from megatron_acodm.demo_corpus.output import jsonl_bytes, write_bytes, write_json
+from megatron_acodm.demo_corpus.selection import hash_order, take_balanced
+from megatron_acodm.demo_corpus.sources import ALL_SOURCES, TARGETS, TRAINING_DOMAINS, Source, SourceUnavailable
 
 log = logging.getLogger(__name__)
 

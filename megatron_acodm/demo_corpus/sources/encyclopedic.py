@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from demo_corpus.documents import pack
-from demo_corpus.fetch import Fetcher, read_deb_files
-from demo_corpus.formats.dictd import read_entries
-from demo_corpus.sources.base import Extracted, Source, SourceUnavailable
+from megatron_acodm.demo_corpus.documents import pack
+from megatron_acodm.demo_corpus.fetch import Fetcher, read_deb_files
+from megatron_acodm.demo_corpus.formats.dictd import read_entries
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, SourceUnavailable
 
 
 def dictd_dictionary(package: str, stem: str) -> Callable[[Fetcher], Extracted]:

@@ -1,6 +1,6 @@
 """The corpus sources, in the fixed order that makes the build deterministic."""
 
-from demo_corpus.sources import (
+from megatron_acodm.demo_corpus.sources import (
     books,
     dialogue,
     encyclopedic,
@@ -11,7 +11,7 @@ from demo_corpus.sources import (
     targets,
     technical,
 )
-from demo_corpus.sources.base import TARGETS, TRAINING_DOMAINS, Extracted, Source, SourceUnavailable
+from megatron_acodm.demo_corpus.sources.base import TARGETS, TRAINING_DOMAINS, Extracted, Source, SourceUnavailable
 
 ALL_SOURCES: list[Source] = [
     *books.SOURCES,

@@ -1,6 +1,6 @@
 """The search's distributed part: merge the experts at each mixture, evaluate, choose the next mixtures.
 
-    [torchrun --nproc-per-node N] python -m mixture_merging.search_worker PLAN.json
+    [torchrun --nproc-per-node N] python -m megatron_acodm.mergemix.search_worker PLAN.json
 
 Started by tools/mergemix.py with a plan (the evaluation's trainer arguments, the base and expert
 checkpoints, the objective and the search's settings). Every rank merges and evaluates its own
@@ -34,9 +34,9 @@ from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate
 from megatron_acodm.training.inputs import RunInputs, build_blender, build_targets, open_inputs
 from megatron_acodm.training.resume import check_same_model_shape
 from megatron_acodm.training.setup import build_model, device, initialize
-from mixture_merging.merged_model import MergedModel
-from mixture_merging.results import ResultsFile
-from mixture_merging.search import Surrogate, best_index, propose, seed_mixtures
+from megatron_acodm.mergemix.merged_model import MergedModel
+from megatron_acodm.mergemix.results import ResultsFile
+from megatron_acodm.mergemix.search import Surrogate, best_index, propose, seed_mixtures
 
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from demo_corpus.fetch import Fetcher
-from demo_corpus.formats.metamath import strip_proofs
-from demo_corpus.sources.base import Extracted, Source, deb_texts
+from megatron_acodm.demo_corpus.fetch import Fetcher
+from megatron_acodm.demo_corpus.formats.metamath import strip_proofs
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, deb_texts
 
 PARI_DOC_FOLDER = "usr/share/pari/doc/"
 SET_MM = "usr/share/metamath/databases/set.mm"

@@ -10,8 +10,8 @@ import glob
 import platform
 import sysconfig
 
-from demo_corpus.fetch import Fetcher
-from demo_corpus.sources.base import Extracted, Source, local_origin, local_texts
+from megatron_acodm.demo_corpus.fetch import Fetcher
+from megatron_acodm.demo_corpus.sources.base import Extracted, Source, local_origin, local_texts
 
 C_HEADERS_ROOT = "/usr/include"
 # Perl's module trees on Debian: architecture-independent ones, then per-architecture ones.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 
-from demo_corpus.documents import utf8_size
+from megatron_acodm.demo_corpus.documents import utf8_size
 
 
 def hash_order(documents: list[str], salt: str) -> list[str]:
