@@ -372,7 +372,7 @@ def host_batch_ms(corpus: Corpus, model: Model, seq_length: int, calls: int) -> 
     from common import calls_per_second
     from megatron_acodm.data import DynamicBlender, Tokenizer, open_corpus, parse_data_path
     from megatron_acodm.sketch import half_segments
-    from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+    from megatron_acodm.training.batches import rank_micro_batches
 
     blender = DynamicBlender(open_corpus(parse_data_path([corpus.domains_json]), Tokenizer("SentencePieceTokenizer", corpus.tokenizer_model)),
                              seq_length=seq_length, global_batch_size=model.global_batch, seed=SEED, split="100")
@@ -380,9 +380,8 @@ def host_batch_ms(corpus: Corpus, model: Model, seq_length: int, calls: int) -> 
 
     def build() -> list:
         plan = blender.plan(next(steps), blender.initial_weights)
-        rows = half_segments(plan.domain_ids)
-        domain_ids, sample_ids, rows = data_parallel_slice(plan.domain_ids, plan.sample_ids, rows, rank=0, size=1)
-        return micro_batches(blender.sample, domain_ids, sample_ids, model.micro_batch, rows)
+        return rank_micro_batches(blender.sample, plan.domain_ids, plan.sample_ids, model.micro_batch, rank=0, size=1,
+                                  sketch_segments=half_segments(plan.domain_ids))
 
     return 1e3 / calls_per_second(build, calls)
 

@@ -149,15 +149,17 @@ def export_policy(options: argparse.Namespace) -> dict:
 
 
 def build_mixers(names: list[str], initial_weights, total_steps: int, policy: str) -> dict:
+    from megatron_acodm.arguments import parse_args
     from megatron_acodm.mixing import build_mixer
 
-    common = {"train_iters": total_steps, "seed": SEED}
+    def run(*argv: str) -> argparse.Namespace:  # the options a training run of these mixers gets
+        return parse_args(["--data-path", "unused", "--tokenizer-model", "unused", "--train-iters", str(total_steps),
+                           "--seed", str(SEED), *argv])
+
     return {
-        "static": build_mixer("static", names=names, initial_weights=initial_weights, args=argparse.Namespace(**common)),
-        "acodm": build_mixer("acodm", names=names, initial_weights=initial_weights, args=argparse.Namespace(**common)),
-        "proxy": build_mixer(
-            "acodm", names=names, initial_weights=initial_weights, args=argparse.Namespace(**common, acodm_policy=policy)
-        ),
+        "static": build_mixer("static", names=names, initial_weights=initial_weights, args=run("--mixer", "static")),
+        "acodm": build_mixer("acodm", names=names, initial_weights=initial_weights, args=run("--mixer", "acodm")),
+        "proxy": build_mixer("acodm", names=names, initial_weights=initial_weights, args=run("--mixer", "acodm", "--acodm-policy", policy)),
     }
 
 
@@ -172,12 +174,13 @@ def synthetic_signals(mixer, step: int, rng):
     half_tokens = numpy.stack([(counts + 1) // 2, counts // 2], axis=1).reshape(-1) * SEQ_LENGTH  # rows 2k, 2k+1
     sketch = rng.standard_normal((len(half_tokens), SKETCH_DIM)) * (half_tokens > 0)[:, None]  # empty half: zero row
     gram = sketch @ sketch.T / SKETCH_DIM if GRADIENT_GRAM in mixer.needs else None
-    norms = 10.0 + 0.01 * step + rng.random(len(mixer.feature_layer_depths)) if LAYER_NORMS in mixer.needs else None
+    norms = 10.0 + 0.01 * step + rng.random(len(mixer.norm_layer_depths)) if LAYER_NORMS in mixer.needs else None
     return StepSignals(
         step=step,
         domain_loss_sum=tokens * (8.0 + 0.1 * rng.standard_normal(len(counts))),
         domain_tokens=tokens.astype(numpy.float64),
         realised_counts=counts,
+        followed_weights=mixer.weights(),
         half_gram=gram,
         half_tokens=half_tokens.astype(numpy.float64),
         layer_weight_norms=norms,

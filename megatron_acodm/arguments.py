@@ -173,17 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 @functools.lru_cache(maxsize=None)
 def _defaults() -> dict:
+    """Every option's default, by name (what an option left out of the command line holds)."""
     parser = build_parser()
-    # argparse keeps the options' and set_defaults' defaults here; it has no public list of them.
-    options = {action.dest: action.default for action in parser._actions if action.default is not argparse.SUPPRESS}
-    return {**options, **parser._defaults}
-
-
-def default_args() -> argparse.Namespace:
-    """Every setting at the parser's default, without a command line: required options (--data-path,
-    --train-iters, ...) are None and nothing derived is filled in. For code that reads a few settings,
-    e.g. a mixer built from a Namespace of its own (`mixing.build_mixer`). A fresh Namespace each call."""
-    return argparse.Namespace(**_defaults())
+    return vars(parser.parse_args(["--data-path", "-", "--train-iters", "1"]))
 
 
 def _fill_defaults(args: argparse.Namespace, world_size: int) -> None:
@@ -250,10 +242,8 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.min_samples_per_domain < 0, f"--min-samples-per-domain ({args.min_samples_per_domain}) must be >= 0"),
         (args.eval_iters < 0, f"--eval-iters ({args.eval_iters}) must be >= 0 (0 turns evaluation off)"),
         (args.exit_signal_handler and args.save is None, "--exit-signal-handler needs --save (where the checkpoint goes)"),
-        (not 0 <= args.mixing_floor < 1, f"--mixing-floor ({args.mixing_floor}) must be in [0, 1/K] for K domains"),
         (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
         (args.sketch_dim < 1, "--sketch-dim must be >= 1"),
-        (args.dga_interval < 1, f"--dga-interval ({args.dga_interval}) must be >= 1"),
         (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),
     ]
     message = next((message for failed, message in checks if failed), None) or unread_option(args, _defaults())

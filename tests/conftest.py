@@ -7,6 +7,8 @@ Fixtures:
 - `make_jsonl_corpus`: `make_jsonl_corpus(folder, {domain: [texts]}, key="text")` writes `folder/<domain>.jsonl`, returns `folder`.
 - `preprocessed_corpus`: path of a `domains.json` written by the preprocessor for `domain_texts` with --append-eod (session-scoped).
 - `index_corpus(folder, tokenizer_model, {domain: [texts]})`: the same for other texts, in a folder of the test's own.
+- `target_set`: a target set of 30 code-like documents (session-scoped): its domains.json.
+- `refused(argv)`: the one `error:` line pretrain_acodm.py gives `argv`, refused before any process group.
 """
 
 from __future__ import annotations
@@ -143,3 +145,38 @@ def index_corpus(folder: str | os.PathLike, tokenizer_model: str, domains: dict[
 def preprocessed_corpus(tmp_path_factory: pytest.TempPathFactory, tokenizer_model: str, domain_texts) -> str:
     """Path of `domains.json` for `domain_texts`, preprocessed with --append-eod, one worker."""
     return index_corpus(tmp_path_factory.mktemp("preprocessed"), tokenizer_model, domain_texts)
+
+
+@pytest.fixture(scope="session")
+def target_set(tmp_path_factory, tokenizer_model) -> str:
+    """A target set of 30 code-like documents: its domains.json."""
+    return index_corpus(tmp_path_factory.mktemp("target"), tokenizer_model, {"task": _generated_texts("code", 30, seed=5)})
+
+
+@pytest.fixture
+def refused(monkeypatch, capsys) -> Callable[[list[str]], str]:
+    """`refused(argv)`: the one error line pretrain_acodm.py's `main` gives `argv` in this process
+    (exit status 2), with the process group's start replaced by a failure: the input must be
+    refused before any rank would join a job."""
+    import trainer_runs
+    from launching import load_script
+    from megatron_acodm.training import loop
+
+    def no_process_group(args):
+        raise AssertionError("the run reached the process group: its input should have been refused before")
+
+    monkeypatch.setattr(loop, "initialize", no_process_group)
+    entry_point = load_script(trainer_runs.ENTRY)
+
+    def refuse(argv: list[str]) -> str:
+        capsys.readouterr()
+        try:
+            status = entry_point.main(argv)
+        except SystemExit as exit_:  # argparse's own refusal
+            status = exit_.code
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(("error: ", "pretrain_acodm.py: error: ")), lines
+        return lines[0]
+
+    return refuse

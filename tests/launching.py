@@ -11,6 +11,9 @@ from typing import Optional
 
 from megatron_acodm.compat.distributed import free_port
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+
 # torchrun's variables: a test process started by an outer torchrun must not leak them.
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -33,7 +33,7 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 from megatron_acodm.arguments import parse_args
 from megatron_acodm.model import pad_vocab_size
 from megatron_acodm.training import step
-from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+from megatron_acodm.training.batches import rank_micro_batches
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 
 VOCAB = 512
@@ -92,11 +92,11 @@ def global_batches(args: argparse.Namespace, count: int) -> list[list[dict]]:
     return batches
 
 
-def rank_micro_batches(args: argparse.Namespace, samples: list[dict], dp_rank: int, dp_size: int) -> list[dict]:
+def rank_batches(args: argparse.Namespace, samples: list[dict], dp_rank: int, dp_size: int) -> list[dict]:
     """This data-parallel rank's micro-batches of a global batch, as the trainer cuts and collates them."""
     domains = [sample["domain_id"] for sample in samples]
-    mine = data_parallel_slice(domains, list(range(len(samples))), rank=dp_rank, size=dp_size)
-    return micro_batches(lambda domain, index: samples[index], *mine, args.micro_batch_size)
+    return rank_micro_batches(lambda domain, index: samples[index], domains, list(range(len(samples))), args.micro_batch_size,
+                              rank=dp_rank, size=dp_size)
 
 
 def loss_of(outcome: step.StepOutcome) -> float:
@@ -143,16 +143,16 @@ def run_layout(spec: str, checkpoints: str, out: str) -> dict:
     optimizer, scheduler = build_optimizer(args, model)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     *train_batches, fixed = global_batches(args, STEPS + 1)
-    fixed_batches = rank_micro_batches(args, fixed, dp_rank, dp_size)
-    logits = full_logits(model, args, rank_micro_batches(args, fixed, 0, 1))  # every rank: the whole batch
+    fixed_batches = rank_batches(args, fixed, dp_rank, dp_size)
+    logits = full_logits(model, args, rank_batches(args, fixed, 0, 1))  # every rank: the whole batch
     if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0 and dp_rank == 0:
         torch.save(logits.float(), f"{out}.{spec}.logits.pt")
-    initial = step.run_step(model, fixed_batches, args, NUM_DOMAINS, device())
+    initial = step.run_step(model, fixed_batches, NUM_DOMAINS, device())
     outcomes = [
-        step.run_step(model, rank_micro_batches(args, samples, dp_rank, dp_size), args, NUM_DOMAINS, device(), optimizer, scheduler)
+        step.run_step(model, rank_batches(args, samples, dp_rank, dp_size), NUM_DOMAINS, device(), optimizer, scheduler)
         for samples in train_batches
     ]
-    final = step.run_step(model, fixed_batches, args, NUM_DOMAINS, device())
+    final = step.run_step(model, fixed_batches, NUM_DOMAINS, device())
     assert all(outcome.update_successful for outcome in outcomes)
     parallel_state.destroy_model_parallel()
     return {

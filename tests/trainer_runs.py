@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from launching import run
+from launching import REPO, run
 from megatron_acodm.metrics.reader import read_metrics
 
-ENTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrain_acodm.py")
+ENTRY = os.path.join(REPO, "pretrain_acodm.py")
 TINY = [
     "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
     "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "2",

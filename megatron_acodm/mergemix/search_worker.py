@@ -68,7 +68,7 @@ class Evaluator:
         self.dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
 
     def _losses(self, read_sample, names, batches) -> dict:
-        sums = evaluate(self.model, read_sample, len(names), batches, self.args, *self.dp, self.device)
+        sums = evaluate(self.model, read_sample, len(names), batches, self.args.micro_batch_size, *self.dp, self.device)
         return dict(zip(names, part_means(sums)))
 
     def measure(self, mixture: numpy.ndarray) -> dict:

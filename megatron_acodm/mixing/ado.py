@@ -6,7 +6,7 @@ Per domain k, fitted on points (n, L): `L_k(n) = eps_k + beta_k n^-alpha_k`, whe
 sample the model has trained on (as the authors' code counts it, so that what one domain's samples
 teach another is in every law). After each step t (1-based), with mu the prior (`--mixing-prior`):
 
-- credit: `h_k <- g1 pi_k + (1 - g1) h_k`, with pi the weights the step trained on, h = mu at the start;
+- credit: `h_k <- g1 pi_k + (1 - g1) h_k`, with pi the mixture the step's batch followed, h = mu at the start;
 - once every domain has a law: forecast learning speed `v_k = -dL_k/dn = alpha_k (L_k(n) - eps_k) / n`,
   preference `rho_k ~ mu_k h_k^s v_k` (mu when every v_k is 0), then `rho <- max(rho, d_min) / sum`;
 - the next mixture `pi = g2 rho + (1 - g2) pibar`, then `pibar <- (1 - 1/(t+1)) pibar + rho / (t+1)`,
@@ -198,8 +198,7 @@ class ADOMixer(Mixer):
         return self.mixture
 
     def _update(self, signals: StepSignals) -> None:
-        trained = self.weights()  # still the weights of the step just trained
-        self.credit = self.credit_smoothing * trained + (1.0 - self.credit_smoothing) * self.credit
+        self.credit = self.credit_smoothing * signals.followed_weights + (1.0 - self.credit_smoothing) * self.credit
         self.samples += int(signals.realised_counts.sum())
         self.steps += 1
         if self.steps > self.warmup_steps:

@@ -38,6 +38,7 @@ import numpy
 import torch
 
 from megatron_acodm.errors import UserError
+from megatron_acodm.sketch.segments import HALVES
 
 SCORES = ("alignment", "published")
 TARGET = "target"  # --mixing-objective target: the target set's row
@@ -91,9 +92,9 @@ class MovingAverage:
 def _domain_sums(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
     """The Gram `[K, K]` of the domains' whole sketches (each the sum of its two halves) and the
     tokens `[K, 2]` of each domain's halves."""
-    num_domains = len(half_tokens) // 2
-    tokens = numpy.asarray(half_tokens, dtype=numpy.float64).reshape(num_domains, 2)
-    return half_gram.reshape(num_domains, 2, num_domains, 2).sum(axis=(1, 3)), tokens
+    num_domains = len(half_tokens) // HALVES
+    tokens = numpy.asarray(half_tokens, dtype=numpy.float64).reshape(num_domains, HALVES)
+    return half_gram.reshape(num_domains, HALVES, num_domains, HALVES).sum(axis=(1, 3)), tokens
 
 
 def mean_gradient_gram(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -106,7 +107,7 @@ def mean_gradient_gram(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> 
     numpy.fill_diagonal(observed, both_halves)
     counts = numpy.maximum(domain_tokens, 1)
     gram = numpy.where(observed, summed / numpy.outer(counts, counts), 0.0)
-    diagonal = numpy.diagonal(half_gram[0::2, 1::2]) / numpy.maximum(tokens[:, 0] * tokens[:, 1], 1)
+    diagonal = numpy.diagonal(half_gram[0::HALVES, 1::HALVES]) / numpy.maximum(tokens[:, 0] * tokens[:, 1], 1)
     numpy.fill_diagonal(gram, numpy.where(both_halves, diagonal, 0.0))
     return gram, observed
 

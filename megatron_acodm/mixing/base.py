@@ -1,8 +1,10 @@
 """The mixer protocol: what a step tells a mixer, and what a mixer answers.
 
 Every global step the trainer calls `weights()` for the mixture of the step it is about to plan,
-trains it, then calls `observe(signals)` with what the step produced. `weights()` depends only on
-the mixer's state, so `observe` is the only call that changes it.
+asks `signals_wanted(step)` what the step must measure (a subset of `needs`, which the trainer
+reads once to build its hooks), trains it, then calls `observe(signals)` with what the step
+produced. `weights()` depends only on the mixer's state, so `observe` is the only call that
+changes it. When the run ends the trainer calls `end_of_run` on one rank.
 
 A mixer's `state_dict()` holds plain Python values, and, for mixers with learned networks (AC-ODM),
 torch tensors: the trainer keeps it in the checkpoint's common state, which torch.save writes and
@@ -23,13 +25,13 @@ from megatron_acodm.data.manifest import validate_weights
 from megatron_acodm.errors import UserError
 
 # Signals a mixer may declare in `needs`, so the step computes only what some mixer reads.
-# Realised counts come with every step: they cost nothing.
+# Realised counts and the mixture followed come with every step: they cost nothing.
 DOMAIN_LOSSES = "domain_losses"
 GRADIENT_GRAM = "gradient_gram"  # StepSignals.half_gram and half_tokens
-# The target set's two rows in half_gram and half_tokens, after the domains' (`--target-data-path`):
-# measured on the steps that run the target pass (`training.target_pass`), zero on the others.
+# The target set's two rows in half_gram and half_tokens, after the domains' (`--target-data-path`,
+# `sketch.segments`): measured on the steps whose `signals_wanted` names it (the target pass).
 TARGET_GRADIENT = "target_gradient"
-LAYER_NORMS = "layer_weight_norms"  # StepSignals.layer_weight_norms
+LAYER_NORMS = "layer_weight_norms"  # StepSignals.layer_weight_norms, at the mixer's `norm_layer_depths`
 
 
 @dataclass
@@ -40,6 +42,9 @@ class StepSignals:
     domain_loss_sum: numpy.ndarray  # [K] sum of the LM loss over the step's loss-mask tokens
     domain_tokens: numpy.ndarray  # [K] loss-mask token counts
     realised_counts: numpy.ndarray  # [K] samples per domain in the step's global batch
+    # [K] the mixture the blender followed: the mixer's weights, or with --min-samples-per-domain
+    # those weights with every domain's minimum share (`data.blender.StepPlan.weights`)
+    followed_weights: numpy.ndarray
     # [2K, 2K] sketch estimate of <G_a, G_b> over the domains' halves (row 2k + h: half h of domain k,
     # see sketch.segments), G the gradient summed over the half's tokens; an empty half: zero row/column.
     # [2K + 2, 2K + 2] for a mixer that reads the target (TARGET_GRADIENT): rows 2K and 2K + 1 are its halves.
@@ -51,6 +56,7 @@ class StepSignals:
         self.domain_loss_sum = numpy.asarray(self.domain_loss_sum, dtype=numpy.float64)
         self.domain_tokens = numpy.asarray(self.domain_tokens, dtype=numpy.float64)
         self.realised_counts = numpy.asarray(self.realised_counts, dtype=numpy.int64)
+        self.followed_weights = numpy.asarray(self.followed_weights, dtype=numpy.float64)
 
     @property
     def domain_loss(self) -> numpy.ndarray:
@@ -77,6 +83,11 @@ class Mixer(abc.ABC):
     """
 
     needs: frozenset[str] = frozenset()
+    # The relative depths (in (0, 1]) of the layers whose `linear_fc2` weight norms a mixer that
+    # needs LAYER_NORMS reads, in this order (`megatron_acodm.model.layers_at_depths` maps them).
+    norm_layer_depths: tuple[float, ...] = ()
+    # For a mixer that needs TARGET_GRADIENT: the target pass runs on the steps divisible by this.
+    target_interval: Optional[int] = None
     # The options shared between mixers that this one reads (`registry.SHARED_OPTIONS`, or another
     # mixer's own, e.g. --dga-interval): any other mixer's option given to this one is refused.
     reads: frozenset[str] = frozenset()
@@ -114,13 +125,20 @@ class Mixer(abc.ABC):
     def num_domains(self) -> int:
         return len(self.names)
 
+    def signals_wanted(self, step: int) -> frozenset[str]:
+        """What global step `step` must measure for this mixer: all it `needs`, the target gradient
+        on the target pass's steps only; a mixer that reads some signals on some steps only says so."""
+        if TARGET_GRADIENT in self.needs and step % self.target_interval != 0:
+            return self.needs - {TARGET_GRADIENT}
+        return self.needs
+
     def weights(self) -> numpy.ndarray:
         """The weights of the next step to plan: float64, sums to one, each entry >= the floor."""
         return (1.0 - self.num_domains * self.floor) * self._policy() + self.floor
 
     def observe(self, signals: StepSignals) -> None:
         """Learn from one trained step; a step with a non-finite signal leaves the mixer unchanged."""
-        for field in ("domain_loss_sum", "domain_tokens", "realised_counts"):
+        for field in ("domain_loss_sum", "domain_tokens", "realised_counts", "followed_weights"):
             shape = getattr(signals, field).shape
             if shape != (self.num_domains,):
                 raise ValueError(f"{field} has shape {shape}, expected ({self.num_domains},) for {self.names}")

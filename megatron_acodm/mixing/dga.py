@@ -31,7 +31,14 @@ from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.alignment import AlignmentSignal, target_objective
 from megatron_acodm.mixing.base import GRADIENT_GRAM, TARGET_GRADIENT, Mixer, StepSignals
 from megatron_acodm.mixing.weighting import mixing_prior
-from megatron_acodm.sketch import HALVES
+from megatron_acodm.sketch import sketch_rows
+
+
+def check_target_interval(interval: int) -> int:
+    """--dga-interval, as DGA and AC-ODM's target objective read it."""
+    if interval < 1:
+        raise UserError(f"--dga-interval ({interval}) must be >= 1")
+    return interval
 
 
 def exponentiated_gradient_step(weights: numpy.ndarray, alignment: numpy.ndarray, step_size: float, ema: float) -> numpy.ndarray:
@@ -55,9 +62,11 @@ class DGAMixer(Mixer):
         step_size: float = 1.0,
         ema: float = 0.1,
         score_decay: float = 0.9,
+        interval: int = 10,
         floor: float = 0.0,
     ):
         super().__init__(names, prior, floor)
+        self.target_interval = check_target_interval(interval)
         if not step_size >= 0.0:
             raise UserError(f"--dga-step-size must be >= 0, got {step_size}")
         if not 0.0 < ema <= 1.0:
@@ -103,14 +112,26 @@ class DGAMixer(Mixer):
         if not getattr(args, "target_data_path", None):
             raise UserError("--mixer dga needs --target-data-path: the target set whose gradient it aligns the mixture with")
         return cls(
-            names, mixing_prior(args, names, initial_weights, domain_tokens), step_size=args.dga_step_size, ema=args.dga_ema, score_decay=args.mixing_score_ema, floor=args.mixing_floor
+            names,
+            mixing_prior(args, names, initial_weights, domain_tokens),
+            step_size=args.dga_step_size,
+            ema=args.dga_ema,
+            score_decay=args.mixing_score_ema,
+            interval=args.dga_interval,
+            floor=args.mixing_floor,
         )
+
+    def signals_wanted(self, step: int) -> frozenset[str]:
+        """Only the target pass's steps are measured: nothing else moves the weights."""
+        return self.needs if step % self.target_interval == 0 else frozenset()
 
     def _policy(self) -> numpy.ndarray:
         return self.mixture
 
     def _update(self, signals: StepSignals) -> None:
-        rows = HALVES * self.signal.rows
+        if signals.half_gram is None:  # a step without the target pass
+            return
+        rows = sketch_rows(self.num_domains, with_target=True)
         for field in ("half_gram", "half_tokens"):
             value = getattr(signals, field)
             if value is None or numpy.shape(value)[0] != rows:

@@ -10,8 +10,8 @@ After t updates (t >= 1), with K domains and exploration `e_t = min(1/K, sqrt(ln
   probability the domain was sampled with, smoothed: `R_i <- a R_i + (1 - a) L_i / pi_i`, with `R_i = 0`
   at the start, and `pi_i = (1 - K e_t) softmax(e_{t-1} R)_i + e_t` with `e_0 = 1/K`. The
   exponent needs the paper's step size e_{t-1}: exp(L / pi) itself would overflow. Here
-  `pi_i` is the weight this mixer gave the step (the weights of a batch drawn as a mixture); a
-  domain sampled with weight 0 (only a blender's minimum count can do that) uses its realised share.
+  `pi_i` is the probability the step's batch drew domain i with: the mixture the blender followed
+  (this mixer's weights, or with --min-samples-per-domain those with every domain's minimum share).
 
 Before the first update, and for `warmup_steps` steps, the mixer returns its initial weights
 (`--mixing-prior`, uniform by default as EXP3 starts); the updates made meanwhile still accumulate
@@ -117,9 +117,7 @@ class ODMMixer(Mixer):
         loss = signals.domain_loss[sampled]
         a = self.smoothing
         if self.importance_weighting:
-            planned = self.weights()  # weights() is still that of the step just trained
-            share = signals.realised_counts / signals.realised_counts.sum()
-            probability = numpy.where(planned > 0, planned, share)[sampled]
+            probability = signals.followed_weights[sampled]
             self.scores[sampled] = a * self.scores[sampled] + (1.0 - a) * loss / probability
         else:
             with numpy.errstate(divide="ignore"):  # a = 0 gives log 0 = -inf: no memory, as meant

@@ -117,18 +117,10 @@ def build_mixer(
     names: Sequence[str],
     initial_weights: Sequence[float],
     domain_tokens: Optional[Sequence[float]] = None,
-    args: Optional[Any] = None,
+    args: argparse.Namespace,
 ) -> Mixer:
-    """The mixer `name` for these domains. `args` is the run's Namespace (`arguments.parse_args`);
-    a partial one (tests, benchmarks) is completed from the trainer's parser, the one place every
-    option's default is defined (the --mixer options and the run's, e.g. --seed and --train-iters)."""
+    """The mixer `name` for these domains, with its options from `args`: the run's Namespace, as
+    `arguments.parse_args` makes it (every option there, at its default where not given)."""
     if name not in MIXERS:
         raise ValueError(f"unknown mixer {name!r}; choose one of: {', '.join(MIXERS)}")
-    from megatron_acodm.arguments import default_args  # arguments builds its parser from this module
-
-    options = default_args()
-    if args is not None:
-        vars(options).update(vars(args))
-    return MIXERS[name].from_args(
-        names=names, initial_weights=initial_weights, domain_tokens=domain_tokens, args=options
-    )
+    return MIXERS[name].from_args(names=names, initial_weights=initial_weights, domain_tokens=domain_tokens, args=args)

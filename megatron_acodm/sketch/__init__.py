@@ -10,15 +10,17 @@
 from megatron_acodm.sketch.backend import choose_backend, gram, project_and_segment_sum
 from megatron_acodm.sketch.hooks import GradientSketcher, parse_sketch_layers
 from megatron_acodm.sketch.probes import rank_one_probes
-from megatron_acodm.sketch.segments import HALVES, half_segments
+from megatron_acodm.sketch.segments import HALVES, first_target_row, half_segments, sketch_rows
 
 __all__ = [
     "GradientSketcher",
     "HALVES",
     "choose_backend",
+    "first_target_row",
     "gram",
     "half_segments",
     "parse_sketch_layers",
     "project_and_segment_sum",
     "rank_one_probes",
+    "sketch_rows",
 ]

@@ -123,6 +123,8 @@ class GradientSketcher:
         self._sketch = self._zeros()
         self._sequence_segments: torch.Tensor | None = None
         self._captured: list[torch.Tensor] | None = None
+        # Off: the hooks do nothing, so a step whose mixer reads no sketch (`Mixer.signals_wanted`) costs nothing.
+        self.active = True
 
     def _zeros(self) -> torch.Tensor:
         return torch.zeros(self.num_segments, self.dim, dtype=torch.float32, device=self._device)
@@ -158,8 +160,8 @@ class GradientSketcher:
 
     def _on_forward(self, probes: tuple[torch.Tensor, torch.Tensor], module, args: tuple, output) -> None:
         output_tensor = output[0] if isinstance(output, tuple) else output
-        if not output_tensor.requires_grad:
-            return  # no backward will follow
+        if not self.active or not output_tensor.requires_grad:
+            return  # not sketched this step, or no backward will follow
         if self._sequence_segments is None:
             raise RuntimeError("GradientSketcher: call set_micro_batch_segments before each forward")
         x = args[0]  # [s, b, n]: megatron's activations are sequence-first

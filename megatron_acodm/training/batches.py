@@ -22,6 +22,23 @@ def data_parallel_slice(*per_sample, rank: int, size: int) -> tuple:
     return tuple(None if values is None else values[window] for values in per_sample)
 
 
+def rank_micro_batches(
+    read_sample: Callable[[int, Optional[int]], dict],
+    part_ids,
+    sample_ids,
+    micro_batch_size: int,
+    *,
+    rank: int,
+    size: int,
+    sketch_segments=None,
+) -> list[dict]:
+    """A global batch of (part, sample) pairs as this data-parallel rank's micro-batches: its slice
+    (`data_parallel_slice`), collated (`micro_batches`). Training, evaluation and the target pass
+    all read their samples so."""
+    part_ids, sample_ids, sketch_segments = data_parallel_slice(part_ids, sample_ids, sketch_segments, rank=rank, size=size)
+    return micro_batches(read_sample, part_ids, sample_ids, micro_batch_size, sketch_segments)
+
+
 def micro_batches(
     read_sample: Callable[[int, Optional[int]], dict],
     domain_ids,

@@ -14,7 +14,7 @@ import numpy
 import torch
 
 from megatron_acodm.data.blender import DynamicBlender
-from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+from megatron_acodm.training.batches import rank_micro_batches
 from megatron_acodm.training.step import run_step
 
 
@@ -47,7 +47,7 @@ def evaluate(
     read_sample: Callable[[int, Optional[int]], dict],
     num_parts: int,
     batches,
-    args,
+    micro_batch_size: int,
     data_parallel_rank: int,
     data_parallel_size: int,
     device,
@@ -59,9 +59,8 @@ def evaluate(
     totals = numpy.zeros((num_parts, 2))
     with torch.no_grad():
         for part_ids, sample_ids in batches:
-            mine = data_parallel_slice(part_ids, sample_ids, rank=data_parallel_rank, size=data_parallel_size)
-            batch_list = micro_batches(read_sample, *mine, args.micro_batch_size)
-            totals += run_step(model, batch_list, args, num_parts, device).domain_sums
+            batch_list = rank_micro_batches(read_sample, part_ids, sample_ids, micro_batch_size, rank=data_parallel_rank, size=data_parallel_size)
+            totals += run_step(model, batch_list, num_parts, device).domain_sums
     for chunk in model:
         chunk.train()
     return totals

@@ -11,11 +11,12 @@ import torch
 
 from megatron.core import parallel_state
 
+from megatron_acodm.data import StepPlan
 from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, StepSignals, build_mixer
 from megatron_acodm.model import layers_at_depths
-from megatron_acodm.sketch import HALVES, GradientSketcher, gram, half_segments
-from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+from megatron_acodm.sketch import GradientSketcher, gram, half_segments, sketch_rows
+from megatron_acodm.training.batches import rank_micro_batches
 from megatron_acodm.training.checkpoint import TRACKER, initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
 from megatron_acodm.training.exit_signal import ExitSignalHandler
@@ -24,7 +25,7 @@ from megatron_acodm.metrics import EvalRecord, MetricsLogger, TrainRecord
 from megatron_acodm.training.resume import check_resumable, check_same_model_shape, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step
-from megatron_acodm.training.target_pass import check_target_pass_supported, steering_batch_size, target_micro_batches, target_rows
+from megatron_acodm.training.target_pass import check_target_pass_supported, steering_batch_size, target_micro_batches
 
 
 def _start_from_pretrained(args: Namespace, model, optimizer, log) -> None:
@@ -80,12 +81,13 @@ class _Interval:
         )
 
 
-def _signals(iteration: int, outcome: StepOutcome, counts: numpy.ndarray) -> StepSignals:
+def _signals(iteration: int, outcome: StepOutcome, plan: StepPlan) -> StepSignals:
     return StepSignals(
         step=iteration,
         domain_loss_sum=outcome.domain_sums[:, 0],
         domain_tokens=outcome.domain_sums[:, 1],
-        realised_counts=counts,
+        realised_counts=plan.counts,
+        followed_weights=plan.weights,
         half_gram=None if outcome.sketch is None else gram(outcome.sketch).double().cpu().numpy(),
         half_tokens=outcome.segment_tokens,
         layer_weight_norms=outcome.layer_norms,
@@ -133,14 +135,16 @@ def pretrain(args: Namespace) -> None:
     )
     logger.log_run(vars(args), start_iteration=start)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-    # Only what the mixer reads is measured: no sketch hooks, no norms for the baselines.
+    # Only what the mixer reads is built: no sketch hooks, no norms, no target pass for the baselines.
     reads_target = TARGET_GRADIENT in mixer.needs
     if reads_target:
         check_target_pass_supported(model[0].config, args.pipeline_model_parallel_size, f"--mixer {args.mixer} with a target set")
         steering_size = steering_batch_size(targets, args.global_batch_size, dp_size)
-    sketch_rows = HALVES * blender.num_domains + (HALVES if reads_target else 0)
-    sketcher = GradientSketcher(model, sketch_rows, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed) if GRADIENT_GRAM in mixer.needs else None
-    norm_layers = layers_at_depths(mixer.feature_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
+    sketcher = None
+    if GRADIENT_GRAM in mixer.needs:
+        rows = sketch_rows(blender.num_domains, with_target=reads_target)
+        sketcher = GradientSketcher(model, rows, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed)
+    norm_layers = layers_at_depths(mixer.norm_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
     eval_batches = evaluation_batches(domain_evaluation_sizes(blender, args.eval_iters, args.global_batch_size), args.global_batch_size)
     target_eval_batches = evaluation_batches(targets.held_out_sizes(), args.global_batch_size) if targets is not None else []
     interval = _Interval(blender.num_domains)
@@ -149,16 +153,24 @@ def pretrain(args: Namespace) -> None:
     for iteration in range(start, args.train_iters):
         step_started = time.perf_counter()
         plan = blender.plan(iteration, mixer.weights())
-        segments = half_segments(plan.domain_ids) if sketcher is not None else None
-        domain_ids, sample_ids, segments = data_parallel_slice(plan.domain_ids, plan.sample_ids, segments, rank=dp_rank, size=dp_size)
-        batch = micro_batches(blender.sample, domain_ids, sample_ids, args.micro_batch_size, segments)
+        wanted = mixer.signals_wanted(iteration)
+        sketching = GRADIENT_GRAM in wanted
+        if sketcher is not None:
+            sketcher.active = sketching
+        batch = rank_micro_batches(
+            blender.sample, plan.domain_ids, plan.sample_ids, args.micro_batch_size, rank=dp_rank, size=dp_size,
+            sketch_segments=half_segments(plan.domain_ids) if sketching else None,
+        )
         target_batches = None
-        if reads_target and iteration % args.dga_interval == 0:
+        if TARGET_GRADIENT in wanted:
             target_batches = target_micro_batches(
-                targets, iteration // args.dga_interval, steering_size, target_rows(blender.num_domains), dp_rank, dp_size, args.micro_batch_size
+                targets, iteration // mixer.target_interval, steering_size, blender.num_domains, dp_rank, dp_size, args.micro_batch_size
             )
-        outcome = run_step(model, batch, args, blender.num_domains, run_device, optimizer, scheduler, sketcher, norm_layers, target_batches)
-        mixer.observe(_signals(iteration, outcome, plan.counts))
+        outcome = run_step(
+            model, batch, blender.num_domains, run_device, optimizer, scheduler,
+            sketcher if sketching else None, norm_layers if LAYER_NORMS in wanted else None, target_batches,
+        )
+        mixer.observe(_signals(iteration, outcome, plan))
         interval.add(outcome, plan.counts, time.perf_counter() - step_started)
         done = iteration + 1
         logger.advance(1)
@@ -167,10 +179,10 @@ def pretrain(args: Namespace) -> None:
             logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, plan.weights, mixer))
             interval.reset()
         if (eval_batches or target_eval_batches) and (done % args.eval_interval == 0 or done == args.train_iters):
-            sums = evaluate(model, blender.valid_sample, blender.num_domains, eval_batches, args, dp_rank, dp_size, run_device)
+            sums = evaluate(model, blender.valid_sample, blender.num_domains, eval_batches, args.micro_batch_size, dp_rank, dp_size, run_device)
             target_loss = None
             if target_eval_batches:
-                target_sums = evaluate(model, targets.held_out_sample, len(targets.sets), target_eval_batches, args, dp_rank, dp_size, run_device)
+                target_sums = evaluate(model, targets.held_out_sample, len(targets.sets), target_eval_batches, args.micro_batch_size, dp_rank, dp_size, run_device)
                 target_loss = dict(zip(targets.names, part_means(target_sums)))
             logger.log_eval(EvalRecord(iteration=done, domain_loss=part_means(sums), domain_tokens=blender.domain_tokens.tolist(), target_loss=target_loss))
         signalled = exit_signals is not None and exit_signals.any_rank_received()

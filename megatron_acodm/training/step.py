@@ -75,7 +75,6 @@ def _sum_over_world(parts: list[torch.Tensor]) -> list[torch.Tensor]:
 def run_step(
     model,
     micro_batch_list: list[dict],
-    args,
     num_domains: int,
     device: torch.device,
     optimizer=None,
@@ -94,16 +93,17 @@ def run_step(
         optimizer.zero_grad()
     # The norms describe the weights that produced this step's losses: read them before the update.
     norm_squares = None if norm_layers is None else layer_weight_norm_squares(model, norm_layers, device)
+    micro_batch_size, seq_length = micro_batch_list[0]["tokens"].shape
     if target_batches:
-        sketch_target_gradient(model, target_batches, sketcher, len(micro_batch_list), args.micro_batch_size, device)
+        sketch_target_gradient(model, target_batches, sketcher, len(micro_batch_list), micro_batch_size, device)
     losses_reduced = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, num_domains, device, sketcher),
         # One iterator per model chunk (virtual pipeline stages), each over the same micro-batches.
         data_iterator=[iter(micro_batch_list) for _ in model],
         model=model,
         num_microbatches=len(micro_batch_list),
-        seq_length=args.seq_length,
-        micro_batch_size=args.micro_batch_size,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
     parts = [_local_domain_sums(losses_reduced, num_domains, device)]

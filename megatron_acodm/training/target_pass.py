@@ -1,9 +1,9 @@
 """The target pass: the steering examples' gradient sketch, measured without touching training.
 
-On the steps a mixer asks for it (`TARGET_GRADIENT`, every `--dga-interval` steps), before the
+On the steps a mixer asks for it (`Mixer.signals_wanted` names TARGET_GRADIENT), before the
 step's own forward and backward, each rank runs its share of a batch of steering examples
 (`TargetSets.steering_batch`) through the model and adds their sketch to the rows after the
-domains' (`target_rows`: the target's two halves), so the step's one all-reduce carries it with
+domains' (the target's two halves, `sketch.segments`), so the step's one all-reduce carries it with
 the domains' rows and every rank's mixer reads the same `<g_k, g_target>`. Training stays as it
 would be without the pass:
 
@@ -27,13 +27,8 @@ import torch
 
 from megatron_acodm.data.targets import TargetSets
 from megatron_acodm.errors import UserError
-from megatron_acodm.sketch import HALVES
-from megatron_acodm.training.batches import data_parallel_slice, micro_batches
-
-
-def target_rows(num_domains: int) -> int:
-    """The first sketch row of the target: the domains' halves come first."""
-    return HALVES * num_domains
+from megatron_acodm.sketch import HALVES, first_target_row
+from megatron_acodm.training.batches import rank_micro_batches
 
 
 def steering_batch_size(targets: TargetSets, global_batch_size: int, data_parallel_size: int) -> int:
@@ -64,14 +59,13 @@ def check_target_pass_supported(config, pipeline_parallel_size: int, what: str) 
 
 
 def target_micro_batches(
-    targets: TargetSets, pass_index: int, size: int, first_row: int, dp_rank: int, dp_size: int, micro_batch_size: int
+    targets: TargetSets, pass_index: int, size: int, num_domains: int, dp_rank: int, dp_size: int, micro_batch_size: int
 ) -> list[dict]:
     """This rank's micro-batches of the `pass_index`-th target pass, each sequence tagged with its
-    sketch row (`first_row` + its half)."""
+    sketch row (the target's first row after the `num_domains` domains', plus its half)."""
     set_ids, sample_ids = targets.steering_batch(pass_index, size)
-    rows = first_row + numpy.arange(size) % HALVES
-    set_ids, sample_ids, rows = data_parallel_slice(set_ids, sample_ids, rows, rank=dp_rank, size=dp_size)
-    return micro_batches(targets.steering_sample, set_ids, sample_ids, micro_batch_size, rows)
+    rows = first_target_row(num_domains) + numpy.arange(size) % HALVES
+    return rank_micro_batches(targets.steering_sample, set_ids, sample_ids, micro_batch_size, rank=dp_rank, size=dp_size, sketch_segments=rows)
 
 
 def sketch_target_gradient(model, batches: list[dict], sketcher, training_micro_batches: int, micro_batch_size: int, device) -> None:

@@ -43,7 +43,8 @@ from megatron_acodm.mixing.alignment import SCORES, AlignmentSignal
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals, run_length
 from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
 from megatron_acodm.mixing.weighting import mixing_prior, objective_weighting
-from megatron_acodm.sketch.segments import HALVES
+from megatron_acodm.mixing.dga import check_target_interval
+from megatron_acodm.sketch.segments import sketch_rows
 
 
 @contextlib.contextmanager
@@ -70,7 +71,7 @@ def _relative_depths(text: str) -> tuple[float, ...]:
 
 class ACODMMixer(Mixer):
     """AC-ODM; see the module's docstring. The trainer provides, with every step's signals,
-    `half_gram` and `half_tokens` and `layer_weight_norms` at `feature_layer_depths`."""
+    `half_gram` and `half_tokens` and `layer_weight_norms` at `norm_layer_depths`."""
 
     needs = frozenset({DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS})
     reads = frozenset({
@@ -100,6 +101,7 @@ class ACODMMixer(Mixer):
         max_step: float = 0.1,
         policy: Optional[FrozenPolicy] = None,
         export_path: Optional[str] = None,
+        target_interval: int = 10,
         floor: float = 0.0,
     ):
         """`prior` (p0) and `objective` (pi) default to uniform. `policy` switches to proxy mode:
@@ -116,6 +118,7 @@ class ACODMMixer(Mixer):
         self.signal = AlignmentSignal(uniform if objective is None else objective, score_decay, score, num_domains=self.num_domains)
         if self.signal.rows > self.num_domains:  # the objective is the target's row: measure it
             self.needs = type(self).needs | {TARGET_GRADIENT}
+        self.target_interval = check_target_interval(target_interval)
         self.mirror = BoundedMirrorStep(self.prior, pull, kl_radius, max_step)
         self.config = config or DDPGConfig()
         self.policy = policy
@@ -134,6 +137,7 @@ class ACODMMixer(Mixer):
             self._check_policy_fits(policy, layer_depths, stale_decay)
             self.spec, self.network = policy.spec, policy.network
             self.agent, self.warmup_steps = None, 0
+        self.norm_layer_depths = self.spec.layer_depths
         self.memory = SignalMemory(self.num_domains, self.spec.stale_decay)
         self.features = StateBuilder(self.spec, total_steps)
         self.steps_observed = 0
@@ -153,12 +157,6 @@ class ACODMMixer(Mixer):
             raise UserError(
                 f"--acodm-stale-decay {stale_decay} differs from the policy's {policy.spec.stale_decay}; leave it out"
             )
-
-    @property
-    def feature_layer_depths(self) -> list[float]:
-        """Relative depths (in (0, 1]) of the layers whose `linear_fc2` weight norms the trainer must
-        send as `StepSignals.layer_weight_norms`, in this order (`megatron_acodm.model.layers_at_depths` maps them)."""
-        return list(self.spec.layer_depths)
 
     def action_map(self, states: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """The next weights from states `[..., S]` and the actor's outputs `[..., K]`: the bounded
@@ -285,6 +283,7 @@ class ACODMMixer(Mixer):
             max_step=args.acodm_max_step,
             policy=load_policy(args.acodm_policy, names) if args.acodm_policy else None,
             export_path=args.acodm_export_policy,
+            target_interval=args.dga_interval,
             floor=args.mixing_floor,
         )
 
@@ -320,7 +319,7 @@ class ACODMMixer(Mixer):
         return value
 
     def _update(self, signals: StepSignals) -> None:
-        rows = HALVES * self.signal.rows
+        rows = sketch_rows(self.num_domains, with_target=self.signal.rows > self.num_domains)
         halves = f"two halves per domain of {self.names}" + (" and the target's" if self.signal.rows > self.num_domains else "")
         gram = self._signal(signals.half_gram, "half_gram", (rows, rows), halves)
         tokens = self._signal(signals.half_tokens, "half_tokens", (rows,), halves)
@@ -328,7 +327,7 @@ class ACODMMixer(Mixer):
             signals.layer_weight_norms,
             "layer_weight_norms",
             (self.spec.num_layers,),
-            f"one norm per relative depth of feature_layer_depths {self.feature_layer_depths}",
+            f"one norm per relative depth of norm_layer_depths {list(self.norm_layer_depths)}",
         )
         used = self.next_weights
         present = (signals.realised_counts > 0) & (signals.domain_tokens > 0)

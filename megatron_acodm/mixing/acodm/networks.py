@@ -2,8 +2,10 @@
 alignment signal on it, see `mixer.py`) and the critic Q(s, a), a the next weights.
 
 Both are MLPs of `depth` hidden layers of width `hidden`, each Linear -> LayerNorm -> ReLU. The
-initialisation draws from a given generator, so every rank builds the same networks; the output
-layer starts near zero, so the actor starts at half the largest step and the critic near 0.
+initialisation draws from a given generator, and from nothing else: every rank builds the same
+networks, and building them leaves torch's global generator (the model's initialisation, the
+dropout masks) where it was, so a run's model is the same whatever its mixer. The output layer
+starts near zero, so the actor starts at half the largest step and the critic near 0.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from megatron_acodm.errors import UserError
 
@@ -39,9 +42,9 @@ def _mlp(inputs: int, outputs: int, hidden: int, depth: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = inputs
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU()]
+        layers += [skip_init(nn.Linear, width, hidden), nn.LayerNorm(hidden), nn.ReLU()]
         width = hidden
-    layers.append(nn.Linear(width, outputs))
+    layers.append(skip_init(nn.Linear, width, outputs))  # left uninitialised: `_initialise` draws them
     return nn.Sequential(*layers)
 
 

@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import trainer_runs as runs
 from conftest import _generated_texts, index_corpus
-from launching import command, environment, load_script, run
+from launching import REPO, command, environment, load_script, run
 from megatron_acodm.arguments import argument_names, command_line, parse_args
 from megatron_acodm.data.manifest import load_manifest
 from megatron_acodm.errors import UserError
@@ -34,8 +34,8 @@ from megatron_acodm.training.checkpoint import open_checkpoint
 from megatron_acodm.mergemix.experts import checkpoint_fingerprint
 from megatron_acodm.mergemix.results import ResultsFile, read_results
 from megatron_acodm.metrics.reader import read_metrics
+from mixer_states import mixer_args
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGEMIX = os.path.join(REPO, "tools", "mergemix.py")
 mergemix = load_script(MERGEMIX)
 DOMAINS = ["code", "multilingual", "prose"]  # the corpus manifest's order
@@ -319,8 +319,8 @@ def test_the_blend_as_a_mixing_prior(search, tmp_path):
 
     numpy.testing.assert_allclose(prior(search.output), expected, rtol=1e-12)
     for mixer in ("dga", "ado"):  # the online mixers start from the prior
-        built = build_mixer(mixer, names=names, initial_weights=[1 / 3] * 3, domain_tokens=[1.0, 2.0, 3.0],
-                            args=argparse.Namespace(mixing_prior=search.output, target_data_path=["unused"], train_iters=10))
+        args = mixer_args("--mixer", mixer, "--mixing-prior", search.output, "--target-data-path", "unused", train_iters=10)
+        built = build_mixer(mixer, names=names, initial_weights=[1 / 3] * 3, domain_tokens=[1.0, 2.0, 3.0], args=args)
         numpy.testing.assert_allclose(built.weights(), expected, rtol=1e-9)
 
     with pytest.raises(UserError) as other_domains:

@@ -25,7 +25,7 @@ import subprocess
 import pytest
 import torch
 
-from launching import command, environment, run
+from launching import TESTS, command, environment, run
 from megatron_acodm.sketch import (
     choose_backend,
     parse_sketch_layers,
@@ -33,7 +33,7 @@ from megatron_acodm.sketch import (
     reference,
 )
 
-WORKER = os.path.join(os.path.dirname(__file__), "sketch_worker.py")
+WORKER = os.path.join(TESTS, "sketch_worker.py")
 TIMEOUT_S = 300
 BOUND_C = 12.0
 DIMS = (16, 64, 256, 1024)

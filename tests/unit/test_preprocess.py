@@ -10,7 +10,7 @@ import sys
 
 import numpy
 import pytest
-from launching import load_script
+from launching import REPO, load_script
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
@@ -19,7 +19,6 @@ from megatron_acodm.indexing import PROGRESS_NAME, PreprocessOptions, discover_i
 from megatron_acodm.data.manifest import Manifest, load_manifest
 from megatron_acodm.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "preprocess_domains.py")
 PROGRESS = PROGRESS_NAME
 

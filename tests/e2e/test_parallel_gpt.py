@@ -23,7 +23,7 @@ import launching
 import pytest
 import torch
 
-WORKER = os.path.join(os.path.dirname(__file__), "parallel_worker.py")
+WORKER = os.path.join(launching.TESTS, "parallel_worker.py")
 RTOL = 1e-5
 LOGITS_ATOL = 1e-5
 TIMEOUT_S = 300

@@ -12,9 +12,8 @@ import sys
 
 import pytest
 
-from launching import environment
+from launching import REPO, environment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "gpu_check.sh")
 TIMEOUT_S = 300
 PARTS = {"versions", "kernel_correctness", "kernel_speed", "corpus", "host_batch", "training"}

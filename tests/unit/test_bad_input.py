@@ -2,29 +2,19 @@
 naming the argument or file and the fix, exit status 2, and nothing already written touched.
 
 The entry point's `main` runs in this process with the process group's start replaced by a
-failure, so each case also shows that its check comes before any rank joins a job.
+failure (`refused`, in conftest.py), so each case also shows that its check comes before any rank
+joins a job.
 """
 
 from __future__ import annotations
 
 import json
 import os
+
 import pytest
 
 import trainer_runs as runs
-from launching import load_script
-from megatron_acodm.training import loop
-
-
-ENTRY_POINT = load_script(runs.ENTRY)
-
-
-@pytest.fixture
-def no_process_group(monkeypatch):
-    def refuse(args):
-        raise AssertionError("the run reached the process group: its input should have been refused before")
-
-    monkeypatch.setattr(loop, "initialize", refuse)
+from megatron_acodm.arguments import parse_args
 
 
 @pytest.fixture
@@ -39,19 +29,6 @@ def earlier_run(tmp_path):
 
 def _contents(folder) -> dict:
     return {path: open(path, "rb").read() for path in sorted(str(p) for p in folder.rglob("*") if p.is_file())}
-
-
-def refused(argv: list[str], capsys) -> str:
-    """The one error line `argv` gets (exit status 2)."""
-    capsys.readouterr()
-    try:
-        status = ENTRY_POINT.main(argv)
-    except SystemExit as exit_:  # argparse's own refusal
-        status = exit_.code
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(lines) == 1, lines
-    assert lines[0].startswith(("error: ", "pretrain_acodm.py: error: ")), lines
-    return lines[0]
 
 
 def _arguments(corpus, tokenizer_model, save, *extra) -> list[str]:
@@ -101,6 +78,7 @@ CASES = [
     ("export-is-a-folder", ["--mixer", "acodm", "--acodm-export-policy", "{tmp}"], "--acodm-export-policy {tmp}: is a folder"),
     ("policy-garbage", ["--mixer", "acodm", "--acodm-policy", "{tmp}/garbage.pt"],
      "{tmp}/garbage.pt: not a readable AC-ODM policy (UnpicklingError); re-export it with --mixer acodm --acodm-export-policy"),
+    ("floor-above-1/K", ["--mixing-floor", "0.5"], "--mixing-floor (0.5) must be in [0, 1/K] = [0, 0.3333] for the 3 domains of --data-path"),
     ("option-of-another-mixer", ["--mixer", "ado", "--odm-smoothing", "0.3"], "--odm-smoothing is read by --mixer odm only, not by --mixer ado; drop it"),
     ("prior-of-a-static-run", ["--mixer", "static", "--mixing-prior", "tokens"], "--mixing-prior is read by --mixer odm, acodm, ado, aioli, dga, not by --mixer static"),
     ("policy-without-acodm", ["--acodm-policy", "{tmp}/p.pt"], "--acodm-policy is read by --mixer acodm only, not by --mixer static"),
@@ -118,9 +96,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("extra, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_bad_input_is_one_error_line_before_the_process_group(
-    tmp_path, preprocessed_corpus, tokenizer_model, earlier_run, no_process_group, capsys, extra, message
-):
+def test_bad_input_is_one_error_line_before_the_process_group(tmp_path, preprocessed_corpus, tokenizer_model, earlier_run, refused, extra, message):
     (tmp_path / "a-file").write_text("kept")
     (tmp_path / "garbage.pt").write_bytes(os.urandom(3000))
     names = {
@@ -131,7 +107,7 @@ def test_bad_input_is_one_error_line_before_the_process_group(
         "misspelled": _misspelled_weight(preprocessed_corpus, tmp_path),
     }
     before = _contents(tmp_path)
-    line = refused(_arguments(preprocessed_corpus, tokenizer_model, earlier_run, *[word.format(**names) for word in extra]), capsys)
+    line = refused(_arguments(preprocessed_corpus, tokenizer_model, earlier_run, *[word.format(**names) for word in extra]))
     assert message.format(**names) in line
     assert _contents(tmp_path) == before  # nothing written, nothing left behind by the checks
 
@@ -150,3 +126,28 @@ def test_odm_starts_from_the_prior_like_every_mixer_that_reads_one(tmp_path, pre
                            "--mixer", mixer, "--mixing-prior", str(blend)])
         built = build_mixer(mixer, names=manifest.names, initial_weights=manifest.initial_weights(), domain_tokens=tokens, args=args)
         assert built.weights() == pytest.approx([0.7, 0.2, 0.1], abs=1e-12), mixer
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bf16", "--fp16"], "--bf16 and --fp16 are mutually exclusive"),
+        (["--num-layers", "3", "--pipeline-model-parallel-size", "2"], "--num-layers (3) must be divisible"),
+        (["--global-batch-size", "6", "--micro-batch-size", "4"], "--global-batch-size (6) must be divisible"),
+        (["--save-interval", "5"], "--save-interval needs --save"),
+        (["--lr-warmup-iters", "4"], "--lr-warmup-iters (4) must be below --lr-decay-iters (4)"),
+        (["--mixer", "nope"], "invalid choice: 'nope'"),
+        (["--acodm-policy", "p.pt"], "--acodm-policy is read by --mixer acodm only, not by --mixer static"),
+        (["--lr", "-1"], "--lr (-1.0) must be positive"),
+        (["--eval-iters", "-1"], "--eval-iters (-1) must be >= 0 (0 turns evaluation off)"),
+        (["--exit-signal-handler"], "--exit-signal-handler needs --save"),
+        (["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"], "not allowed with argument"),
+        (["--sequence-parallel", "--tensor-model-parallel-size", "2"], "--sequence-parallel needs Transformer Engine or apex"),
+    ],
+)
+def test_argument_errors_fail_at_start_like_megatron(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--data-path", "d.json", "--tokenizer-model", "t.model", "--train-iters", "4", *argv], world_size=2)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err

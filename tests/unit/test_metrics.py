@@ -6,13 +6,14 @@ import argparse
 import io
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from launching import load_script
+from launching import REPO, load_script
 from megatron_acodm.errors import UserError
 from megatron_acodm.metrics import EvalRecord, MetricsLogger, TrainRecord, validation_means
 from megatron_acodm.metrics.reader import read_metrics
@@ -314,7 +315,7 @@ def write_synthetic_run(path: Path, *, with_eval: bool = True) -> Path:
 
 
 def load_cli():
-    return load_script(str(Path(__file__).parents[1] / "tools/plot_mixture.py"))
+    return load_script(os.path.join(REPO, "tools", "plot_mixture.py"))
 
 
 @pytest.mark.parametrize("with_eval", [True, False])

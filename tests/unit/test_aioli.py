@@ -1,19 +1,18 @@
 """Aioli on hand-made step signals: the interaction matrix fitted from a sweep, its normalisation, the
-schedule of sweeps, the mixture against a hand computation over two rounds, options and state.
-(Its real run, stopped and resumed, is in test_ado.py beside ADO's.)"""
+schedule of sweeps, the mixture against a hand computation over two rounds, its options and schedule
+state (what every mixer shares: tests/unit/test_mixer_contract.py)."""
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy
 import pytest
 
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing import AioliMixer, StepSignals, add_mixer_arguments, build_mixer
+from megatron_acodm.mixing import AioliMixer, StepSignals, build_mixer
 from megatron_acodm.mixing.aioli import fit_interactions, normalise
-from mixer_states import assert_decides_alike, through_checkpoint
+from mixer_states import mixer_args
 
 NAMES = ["prose", "code", "maths"]
 BATCH = 8
@@ -35,7 +34,8 @@ def law_step(step: int, counts: numpy.ndarray, trained_before: numpy.ndarray, in
     """A step whose per-domain loss follows the linear law exactly: START - A C, C the steps of each domain so far."""
     tokens = counts * float(TOKENS_PER_SAMPLE)
     losses = START - interactions @ trained_before
-    return StepSignals(step=step, domain_loss_sum=losses * tokens, domain_tokens=tokens, realised_counts=counts)
+    return StepSignals(step=step, domain_loss_sum=losses * tokens, domain_tokens=tokens, realised_counts=counts,
+                       followed_weights=counts / counts.sum())
 
 
 def test_sweep_fit_recovers_the_interaction_matrix_exactly():
@@ -106,7 +106,7 @@ def test_two_rounds_match_hand_computed_sweeps_and_mixtures():
 
 
 def test_objective_reads_only_its_domains_rows():
-    mixer = build(mixing_objective="prose", train_iters=20, aioli_rounds=1, aioli_sweeps=1, aioli_segment_steps=2)
+    mixer = build("--mixing-objective", "prose", "--aioli-rounds", "1", "--aioli-sweeps", "1", "--aioli-segment-steps", "2", train_iters=20)
     trained_before = numpy.zeros(3)
     for step in range(7):
         counts = counts_for(mixer.weights())
@@ -123,65 +123,17 @@ def test_last_round_keeps_the_remainder():
     assert sweeping == [0, 1, 2, 11, 12, 13]  # no third sweep at step 22
 
 
-def random_step(rng: numpy.random.Generator, step: int, weights: numpy.ndarray) -> StepSignals:
-    counts = rng.multinomial(16, weights)
-    tokens = counts * float(rng.integers(1, 100))
-    losses = 6.0 - 0.01 * step + rng.normal(0.0, 0.3, len(weights))
-    return StepSignals(step=step, domain_loss_sum=losses * tokens, domain_tokens=tokens, realised_counts=counts)
-
-
-def build(**options) -> AioliMixer:
-    args = argparse.Namespace(**{"train_iters": 100, **options})
-    return build_mixer("aioli", names=NAMES, initial_weights=[0.5, 0.25, 0.25], domain_tokens=[1e6, 4e6, 9e6], args=args)
-
-
-@pytest.mark.parametrize("options", [{}, {"mixing_floor": 0.05}, {"mixing_prior": "tokens", "aioli_one_hot_factor": 1.0}])
-def test_weights_stay_on_the_simplex_above_the_floor(options):
-    mixer = build(**options)  # the defaults: 5 rounds of 20 steps, each opening with a 12-step sweep
-    rng = numpy.random.default_rng(0)
-    for step in range(100):
-        weights = mixer.weights()
-        assert weights.dtype == numpy.float64 and abs(weights.sum() - 1.0) <= 1e-12
-        assert numpy.all(weights >= options.get("mixing_floor", 0.0))
-        mixer.observe(random_step(rng, step, weights))
-    assert mixer.smoothed is not None and not numpy.allclose(mixer.mixture, mixer.prior)
-
-
-def test_state_round_trips_through_a_checkpoint_mid_sweep():
-    rng = numpy.random.default_rng(1)
-    original = build()
-    for step in range(25):  # round 1's sweep runs over steps 20-31
-        original.observe(random_step(rng, step, original.weights()))
-    assert len(original.sweep_rows) == 5 and original.smoothed is not None
-    restored = build()
-    restored.load_state_dict(through_checkpoint(original.state_dict()))
-    assert_decides_alike(original, restored, range(25, 100), lambda step, weights: random_step(rng, step, weights))
+def build(*argv: str, train_iters: int = 100) -> AioliMixer:
+    return build_mixer("aioli", names=NAMES, initial_weights=[0.5, 0.25, 0.25], domain_tokens=[1e6, 4e6, 9e6],
+                       args=mixer_args("--mixer", "aioli", *argv, train_iters=train_iters))
 
 
 def test_state_of_another_schedule_is_refused():
     state = build().state_dict()
-    for options in ({"train_iters": 120}, {"aioli_segment_steps": 1}):
+    for other in (build(train_iters=120), build("--aioli-segment-steps", "1")):
         with pytest.raises(UserError, match=r"rounds of 20 steps opening with 12-step sweeps, this run has"):
-            build(**options).load_state_dict(state)
-    build(aioli_eta=0.2, seed=9).load_state_dict(state)  # the step size and the sweep orders may change
-
-
-@pytest.mark.parametrize(
-    "options, message",
-    [
-        ({"aioli_rounds": 0}, "--aioli-rounds (0), --aioli-sweeps (2) and --aioli-segment-steps (2) must be >= 1"),
-        ({"aioli_rounds": 9}, "--aioli-rounds 9 leaves 11 steps per round of --train-iters 100, not more than a sweep's 12"),
-        ({"aioli_one_hot_factor": 0.3}, "--aioli-one-hot-factor must be in (1/K, 1] = (0.3333, 1] for 3 domains, got 0.3"),
-        ({"aioli_eta": -1.0}, "--aioli-eta must be >= 0, got -1.0"),
-        ({"aioli_smoothing": 1.0}, "--aioli-smoothing must be in [0, 1), got 1.0"),
-        ({"train_iters": None}, "--mixer aioli needs --train-iters"),
-        ({"mixing_objective": "legal"}, "--mixing-objective 'legal': no domains ['legal'] in --data-path"),
-    ],
-)
-def test_bad_options_are_refused_in_one_line(options, message):
-    with pytest.raises(UserError) as raised:
-        build(**options)
-    assert message in str(raised.value) and "\n" not in str(raised.value)
+            other.load_state_dict(state)
+    build("--aioli-eta", "0.2", "--seed", "9").load_state_dict(state)  # the step size and the sweep orders may change
 
 
 def test_one_domain_is_refused():
@@ -190,9 +142,7 @@ def test_one_domain_is_refused():
 
 
 def test_registry_builds_it_from_the_command_line():
-    parser = add_mixer_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--mixer", "aioli", "--aioli-eta", "0.2", "--aioli-rounds", "4"])
-    args.train_iters, args.seed = 100, 5
+    args = mixer_args("--mixer", "aioli", "--aioli-eta", "0.2", "--aioli-rounds", "4", "--seed", "5", train_iters=100)
     mixer = build_mixer(args.mixer, names=NAMES, initial_weights=[1, 1, 1], args=args)
     assert isinstance(mixer, AioliMixer)
     assert (mixer.eta, mixer.rounds, mixer.round_steps, mixer.seed) == (0.2, 4, 25, 5)

@@ -1,5 +1,6 @@
 """AC-ODM: the bounded policy in closed loops (no signal, noise, an interior optimum, a harmful
-domain), the DDPG agent, the state, proxy export/import, exact resume."""
+domain), the DDPG agent, the state, proxy export/import (what every mixer shares, exact resume
+included: tests/unit/test_mixer_contract.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from megatron_acodm.mixing import (
     LAYER_NORMS,
     ACODMMixer,
     StepSignals,
-    add_mixer_arguments,
     build_mixer,
     layers_at_depths,
 )
@@ -30,7 +30,7 @@ from megatron_acodm.mixing.acodm.features import FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.policy import POLICY_FORMAT, load_policy
 from megatron_acodm.sketch.segments import half_segments
-from mixer_states import assert_decides_alike, through_checkpoint
+from mixer_states import mixer_args
 
 NAMES = ["prose", "code", "maths"]
 INITIAL = [0.5, 0.25, 0.25]
@@ -69,6 +69,7 @@ class QuadraticDomains:
             domain_loss_sum=losses * counts,
             domain_tokens=counts.astype(float),
             realised_counts=counts,
+            followed_weights=weights,
             half_gram=sums @ sums.T,
             half_tokens=tokens,
             layer_weight_norms=NORMS * (1.0 + 0.001 * step),
@@ -268,16 +269,6 @@ def test_non_finite_signal_keeps_the_last_weights_and_warns_once():
     assert numpy.array_equal(mixer.weights(), reference.weights())
 
 
-@pytest.mark.parametrize("save_at", [3, 60])  # in the warm-up (40 steps of 400), and after it
-def test_state_round_trip_through_torch_save_continues_identically(save_at):
-    original, problem = make_mixer(), QuadraticDomains(TRIANGLE)
-    run(original, problem, range(save_at))
-    restored = make_mixer(seed=99)  # the generator's state comes from the checkpoint
-    restored.load_state_dict(through_checkpoint(original.state_dict()))
-    assert_decides_alike(original, restored, range(save_at, save_at + 20), problem.step)
-    assert not moved(parameters(original.agent.critic), restored.agent.critic)
-
-
 def test_a_state_of_the_earlier_format_is_refused_with_what_to_do():
     state = make_mixer().state_dict()
     del state["format"]  # as the actor that chose the weights itself saved it
@@ -297,11 +288,9 @@ def test_same_seed_and_signals_give_identical_weights_on_every_rank():
     assert not numpy.array_equal(ranks[0].weights(), other_seed.weights())
 
 
-def mixer_args(*argv: str) -> argparse.Namespace:
-    """The command line's mixer options, with the trainer's --train-iters 200."""
-    args = add_mixer_arguments(argparse.ArgumentParser()).parse_args(["--mixer", "acodm", *argv])
-    args.train_iters = 200
-    return args
+def acodm_args(*argv: str) -> argparse.Namespace:
+    """A run's options for --mixer acodm, with the trainer's --train-iters 200."""
+    return mixer_args("--mixer", "acodm", *argv)
 
 
 def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_path):
@@ -316,8 +305,8 @@ def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_pat
         assert numpy.array_equal(policy.act(state, proxy.action_map), proxy.agent.act(state, explore=False))
 
     # A 4-layer target of another width reads its own state with the proxy's relative depths.
-    target = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=mixer_args("--acodm-policy", path))
-    assert target.agent is None and target.feature_layer_depths == list(DEPTHS)
+    target = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args("--acodm-policy", path))
+    assert target.agent is None and target.norm_layer_depths == DEPTHS
     assert target.needs == ACODMMixer.needs == {DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS}  # its own signal
     problem = QuadraticDomains([[1.0, 0.0], [0.8, 0.3], [-3.0, 0.0]])
     for step in range(40):
@@ -333,7 +322,7 @@ def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_pat
             "acodm",
             names=NAMES,
             initial_weights=INITIAL,
-            args=mixer_args("--acodm-policy", path, "--acodm-feature-depths", "0.5,1.0"),
+            args=acodm_args("--acodm-policy", path, "--acodm-feature-depths", "0.5,1.0"),
         )
 
 
@@ -369,13 +358,11 @@ def test_policy_for_other_domains_or_a_damaged_file_is_refused_naming_the_file(t
 def test_registry_builds_acodm_from_its_options():
     argv = ["--acodm-hidden", "32", "--acodm-depth", "3", "--acodm-feature-depths", "0.5,1.0", "--acodm-max-step", "0.05",
             "--mixing-prior", "data-path", "--mixing-objective", "prose,maths", "--acodm-reward", "published"]
-    mixer = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=mixer_args(*argv))
+    mixer = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args(*argv))
     assert isinstance(mixer, ACODMMixer)
-    assert (mixer.network.hidden, mixer.network.depth, mixer.feature_layer_depths) == (32, 3, [0.5, 1.0])
+    assert (mixer.network.hidden, mixer.network.depth, mixer.norm_layer_depths) == (32, 3, (0.5, 1.0))
     assert mixer.spec.state_dim == 6 * 3 + 2 * 2 + 1 and mixer.mirror.max_step == 0.05
     assert numpy.allclose(mixer.weights(), INITIAL) and numpy.allclose(mixer.signal.objective, [0.5, 0, 0.5])
     assert mixer.signal.score == "published" and mixer.warmup_steps == 20  # 10% of 200 steps
-    default = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=mixer_args())
+    default = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args())
     assert numpy.allclose(default.weights(), 1 / 3) and default.config.gamma == 0.0
-    with pytest.raises(ValueError, match="--train-iters"):
-        build_mixer("acodm", names=NAMES, initial_weights=INITIAL)

@@ -11,6 +11,7 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 import rdata
 import sentencepiece
 
+from launching import REPO, load_script
 from megatron_acodm.demo_corpus import build as build_module
 from megatron_acodm.demo_corpus import tokenizer_training
 from megatron_acodm.demo_corpus.build import BuildOptions, build
@@ -514,13 +516,7 @@ def test_cached_package_is_not_downloaded_again(tmp_path):
 
 
 def test_cli_reports_an_unreachable_archive_in_one_line(tmp_path, monkeypatch, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "build_demo_corpus", Path(__file__).parents[1] / "tools/build_demo_corpus.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script(os.path.join(REPO, "tools", "build_demo_corpus.py"))
     monkeypatch.setattr(subprocess, "run", failing_registry([]))
     status = cli.main(
         ["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--domains", "books"]

@@ -1,0 +1,139 @@
+"""Every registered mixer in real runs of pretrain_acodm.py: the mixture it trained on is the one it
+reported, a run resumed from a checkpoint mid-run repeats the run that never stopped, and a mixer
+whose first weights are uniform starts from the very model and batch of a uniform run of that seed.
+
+These keep the benchmarks' comparisons meaningful: a mixer is judged by the weights it logged, so
+the samples each step drew must follow them (within the apportionment bound of docs/DESIGN.md),
+and two runs of one seed are paired only if nothing but the weights differs between them.
+
+Each mixer trains a tiny GPT for 8 steps, logging every step and saving every 4; a copy of its
+folder resumes from step 4. Schedules are shrunk so that every online mixer moves within 8 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy
+import pytest
+import torch
+
+import trainer_runs as runs
+from megatron_acodm.data import parse_data_path
+from megatron_acodm.mixing import MIXERS
+from megatron_acodm.mixing.importance import importance_weights, steering_examples
+
+STEPS, RESUMED_AT, GLOBAL_BATCH = 8, 4, 8
+TEMPERATURE = 3.0
+# Over the run a domain's count stays within this of its cumulative target sum_t w_t G: below 1 after
+# every step for K <= 3 (docs/DESIGN.md, "One global step"); 1.2 is the bound measured for any K.
+APPORTIONMENT_BOUND = 1.2
+TIMING_FIELDS = ("elapsed_s", "iteration_ms", "tokens_per_s")  # clocks: a rerun may change them
+# Options that make each mixer move within 8 steps; `{target}`: a target set of code-like documents.
+OPTIONS = {
+    "static": [],
+    "uniform": [],
+    "temperature": ["--mixing-temperature", str(TEMPERATURE)],
+    "odm": [],
+    "ado": ["--ado-fit-interval", "1", "--ado-warmup-fraction", "0.1"],
+    "aioli": ["--aioli-rounds", "2", "--aioli-sweeps", "1", "--aioli-segment-steps", "1"],
+    # In 8 steps AC-ODM's signal is barely out of its noise, and the default step would move the
+    # weights by about 1e-4: a large step bound lets the checks below see them move.
+    "acodm": ["--acodm-max-step", "10"],
+    "dga": ["--target-data-path", "{target}", "--dga-interval", "2", "--dga-step-size", "20"],
+    "importance": ["--target-data-path", "{target}"],
+}
+RUNS = [*MIXERS, "acodm_proxy"]  # every registered mixer (at its defaults unless named above), and AC-ODM's frozen actor
+MOVING = ("odm", "ado", "aioli", "acodm", "acodm_proxy", "dga")  # online mixers whose weights move within the run
+# Mixers whose first step trains on uniform weights at their defaults (a uniform --mixing-prior).
+STARTS_UNIFORM = ("odm", "ado", "acodm", "acodm_proxy", "dga")
+
+
+def _arguments(name: str, corpus: str, target: str, tokenizer_model: str, save) -> list[str]:
+    mixer = "acodm" if name == "acodm_proxy" else name
+    options = [word.format(target=target) for word in OPTIONS.get(mixer, [])]
+    if name == "acodm":  # each run exports its actor beside its checkpoints
+        options += ["--acodm-export-policy", str(save / "policy.pt")]
+    if name == "acodm_proxy":
+        options += ["--acodm-policy", str(save.parent / "acodm" / "policy.pt")]
+    return runs.arguments(corpus, tokenizer_model, str(save), "--train-iters", str(STEPS), "--save-interval", str(RESUMED_AT),
+                          "--eval-interval", str(STEPS), "--seed", "7", "--mixer", mixer, *options)
+
+
+@pytest.fixture(scope="module")
+def mixer_runs(tmp_path_factory, preprocessed_corpus, target_set, tokenizer_model):
+    """`mixer_runs(name)`: the train records of its run and of the copy resumed at step 4, and their folders."""
+    root = tmp_path_factory.mktemp("mixer_runs")
+    done: dict[str, tuple] = {}
+
+    def records(name: str):
+        if name not in done:
+            if name == "acodm_proxy":
+                records("acodm")  # its policy drives the proxy
+            save, resumed = root / name, root / f"{name}-resumed"
+            runs.train(root, _arguments(name, preprocessed_corpus, target_set, tokenizer_model, save))
+            shutil.copytree(save, resumed)
+            (resumed / "latest_checkpointed_iteration.txt").write_text(str(RESUMED_AT))
+            runs.train(root, _arguments(name, preprocessed_corpus, target_set, tokenizer_model, resumed) + ["--load", str(resumed)])
+            done[name] = (runs.losses(str(save))[2], runs.losses(str(resumed))[2], save, resumed)
+        return done[name]
+
+    return records
+
+
+def _without_clocks(records):
+    return [{key: value for key, value in record.items() if key not in TIMING_FIELDS} for record in records]
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_a_run_resumed_mid_run_repeats_the_run_that_never_stopped(mixer_runs, name):
+    original, resumed, _, _ = mixer_runs(name)
+    assert [record["iteration"] for record in resumed] == list(range(1, STEPS + 1))
+    assert _without_clocks(resumed) == _without_clocks(original)  # losses, grad norms, weights, shares, scores
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_the_samples_drawn_follow_the_weights_reported(mixer_runs, preprocessed_corpus, target_set, name):
+    train = mixer_runs(name)[0]
+    names = list(train[0]["domains"])
+    weights = numpy.array([[record["domains"][domain]["weight"] for domain in names] for record in train])
+    counts = numpy.array([[record["domains"][domain]["share"] for domain in names] for record in train]) * GLOBAL_BATCH
+    assert numpy.allclose(counts, numpy.round(counts), atol=1e-9), "a share is not a whole number of samples"
+    counts = numpy.round(counts)
+    assert numpy.all(counts.sum(axis=1) == GLOBAL_BATCH)
+    assert numpy.all(weights >= 0) and numpy.allclose(weights.sum(axis=1), 1.0)
+    deviation = numpy.abs(numpy.cumsum(counts, axis=0) - numpy.cumsum(weights * GLOBAL_BATCH, axis=0))
+    assert deviation.max() < APPORTIONMENT_BOUND, f"{name}: a count strayed {deviation.max():.3f} samples from its target"
+
+    with open(preprocessed_corpus, encoding="utf-8") as stream:
+        tokens_of = {domain["name"]: domain["tokens"] for domain in json.load(stream)["domains"]}
+    tokens = numpy.array([tokens_of[domain] for domain in names], float)
+    prefixes = [domain.prefix for domain in parse_data_path([preprocessed_corpus]).domains]
+    fixed = {
+        "static": tokens / tokens.sum(),
+        "uniform": numpy.full(len(names), 1.0 / len(names)),
+        "temperature": tokens ** (1 / TEMPERATURE) / (tokens ** (1 / TEMPERATURE)).sum(),
+        "importance": importance_weights(prefixes, steering_examples([target_set], "50,50")),
+    }
+    if name in fixed:
+        assert weights == pytest.approx(numpy.tile(fixed[name], (STEPS, 1)), rel=1e-9, abs=1e-12)
+    if name in MOVING:
+        assert numpy.ptp(weights, axis=0).max() > 1e-3, f"{name}'s weights never moved"
+
+
+@pytest.mark.parametrize("name", STARTS_UNIFORM)
+def test_a_mixer_starting_uniform_trains_its_first_step_exactly_as_uniform(mixer_runs, name):
+    """Same seed, same first weights: the same model, batch and dropout, so the same numbers, bit for bit."""
+    first, uniform = mixer_runs(name)[0][0], mixer_runs("uniform")[0][0]
+    assert [domain["weight"] for domain in first["domains"].values()] == pytest.approx([1 / 3] * 3, abs=1e-15)
+    assert (first["lm_loss"], first["grad_norm"]) == (uniform["lm_loss"], uniform["grad_norm"])
+    assert [domain["loss"] for domain in first["domains"].values()] == [domain["loss"] for domain in uniform["domains"].values()]
+
+
+def test_a_resumed_acodm_run_exports_the_actor_the_uninterrupted_run_exports(mixer_runs):
+    _, _, save, resumed = mixer_runs("acodm")
+    original, again = (torch.load(folder / "policy.pt", weights_only=True) for folder in (save, resumed))
+    assert original["domains"] == ["code", "multilingual", "prose"] and original["actor"].keys() == again["actor"].keys()
+    for key, tensor in original["actor"].items():
+        assert torch.equal(tensor, again["actor"][key]), key
