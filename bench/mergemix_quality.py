@@ -23,8 +23,9 @@ The GPT, data, optimiser, steps and seeds of `bench/mixing_quality.py` (its runs
    `uniform` and `static` (tokens-proportional): final loss paired by seed and steps to each
    reference's final loss, by `mixing_quality_analysis`.
 
-Writes `<output-dir>/mergemix_quality[_noisy].{json,md}`, `..._curves.png`, `..._weights.png` and
-`..._rank.png`.
+Writes `<output-dir>/mergemix_quality[_noisy].{json,md}`, the curves beside them in
+`mergemix_quality[_noisy].curves.json.gz` (`result_files.py`), `..._curves.png`, `..._weights.png`
+and `..._rank.png`.
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ from typing import Any, Optional, Sequence
 from scipy import stats
 
 from common import REPO, child_env, describe_machine, run_process, save_figure, say, write_json, write_text
+from corpora import ensure_corpus
 from megatron_acodm.data.manifest import Manifest, load_manifest
+from megatron_acodm.mergemix.results import read_results
 from megatron_acodm.training.checkpoint import open_checkpoint
-from mixing_quality import Run, ensure_corpus, execute_runs, parse_args as mixing_quality_args, settings
-from mixing_quality_analysis import METRIC_TITLES, analyse, clock, parameter_count
+from mixing_quality import parse_args as mixing_quality_args, settings
+from mixing_quality_analysis import CURVES, METRIC_TITLES, analyse, clock, parameter_count
 from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
-from megatron_acodm.mergemix.results import read_results
+from result_files import save_results
+from runs import Run, execute_runs
 
 OUTPUT_STEMS = {"demo": "mergemix_quality", "noisy": "mergemix_quality_noisy"}
 MIXERS = ("uniform", "static", "mergemix")
@@ -255,14 +259,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         **analysis,
     }
     os.makedirs(args.output_dir, exist_ok=True)
-    write_json(f"{stem}.json", document)
+    save_results(stem, document, CURVES)
     write_text(f"{stem}.md", report)
     plot_curves(args, analysis, f"{stem}_curves.png", mode)
     plot_weights(args, analysis, f"{stem}_weights.png", mode)
     if rank is not None:
         plot_rank(rank, f"{stem}_rank.png", f"MergeMix rank consistency ({args.corpus} corpus)")
     print(report)
-    say(f"wrote {stem}.{{json,md}} and its figures (runs: {root})")
+    say(f"wrote {stem}.{{json,curves.json.gz,md}} and its figures (runs: {root})")
     return 1 if any(result.get("returncode") != 0 for result in results.values()) else 0
 
 

@@ -21,6 +21,10 @@ REFERENCE = "uniform"  # a static blend: the reference of time and memory, and t
 REFERENCES = {"demo": (REFERENCE,), "noisy": (REFERENCE, "static")}
 METRICS = ("lm_loss_uniform", "lm_loss")
 METRIC_TITLES = {"lm_loss_uniform": "uniform mean over domains", "lm_loss": "corpus-token-weighted mean"}
+# What of a document holding `analyse`'s result is a value per evaluation or log record: the results'
+# side file holds it (`result_files.save_results`), the summary JSON the rest.
+CURVES = ("iterations", "runs/*/valid", "runs/*/train", *(f"summary/*/{metric}/mean_curve" for metric in METRICS),
+          "summary/*/mixture", "proxy/mixture")
 
 
 def eval_interval(args: argparse.Namespace) -> int:

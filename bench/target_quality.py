@@ -20,8 +20,9 @@ against uniform and importance, the steps to reach uniform's final target loss (
 evaluations) and the ratio, the general validation loss at the end (uniform mean over the domains:
 what the specialisation costs), the mixture over time, and the per-step time against static (the
 target pass's cost). Runs go to `<work-dir>/<quick|full>-<hash of the settings>/<mixer>[-<target>]-seed<S>/`
-and complete runs are reused. Writes `<output-dir>/target_quality.{json,md}` and
-`target_quality_curves.png`, `target_quality_weights.png`.
+and complete runs are reused (`runs.py`). Writes `<output-dir>/target_quality.{json,md}`, the curves
+beside them in `target_quality.curves.json.gz` (`result_files.py`), and `target_quality_curves.png`,
+`target_quality_weights.png`.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ import time
 from typing import Any, Optional, Sequence
 
 from common import REPO, describe_machine, say, write_json, write_text
+from corpora import DEMO_DIR, DEMO_TOKENIZER, ensure_demo_corpus, run_tool
 from megatron_acodm.data.manifest import load_manifest
 from megatron_acodm.data.tokenizers import file_sha256
-from mixing_quality import DEMO_DIR, DEMO_TOKENIZER, PRESETS, Run, ensure_demo_corpus, execute_runs, run_tool
 from mixing_quality_analysis import clock, eval_interval, log_interval, parameter_count
-from target_quality_analysis import analyse, markdown, plot_curves, plot_weights
+from result_files import save_results
+from runs import PRESETS, Run, execute_runs
+from target_quality_analysis import CURVES, analyse, markdown, plot_curves, plot_weights
 
 TARGETS_DIR = f"{DEMO_DIR}/targets"
 TARGETS_DATA = f"{DEMO_DIR}/targets-indexed/domains.json"
@@ -74,7 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if "uniform" not in args.mixers:
         parser.error("--mixers must include uniform: the reference of every ratio")
-    # What mixing_quality's runs read besides the presets.
+    # What the runs (`runs.Run`) read besides the presets.
     args.tokenizer_type, args.tokenizer_model, args.data_path = "SentencePieceTokenizer", None, None
     args.lr, args.min_lr, args.temperature, args.mixing_objective = 1e-3, 1e-4, 2.0, None
     return args
@@ -148,12 +151,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     stem = os.path.join(args.output_dir, "target_quality")
     report = markdown(args, analysis, run_wall, mode)
-    write_json(f"{stem}.json", document)
+    save_results(stem, document, CURVES)
     write_text(f"{stem}.md", report)
     plot_curves(args, analysis, f"{stem}_curves.png")
     plot_weights(args, analysis, f"{stem}_weights.png")
     print(report)
-    say(f"wrote {stem}.{{json,md}}, {stem}_curves.png, {stem}_weights.png (runs: {root}, {clock(run_wall)} of runs)")
+    say(f"wrote {stem}.{{json,curves.json.gz,md}}, {stem}_curves.png, {stem}_weights.png (runs: {root}, {clock(run_wall)} of runs)")
     return 1 if any(result.get("returncode") != 0 for result in results.values()) else 0
 
 

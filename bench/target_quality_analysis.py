@@ -12,6 +12,10 @@ from mixing_quality_analysis import clock, effective_domains, mean_lists, paired
 REFERENCE = "uniform"
 COST_REFERENCE = "static"  # the per-step time of a run without any target pass or sketch
 COLOURS = {"uniform": "black", "static": "tab:gray", "importance": "tab:blue", "dga": "tab:green", "acodm_target": "tab:red"}
+# What of `analyse`'s result is a value per evaluation or log record: the results' side file holds it
+# (`result_files.save_results`), the summary JSON the rest.
+CURVES = ("per_target/*/iterations", "per_target/*/mixers/*/target_loss/mean_curve",
+          "per_target/*/mixers/*/weights/iteration", "per_target/*/mixers/*/weights/mean_curve")
 
 
 def run_name(mixer: str, target: str, seed: int) -> str:
