@@ -8,6 +8,7 @@ Fixtures:
 - `preprocessed_corpus`: path of a `domains.json` written by the preprocessor for `domain_texts` with --append-eod (session-scoped).
 - `index_corpus(folder, tokenizer_model, {domain: [texts]})`: the same for other texts, in a folder of the test's own.
 - `target_set`: a target set of 30 code-like documents (session-scoped): its domains.json.
+- `schedule_file`: a mixture schedule over those three domains with a phase change at step 3 (session-scoped).
 - `refused(argv)`: the one `error:` line pretrain_acodm.py gives `argv`, refused before any process group.
 """
 
@@ -180,3 +181,17 @@ def refused(monkeypatch, capsys) -> Callable[[list[str]], str]:
         return lines[0]
 
     return refuse
+
+
+@pytest.fixture(scope="session")
+def schedule_file(tmp_path_factory) -> str:
+    """A mixture schedule over `domain_texts`'s domains: uniform, a phase change at step 3 (code-heavy),
+    then linearly to a prose-heavy mixture at the end of the run."""
+    path = tmp_path_factory.mktemp("schedule") / "schedule.json"
+    uniform = {"code": 1, "multilingual": 1, "prose": 1}
+    path.write_text(json.dumps({"interpolation": "linear", "points": [
+        {"step": 0, "weights": uniform}, {"step": 2, "weights": uniform},
+        {"step": 3, "weights": {"code": 4, "multilingual": 1, "prose": 1}},
+        {"fraction": 1.0, "weights": {"code": 1, "multilingual": 1, "prose": 6}},
+    ]}))
+    return str(path)

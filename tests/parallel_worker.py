@@ -1,6 +1,6 @@
 """Trains a tiny GPT for a few steps with the trainer's own setup at given parallel layouts; writes the numbers.
 
-Launched by tests/test_parallel_gpt.py, as a single process (`python parallel_worker.py ...`) or
+Launched by tests/e2e/test_parallel_gpt.py, as a single process (`python parallel_worker.py ...`) or
 under `torchrun --nproc-per-node 2`. Each run in `--runs` (see `layout_args`) gets its arguments from
 the trainer's `parse_args`, builds its model with `training.setup` (`initialize`, `build_model`),
 loads the initial weights of its model family from a dist_checkpointing checkpoint saved by the

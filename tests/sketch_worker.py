@@ -1,4 +1,4 @@
-"""Computes gradient sketches of a tiny megatron GPT for tests/test_sketch.py; writes them to `--out`.
+"""Computes gradient sketches of a tiny megatron GPT for tests/e2e/test_sketch.py; writes them to `--out`.
 
 Modes:
 - `single` (one process): builds the model, saves its initial weights with dist_checkpointing to

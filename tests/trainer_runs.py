@@ -8,6 +8,7 @@ from launching import REPO, run
 from megatron_acodm.metrics.reader import read_metrics
 
 ENTRY = os.path.join(REPO, "pretrain_acodm.py")
+EXPORT_SCHEDULE = os.path.join(REPO, "tools", "export_schedule.py")
 TINY = [
     "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
     "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "2",

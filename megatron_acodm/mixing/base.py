@@ -4,7 +4,8 @@ Every global step the trainer calls `weights()` for the mixture of the step it i
 asks `signals_wanted(step)` what the step must measure (a subset of `needs`, which the trainer
 reads once to build its hooks), trains it, then calls `observe(signals)` with what the step
 produced. `weights()` depends only on the mixer's state, so `observe` is the only call that
-changes it. When the run ends the trainer calls `end_of_run` on one rank.
+changes it. Before the first step the trainer says where the run starts (`resume_at`); when the run
+ends it calls `end_of_run` on one rank.
 
 A mixer's `state_dict()` holds plain Python values, and, for mixers with learned networks (AC-ODM),
 torch tensors: the trainer keeps it in the checkpoint's common state, which torch.save writes and
@@ -175,6 +176,11 @@ class Mixer(abc.ABC):
     def scalar_diagnostics(self) -> dict[str, float]:
         """What the mixer would show as single numbers (e.g. how well AC-ODM's critic fits)."""
         return {}
+
+    def resume_at(self, step: int, log: Callable[[str], None]) -> None:
+        """The run continues at global step `step` (0 for a new run), after any checkpointed state was
+        restored (a mixer new to a resumed run gets no state); `log` prints once for the job. A mixer
+        whose weights follow the global step (a schedule) takes it from here."""
 
     def end_of_run(self, log: Callable[[str], None]) -> None:
         """What the mixer leaves behind when the run ends, finished or resumed already finished (e.g.

@@ -13,6 +13,7 @@ from megatron_acodm.mixing.base import Mixer
 from megatron_acodm.mixing.dga import DGAMixer
 from megatron_acodm.mixing.importance import ImportanceMixer
 from megatron_acodm.mixing.odm import ODMMixer
+from megatron_acodm.mixing.schedule import ScheduleMixer
 from megatron_acodm.mixing.static import StaticMixer, TemperatureMixer, UniformMixer
 
 # A new mixer is one entry: its class brings its own options (`add_arguments`) and builder (`from_args`).
@@ -26,6 +27,7 @@ MIXERS: dict[str, type[Mixer]] = {
     "aioli": AioliMixer,
     "dga": DGAMixer,
     "importance": ImportanceMixer,
+    "schedule": ScheduleMixer,
 }
 
 

@@ -121,6 +121,7 @@ def pretrain(args: Namespace) -> None:
         log(f"--load {args.load}: no checkpoint there (no {TRACKER}); training from iteration 0")
     if checkpoint is None and args.pretrained_checkpoint:
         _start_from_pretrained(args, model, optimizer, log)
+    mixer.resume_at(start, log)
     if start >= args.train_iters:
         log(f"nothing to do: the checkpoint is at iteration {start}, --train-iters is {args.train_iters}")
         _end_of_run(mixer, rank, log)

@@ -23,6 +23,7 @@ import trainer_runs as runs
 from megatron_acodm.data import parse_data_path
 from megatron_acodm.mixing import MIXERS
 from megatron_acodm.mixing.importance import importance_weights, steering_examples
+from megatron_acodm.mixing.schedule import load_schedule
 
 STEPS, RESUMED_AT, GLOBAL_BATCH = 8, 4, 8
 TEMPERATURE = 3.0
@@ -30,7 +31,8 @@ TEMPERATURE = 3.0
 # every step for K <= 3 (docs/DESIGN.md, "One global step"); 1.2 is the bound measured for any K.
 APPORTIONMENT_BOUND = 1.2
 TIMING_FIELDS = ("elapsed_s", "iteration_ms", "tokens_per_s")  # clocks: a rerun may change them
-# Options that make each mixer move within 8 steps; `{target}`: a target set of code-like documents.
+# Options that make each mixer move within 8 steps; `{target}`: a target set of code-like documents,
+# `{schedule}`: a schedule with a phase change at step 3, before the checkpoint the copy resumes from.
 OPTIONS = {
     "static": [],
     "uniform": [],
@@ -43,16 +45,17 @@ OPTIONS = {
     "acodm": ["--acodm-max-step", "10"],
     "dga": ["--target-data-path", "{target}", "--dga-interval", "2", "--dga-step-size", "20"],
     "importance": ["--target-data-path", "{target}"],
+    "schedule": ["--mixing-schedule", "{schedule}"],
 }
 RUNS = [*MIXERS, "acodm_proxy"]  # every registered mixer (at its defaults unless named above), and AC-ODM's frozen actor
-MOVING = ("odm", "ado", "aioli", "acodm", "acodm_proxy", "dga")  # online mixers whose weights move within the run
+MOVING = ("odm", "ado", "aioli", "acodm", "acodm_proxy", "dga", "schedule")  # online mixers whose weights move within the run
 # Mixers whose first step trains on uniform weights at their defaults (a uniform --mixing-prior).
 STARTS_UNIFORM = ("odm", "ado", "acodm", "acodm_proxy", "dga")
 
 
-def _arguments(name: str, corpus: str, target: str, tokenizer_model: str, save) -> list[str]:
+def _arguments(name: str, corpus: str, inputs: dict, tokenizer_model: str, save) -> list[str]:
     mixer = "acodm" if name == "acodm_proxy" else name
-    options = [word.format(target=target) for word in OPTIONS.get(mixer, [])]
+    options = [word.format(**inputs) for word in OPTIONS.get(mixer, [])]
     if name == "acodm":  # each run exports its actor beside its checkpoints
         options += ["--acodm-export-policy", str(save / "policy.pt")]
     if name == "acodm_proxy":
@@ -62,9 +65,10 @@ def _arguments(name: str, corpus: str, target: str, tokenizer_model: str, save) 
 
 
 @pytest.fixture(scope="module")
-def mixer_runs(tmp_path_factory, preprocessed_corpus, target_set, tokenizer_model):
+def mixer_runs(tmp_path_factory, preprocessed_corpus, target_set, schedule_file, tokenizer_model):
     """`mixer_runs(name)`: the train records of its run and of the copy resumed at step 4, and their folders."""
     root = tmp_path_factory.mktemp("mixer_runs")
+    inputs = {"target": target_set, "schedule": schedule_file}
     done: dict[str, tuple] = {}
 
     def records(name: str):
@@ -72,10 +76,10 @@ def mixer_runs(tmp_path_factory, preprocessed_corpus, target_set, tokenizer_mode
             if name == "acodm_proxy":
                 records("acodm")  # its policy drives the proxy
             save, resumed = root / name, root / f"{name}-resumed"
-            runs.train(root, _arguments(name, preprocessed_corpus, target_set, tokenizer_model, save))
+            runs.train(root, _arguments(name, preprocessed_corpus, inputs, tokenizer_model, save))
             shutil.copytree(save, resumed)
             (resumed / "latest_checkpointed_iteration.txt").write_text(str(RESUMED_AT))
-            runs.train(root, _arguments(name, preprocessed_corpus, target_set, tokenizer_model, resumed) + ["--load", str(resumed)])
+            runs.train(root, _arguments(name, preprocessed_corpus, inputs, tokenizer_model, resumed) + ["--load", str(resumed)])
             done[name] = (runs.losses(str(save))[2], runs.losses(str(resumed))[2], save, resumed)
         return done[name]
 
@@ -94,7 +98,7 @@ def test_a_run_resumed_mid_run_repeats_the_run_that_never_stopped(mixer_runs, na
 
 
 @pytest.mark.parametrize("name", RUNS)
-def test_the_samples_drawn_follow_the_weights_reported(mixer_runs, preprocessed_corpus, target_set, name):
+def test_the_samples_drawn_follow_the_weights_reported(mixer_runs, preprocessed_corpus, target_set, schedule_file, name):
     train = mixer_runs(name)[0]
     names = list(train[0]["domains"])
     weights = numpy.array([[record["domains"][domain]["weight"] for domain in names] for record in train])
@@ -110,14 +114,17 @@ def test_the_samples_drawn_follow_the_weights_reported(mixer_runs, preprocessed_
         tokens_of = {domain["name"]: domain["tokens"] for domain in json.load(stream)["domains"]}
     tokens = numpy.array([tokens_of[domain] for domain in names], float)
     prefixes = [domain.prefix for domain in parse_data_path([preprocessed_corpus]).domains]
+    schedule = load_schedule(schedule_file, names, STEPS)
     fixed = {
+        "schedule": numpy.array([schedule.weights_at(step) for step in range(STEPS)]),
         "static": tokens / tokens.sum(),
         "uniform": numpy.full(len(names), 1.0 / len(names)),
         "temperature": tokens ** (1 / TEMPERATURE) / (tokens ** (1 / TEMPERATURE)).sum(),
         "importance": importance_weights(prefixes, steering_examples([target_set], "50,50")),
     }
     if name in fixed:
-        assert weights == pytest.approx(numpy.tile(fixed[name], (STEPS, 1)), rel=1e-9, abs=1e-12)
+        expected = fixed[name] if fixed[name].ndim == 2 else numpy.tile(fixed[name], (STEPS, 1))
+        numpy.testing.assert_allclose(weights, expected, rtol=1e-9, atol=1e-12)
     if name in MOVING:
         assert numpy.ptp(weights, axis=0).max() > 1e-3, f"{name}'s weights never moved"
 
@@ -137,3 +144,17 @@ def test_a_resumed_acodm_run_exports_the_actor_the_uninterrupted_run_exports(mix
     assert original["domains"] == ["code", "multilingual", "prose"] and original["actor"].keys() == again["actor"].keys()
     for key, tensor in original["actor"].items():
         assert torch.equal(tensor, again["actor"][key]), key
+
+
+def test_a_runs_exported_mixture_replays_as_a_schedule(mixer_runs, preprocessed_corpus, tokenizer_model, tmp_path):
+    """ODM's run, exported by tools/export_schedule.py and replayed by --mixer schedule: the same weights, step by step."""
+    original = mixer_runs("odm")[0]
+    schedule = tmp_path / "odm-schedule.json"
+    exported = runs.run(runs.EXPORT_SCHEDULE, [str(mixer_runs("odm")[2] / "metrics.jsonl"), "-o", str(schedule)], cwd=str(tmp_path))
+    assert exported.returncode == 0 and f"wrote {schedule}" in exported.stdout, exported.stderr
+    replay = tmp_path / "replay"
+    runs.train(tmp_path, runs.arguments(preprocessed_corpus, tokenizer_model, str(replay), "--train-iters", str(STEPS), "--seed", "7",
+                                        "--mixer", "schedule", "--mixing-schedule", str(schedule)))
+    weights = [[[domain["weight"] for domain in record["domains"].values()] for record in records]
+               for records in (original, runs.losses(str(replay))[2])]
+    numpy.testing.assert_allclose(weights[1], weights[0], rtol=1e-12)

@@ -33,15 +33,25 @@ VARIANTS = {
     "acodm-published": ("acodm", ["--acodm-reward", "published"]),
 }
 CASES = {**{name: (name, []) for name in MIXERS}, **VARIANTS}
+# What a mixer cannot be built without, beyond every run's options.
+REQUIRED = {"schedule": ["--mixing-schedule", "{schedule}"]}
 
 
-def build(case: str, corpus: str, *extra: str):
-    name, options = CASES[case]
-    # Every run may have target sets (their held-out loss is reported whatever the mixer); some mixers read them.
-    args = mixer_args("--mixer", name, "--data-path", corpus, "--target-data-path", corpus, *options, *extra, train_iters=RUN)
-    manifest = load_manifest(corpus)
-    tokens = [domain.tokens for domain in manifest.domains]
-    return build_mixer(name, names=manifest.names, initial_weights=manifest.initial_weights(), domain_tokens=tokens, args=args)
+@pytest.fixture
+def build(preprocessed_corpus, schedule_file):
+    """`build(case, *extra)`: the mixer of `case` over the test corpus, from the trainer's own parser."""
+
+    def built(case: str, *extra: str):
+        name, options = CASES[case]
+        required = [word.format(schedule=schedule_file) for word in REQUIRED.get(name, [])]
+        # Every run may have target sets (their held-out loss is reported whatever the mixer); some mixers read them.
+        args = mixer_args("--mixer", name, "--data-path", preprocessed_corpus, "--target-data-path", preprocessed_corpus,
+                          *required, *options, *extra, train_iters=RUN)
+        manifest = load_manifest(preprocessed_corpus)
+        tokens = [domain.tokens for domain in manifest.domains]
+        return build_mixer(name, names=manifest.names, initial_weights=manifest.initial_weights(), domain_tokens=tokens, args=args)
+
+    return built
 
 
 def signals(mixer, step: int, rng: numpy.random.Generator) -> StepSignals:
@@ -76,8 +86,8 @@ def drive(mixer, steps: range, seed: int = 0) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_weights_are_a_simplex_above_the_floor_at_every_step(case, preprocessed_corpus):
-    mixer = build(case, preprocessed_corpus, "--mixing-floor", str(FLOOR))
+def test_weights_are_a_simplex_above_the_floor_at_every_step(case, build):
+    mixer = build(case, "--mixing-floor", str(FLOOR))
     rng = numpy.random.default_rng(0)
     for step in range(STEPS):
         weights = mixer.weights()
@@ -88,32 +98,32 @@ def test_weights_are_a_simplex_above_the_floor_at_every_step(case, preprocessed_
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_a_restored_state_decides_as_the_mixer_it_was_saved_from(case, preprocessed_corpus):
-    original = build(case, preprocessed_corpus)
+def test_a_restored_state_decides_as_the_mixer_it_was_saved_from(case, build):
+    original = build(case)
     drive(original, range(SAVED_AT))
-    restored = build(case, preprocessed_corpus)
+    restored = build(case)
     restored.load_state_dict(through_checkpoint(original.state_dict()))
     rng = numpy.random.default_rng(1)
     assert_decides_alike(original, restored, range(SAVED_AT, STEPS), lambda step, _: signals(original, step, rng))
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_a_state_for_other_domains_or_of_another_mixer_is_refused(case, preprocessed_corpus):
-    state = through_checkpoint(build(case, preprocessed_corpus).state_dict())
+def test_a_state_for_other_domains_or_of_another_mixer_is_refused(case, build):
+    state = through_checkpoint(build(case).state_dict())
     renamed = dict(state, names=["prose", "code", "legal"])
     with pytest.raises(UserError, match=r"the mixer state is for domains \['prose', 'code', 'legal'\]"):
-        build(case, preprocessed_corpus).load_state_dict(renamed)
+        build(case).load_state_dict(renamed)
     other = "uniform" if CASES[case][0] != "uniform" else "odm"
     with pytest.raises(UserError, match="the mixer state is from "):
-        build(other, preprocessed_corpus).load_state_dict(state)
+        build(other).load_state_dict(state)
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_building_and_running_leaves_the_global_generators_alone(case, preprocessed_corpus):
+def test_building_and_running_leaves_the_global_generators_alone(case, build):
     """Every mixer draws only from generators of its own, so two runs of one seed start from the same
     model and draw the same dropout masks whatever their mixers."""
     before = (torch.get_rng_state(), numpy.random.get_state()[1].copy(), random.getstate())
-    drive(build(case, preprocessed_corpus), range(30))
+    drive(build(case), range(30))
     after = (torch.get_rng_state(), numpy.random.get_state()[1].copy(), random.getstate())
     assert torch.equal(before[0], after[0]) and numpy.array_equal(before[1], after[1]) and before[2] == after[2]
 
@@ -187,6 +197,7 @@ BAD_OPTIONS = {
         (["--target-data-path", "{corpus}", "--dga-interval", "0"], "--dga-interval (0) must be >= 1"),
     ],
     "importance": [([], "--mixer importance needs --target-data-path: the target set whose examples it weighs the domains by")],
+    "schedule": [([], "--mixer schedule needs --mixing-schedule FILE: the mixture at chosen steps")],
 }
 assert set(BAD_OPTIONS) <= set(MIXERS)
 

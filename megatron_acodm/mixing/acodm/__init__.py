@@ -1,8 +1,8 @@
 """AC-ODM (arXiv 2505.23878): a DDPG actor-critic deciding each step's domain weights.
 
-`features` builds the state, `memory` holds absent domains' last signals, `reward` turns the Gram
-matrix into the reward, `networks` and `ddpg` are the agent, `policy` the proxy-mode file, and
-`mixer` the `Mixer` that ties them together.
+`features` builds the state, `memory` holds absent domains' last signals, `networks` and `ddpg` are
+the agent, `policy` the proxy-mode file, and `mixer` the `Mixer` that ties them together (its
+reward and step come from the alignment signal every gradient mixer shares, `mixing/alignment.py`).
 """
 
 from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, FeatureSpec
