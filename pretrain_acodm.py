@@ -22,6 +22,9 @@ def main(argv=None) -> int:
 
     def train() -> None:
         # Imported here, so that a Ctrl-C during the imports is reported like any other.
+        from megatron_acodm.compat.megatron_versions import check_supported
+
+        check_supported()  # before megatron.core loads: another release is refused in one line
         from megatron_acodm.arguments import parse_args
         from megatron_acodm.training.loop import pretrain
 

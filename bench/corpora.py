@@ -1,6 +1,7 @@
 """The quality benchmarks' corpora: the demo corpus, built and indexed when it is missing, and the
 noisy corpus, the demo's domains plus a domain of uniformly random token ids (`--corpus noisy` of
-`mixing_quality.py` and `mergemix_quality.py`, whose docstring says what it asks)."""
+`mixing_quality.py` and `mergemix_quality.py`, whose docstring says what it asks); the tuning
+corpus (`tuning_corpus.py`) adds the same noise to its own domains."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def run_tool(arguments: list[str]) -> None:
 
 def ensure_corpus(args: argparse.Namespace) -> None:
     """The runs' corpus in `args.data_path`, its real domains (every mean is over them) in
-    `args.evaluated`, and the `--mixing-objective` every run gets in `args.mixing_objective` (None: none)."""
+    `args.evaluated`, and in `args.mixing_objective` the `--mixing-objective` given to the mixers
+    that read one (None: none)."""
     if args.data_path is None:
         ensure_demo_corpus(args)
     elif args.tokenizer_model is None:
@@ -50,7 +52,7 @@ def ensure_corpus(args: argparse.Namespace) -> None:
     args.evaluated = load_manifest(args.data_path).names
     args.mixing_objective = None
     if args.corpus == "noisy":
-        args.data_path = ensure_noisy_corpus(args)
+        args.data_path = add_noise(args.data_path, os.path.join(args.work_dir, "noisy-corpus"), args.tokenizer_type, args.tokenizer_model)
         args.mixing_objective = args.evaluated  # the gradient mixers lower the real domains' loss
 
 
@@ -97,19 +99,19 @@ def _cached_noise(manifest_path: str, fingerprint: str) -> Optional[Domain]:
     return noise
 
 
-def ensure_noisy_corpus(args: argparse.Namespace) -> str:
-    """The demo corpus plus the noise domain, under `<work-dir>/noisy-corpus/`; returns its manifest.
+def add_noise(base_manifest: str, folder: str, tokenizer_type: str, tokenizer_model: str) -> str:
+    """A corpus's domains plus the noise domain, as a manifest in `folder`; returns its path.
 
     The noise is written when its recipe (size, seed, tokenizer) changes; the manifest, which only
-    points at the demo's files, every time, so it follows the demo corpus wherever it is."""
-    base = load_manifest(args.data_path)
+    points at the corpus's files, every time, so it follows the corpus wherever it is."""
+    base = load_manifest(base_manifest)
     if NOISE in base.names:
-        sys.exit(f"error: {args.data_path} already has a domain named {NOISE!r}; rename it to add the noise domain")
-    folder = os.path.abspath(os.path.join(args.work_dir, "noisy-corpus"))
+        sys.exit(f"error: {base_manifest} already has a domain named {NOISE!r}; rename it to add the noise domain")
+    folder = os.path.abspath(folder)
     manifest_path = os.path.join(folder, MANIFEST_NAME)
-    tokenizer = Tokenizer(args.tokenizer_type, args.tokenizer_model)
+    tokenizer = Tokenizer(tokenizer_type, tokenizer_model)
     base_tokens = sum(domain.tokens for domain in base.domains)
-    length = round(base_tokens / sum(domain.documents for domain in base.domains))  # the demo's mean document
+    length = round(base_tokens / sum(domain.documents for domain in base.domains))  # the corpus's mean document
     documents = round(base_tokens * NOISE_SHARE / (1 - NOISE_SHARE) / length)
     vocab_size = base.tokenizer["vocab_size"]
     recipe = {"format": NOISE_FORMAT, "seed": NOISE_SEED, "documents": documents, "length": length,

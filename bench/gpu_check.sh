@@ -5,12 +5,15 @@
 #
 #   bench/gpu_check.sh OUT_DIR [WHEEL_DIR] [--cpu]
 #
-# On a bare PyTorch image (no megatron-core, no network) the wheels in WHEEL_DIR (default: the
-# GPU_CHECK_WHEELS variable, else .whl at the repository root) are installed into /tmp/site when
-# one of the modules the check needs does not import; a wheel still missing then is named in one
-# `error:` line with the `pip download` command that fetches it. --cpu: the same check on tiny shapes
-# with Triton interpreted, for machines without a GPU (the tests run it); without --cpu a machine
-# without CUDA is refused.
+# On a bare PyTorch image (no megatron-core, no network) the wheels that the check needs and the
+# image lacks are installed into /tmp/site from WHEEL_DIR (default: the GPU_CHECK_WHEELS variable,
+# else .whl at the repository root); pip picks the file for this Python among those carried. A wheel
+# still missing then is named in one `error:` line with the `pip download` command that fetches it.
+# megatron-core is the current release, 0.19.2 (Python 3.12, as on the GPU machines), unless
+# GPU_CHECK_MEGATRON_CORE names another (0.16.1, the last release for older Pythons); where it is
+# set, an installed megatron-core of another version is replaced in /tmp/site as well.
+# --cpu: the same check on tiny shapes with Triton interpreted, for machines without a GPU (the
+# tests run it); without --cpu a machine without CUDA is refused.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,12 +38,21 @@ fi
 out_dir=${positional[0]}
 wheel_dir=${positional[1]:-${GPU_CHECK_WHEELS:-$REPO/.whl}}
 
-# Install only what the image lacks; the wheels have no network to resolve dependencies from.
+# Install only what the image lacks (NAME==VERSION, one a line), and only what WHEEL_DIR holds: the
+# image has no network to resolve dependencies from, and the check names what is still missing.
 missing=$(python3 "$REPO/bench/gpu_check.py" --list-missing)
-if [[ -n $missing ]] && compgen -G "$wheel_dir/*.whl" > /dev/null; then
-    echo "gpu_check: installing the wheels in $wheel_dir into /tmp/site (not importable: ${missing//$'\n'/ })" >&2
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheel_dir"/*.whl \
-        || { echo "error: pip could not install the wheels in $wheel_dir (its messages are above); replace the wheel it names" >&2; exit 2; }
+carried=()
+for requirement in $missing; do
+    name=${requirement%%==*}
+    if compgen -G "$wheel_dir/${name//-/_}-${requirement#*==}-*.whl" > /dev/null; then
+        carried+=("$requirement")
+    fi
+done
+if (( ${#carried[@]} > 0 )); then
+    echo "gpu_check: installing ${carried[*]} from $wheel_dir into /tmp/site" >&2
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        --find-links "$wheel_dir" "${carried[@]}" \
+        || { echo "error: pip could not install ${carried[*]} from $wheel_dir (its messages are above); replace the wheel it names" >&2; exit 2; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 exec python3 "$REPO/bench/gpu_check.py" "$out_dir" --wheel-dir "$wheel_dir" "${cpu[@]}"

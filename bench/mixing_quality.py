@@ -2,8 +2,8 @@
 """Mixing quality: does online mixing beat static blends on real text? Side by side, several seeds.
 
     python bench/mixing_quality.py [--quick] [--corpus demo|noisy] [--data-path domains.json --tokenizer-model M]
-        [--target-data-path T] [--seeds 1,2,3] [--steps N] [--mixers uniform,temperature,odm,ado,aioli,acodm,acodm_proxy]
-        [--work-dir data/mixing_quality] [--output-dir bench/results] [--fresh]
+        [--target-data-path T] [--seeds 1,2,3,4,5] [--steps N] [--mixers uniform,temperature,odm,ado,aioli,acodm,acodm_proxy]
+        [--final-eval-iters 128] [--work-dir data/mixing_quality] [--output-dir bench/results] [--fresh]
 
 Trains the same small GPT on CPU under each mixer, with identical seeds, data, steps and optimiser
 settings, one `python pretrain_acodm.py` subprocess at a time:
@@ -16,34 +16,41 @@ settings, one `python pretrain_acodm.py` subprocess at a time:
   steps are part of that mixer's cost and reported beside it. `static` (tokens-proportional) can be
   added with `--mixers`.
 - `--seed` changes the model's initialisation, the data order and the held-out samples; each seed
-  runs every mixer, so differences are also reported paired by seed.
+  (1 to 5 by default) runs every mixer, so differences are paired by seed.
+- Each run's final checkpoint is evaluated once more on `--final-eval-iters` global batches of
+  held-out sequences (`runs.py`), many more than the periodic evaluations read: the final losses
+  come from it, with each domain's sampling error.
 
-Reports, per mixer, the mean and spread over seeds of: the steps needed to reach uniform's final
-mean validation loss (uniform mean over domains and corpus-token-weighted mean; linear
-interpolation between evaluations; the ratio to uniform's steps), the final per-domain and mean
-validation losses, the realised mixture over the run, and the per-step time and peak RSS (each
-subprocess's own `ru_maxrss`) against uniform. Writes `<output-dir>/mixing_quality.json` (the
-summary), `mixing_quality.curves.json.gz` (every per-seed curve, the mean curves and the mixtures;
+Reports, per mixer: the final losses (uniform mean over domains and corpus-token-weighted mean, and
+per domain) with their spread over seeds, and the difference to each reference paired by seed with
+its 95% t interval and p-value (`significance.py`: better or worse only where the interval excludes
+zero); the steps needed to reach the reference's last periodic validation loss (linear
+interpolation between evaluations; the ratio to the reference's steps); the realised mixture over
+the run; and the per-step time and peak RSS (each subprocess's own `ru_maxrss`) against uniform.
+Writes `<output-dir>/mixing_quality.json` (the summary, with each run's commit and code hash),
+`mixing_quality.curves.json.gz` (every per-seed curve, the mean curves and the mixtures;
 `result_files.py` reads the two back as one), `mixing_quality.md` (also printed),
 `mixing_quality_curves.png` and `mixing_quality_weights.png`.
 
 Without `--data-path` it uses the demo corpus, building it first (`tools/build_demo_corpus.py`,
 `tools/preprocess_domains.py`) when `data/demo/indexed/domains.json` is missing. Runs go to
-`<work-dir>/<quick|full>-<hash of the settings>/<mixer>-seed<S>/`; a run whose metrics are complete
-is not run again (`--fresh` reruns everything). `--target-data-path` (a held-out target set for a
-task-aligned mixer) is recorded but no mixer here reads it yet.
+`<work-dir>/<quick|full>-<hash of the settings every run shares>/<mixer>-seed<S>/`; a run complete
+under its current key (the code it runs, its command line, its inputs: `runs.py`) is not run again,
+any other is (`--fresh` reruns everything). `--target-data-path` (a held-out target set for a
+task-aligned mixer) is recorded but no mixer here reads it.
 
 `--corpus noisy` asks whether a mixer learns to avoid data that cannot be learnt: the demo corpus
 plus one domain, `noise`, of uniformly random ordinary token ids (a fixed seed; documents of the
 demo's mean length, each ending in EOD) holding 40% of all corpus tokens. Its `.bin/.idx` pair and
 a `domains.json` listing the demo's domains and `noise` are written once to `<work-dir>/noisy-corpus/`
-(again only when the noise's recipe changes). Every run gets `--mixing-objective <the demo's
-domains>` (the mixers that read gradients then lower the real domains' loss). Every mean,
-steps-to-reach and ratio is over the real domains only (noise's own loss is shown beside them); the references are `uniform` and `static` (tokens-proportional, the
-blend a user would pick: it gives the noise its 40%); the default mixers are uniform, static, odm,
-ado, aioli, acodm and acodm_proxy; the mixture table shows the noise's share first. Writes
-`mixing_quality_noisy.{json,curves.json.gz,md}`, `mixing_quality_noisy_curves.png` and
-`mixing_quality_noisy_weights.png`.
+(again only when the noise's recipe changes). The mixers that read `--mixing-objective` are given
+`--mixing-objective <the demo's domains>` (they then lower the real domains' loss); the others read
+none and are given none, and the tables mark which were. Every mean, steps-to-reach and ratio is
+over the real domains only (noise's own loss is shown beside them); the references are `uniform`
+and `static` (tokens-proportional, the blend a user would pick: it gives the noise its 40%); the
+default mixers are uniform, static, odm, ado, aioli, acodm and acodm_proxy; the mixture table shows
+the noise's share first. Writes `mixing_quality_noisy.{json,curves.json.gz,md}`,
+`mixing_quality_noisy_curves.png` and `mixing_quality_noisy_weights.png`.
 
 This file runs the comparison: `corpora.py` provides the corpus, `runs.py` runs the training runs
 (and reuses finished ones), `mixing_quality_analysis.py` turns the runs' metrics into figures,
@@ -68,7 +75,7 @@ from mixing_quality_analysis import CURVES, REFERENCE, REFERENCES, analyse, cloc
 from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
 from result_files import save_results
-from runs import PRESETS, Run, execute_runs
+from runs import PRESETS, SPLIT, Run, add_run_options, code_versions, execute_runs, wall_s
 
 ALL_MIXERS = ("static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", "acodm_proxy")
 DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "ado", "aioli", "acodm", "acodm_proxy"),
@@ -94,7 +101,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--mixers", default=None,
         help=f"comma-separated, from {','.join(ALL_MIXERS)} (demo: {','.join(DEFAULT_MIXERS['demo'])}; "
              f"noisy: {','.join(DEFAULT_MIXERS['noisy'])})")
-    add("--seeds", default=None, help="comma-separated --seed values (full: 1,2,3; quick: 1,2)")
+    add("--seeds", default=None, help="comma-separated --seed values (full: 1,2,3,4,5; quick: 1,2)")
     add("--steps", type=int, default=None, help="training steps of every run (full: 450; quick: 40)")
     add("--layers", type=int, default=None)
     add("--hidden", type=int, default=None)
@@ -105,17 +112,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--proxy-layers", type=int, default=None, help="the AC-ODM proxy model's layers")
     add("--proxy-hidden", type=int, default=None, help="the AC-ODM proxy model's hidden size")
     add("--evaluations", type=int, default=None, help="validation points per run (every steps/N)")
-    add("--eval-iters", type=int, default=None, help="global batches of held-out samples per validation")
+    add("--eval-iters", type=int, default=None, help="global batches of held-out samples per periodic validation")
+    add("--final-eval-iters", type=int, default=None,
+        help="global batches of held-out samples of each run's final evaluation (full: 128; quick: 16)")
     add("--log-points", type=int, default=None, help="train records per run (the mixture's time resolution)")
     add("--lr", type=float, default=1e-3)
     add("--min-lr", type=float, default=1e-4)
     add("--temperature", type=float, default=2.0, help="the temperature mixer's T")
-    add("--threads", type=int, default=1,
-        help="OMP_NUM_THREADS of each run (1 by default: the cores are shared, and a second thread "
-             "that waits on a busy core slows a step by 10x)")
-    add("--work-dir", default="data/mixing_quality", help="scratch folder of the runs")
-    add("--output-dir", default="bench/results")
-    add("--fresh", action="store_true", help="rerun every run, even complete ones")
+    add_run_options(parser, "data/mixing_quality", jobs=False)  # a proxy's target run reads its policy
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     for key, value in preset.items():
@@ -136,24 +140,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--corpus noisy adds its noise to the demo corpus; drop --data-path")
     if not args.seeds:
         parser.error("--seeds needs at least one seed")
+    if args.final_eval_iters < 1:
+        parser.error("--final-eval-iters must be at least 1")
     if args.steps < args.evaluations or args.steps < 2:
         parser.error("--steps must be at least --evaluations and 2")
     return args
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything that changes a run's numbers; its hash names the folder of the runs (the demo's
-    settings leave the corpus choice out, so runs on the demo corpus keep their folder)."""
+    """What every run shares: its hash names the folder of the runs. What one mixer alone reads (the
+    temperature, the objective) is left out: each run's own key holds it (`runs.py`), so a changed
+    mixer option reruns that mixer's runs only. The demo's settings leave the corpus choice out."""
     return {
-        "data_path": os.path.abspath(args.data_path),
+        "data_path": os.path.relpath(os.path.abspath(args.data_path), REPO),
         "data_sha256": file_sha256(args.data_path),
-        "tokenizer_model": os.path.abspath(args.tokenizer_model),
+        "tokenizer_model": os.path.relpath(os.path.abspath(args.tokenizer_model), REPO),
         "steps": args.steps, "layers": args.layers, "hidden": args.hidden, "heads": args.heads,
         "seq_length": args.seq_length, "global_batch": args.global_batch, "micro_batch": args.micro_batch,
         "proxy_layers": args.proxy_layers, "proxy_hidden": args.proxy_hidden,
         "eval_interval": eval_interval(args), "eval_iters": args.eval_iters, "log_interval": log_interval(args),
-        "lr": args.lr, "min_lr": args.min_lr, "temperature": args.temperature, "threads": args.threads,
-        **({} if args.corpus == "demo" else {"corpus": args.corpus, "mixing_objective": args.mixing_objective}),
+        "lr": args.lr, "min_lr": args.min_lr, "threads": args.threads,
+        **({} if args.corpus == "demo" else {"corpus": args.corpus}),
     }
 
 
@@ -181,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     results = execute_runs(runs, args.fresh)
     wall = time.perf_counter() - started
-    run_wall = sum(result.get("wall_s", 0.0) for result in results.values())
+    run_wall = sum(wall_s(result) for result in results.values())
 
     curves: dict[str, dict] = {}
     names: list[str] = []
@@ -199,7 +206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "settings": config,
         "run_folder": os.path.relpath(root, REPO),
         "target_data_path": args.target_data_path,
-        "target_data_path_note": "recorded only: no mixer in this comparison reads a target set yet",
+        "target_data_path_note": "recorded only: no mixer in this comparison reads a target set",
+        "split": SPLIT,
+        "code": code_versions(results),
         "mixers": args.mixers,
         "seeds": args.seeds,
         "reference": REFERENCE,

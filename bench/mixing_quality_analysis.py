@@ -1,9 +1,11 @@
 """Mixing quality, the analysis: from the runs' curves to the figures every report reads.
 
-Validation curves and the steps to reach each reference's final loss, final losses with their spread
-over seeds and their differences to each reference paired by seed, the realised mixture, step time
-and peak memory. The validation means are over the real domains (`args.evaluated`): a noise domain
-is shown per domain but enters no mean. Used by `mixing_quality.py`, `mixing_quality_report.py` and
+Validation curves and the steps to reach each reference's last periodic validation loss; the final
+losses, from each run's final evaluation (many more held-out samples than the periodic ones), with
+their spread over seeds, their sampling error and their differences to each reference paired by seed
+(`significance`: t interval and p-value); the realised mixture, step time and peak memory. The
+validation means are over the real domains (`args.evaluated`): a noise domain is shown per domain
+but enters no mean. Used by `mixing_quality.py`, `mixing_quality_report.py` and
 `mixing_quality_plots.py`.
 """
 
@@ -14,6 +16,8 @@ import json
 import math
 import statistics
 from typing import Any, Optional, Sequence
+
+from significance import compare
 
 REFERENCE = "uniform"  # a static blend: the reference of time and memory, and the first of the losses'
 # The references of the losses, per corpus: with noise also `static`, the tokens-proportional blend a
@@ -70,16 +74,6 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
             "min": min(values), "max": max(values)}
 
 
-def standard_error(spread: dict[str, Any]) -> float:
-    """The standard error of a spread's mean: infinite with fewer than two values."""
-    return spread["std"] / math.sqrt(spread["n"]) if spread["n"] > 1 else math.inf
-
-
-def paired_differences(values: dict[int, float], reference: dict[int, float]) -> list[float]:
-    """value - reference at every seed that both have, in the order of `values`."""
-    return [value - reference[seed] for seed, value in values.items() if seed in reference]
-
-
 def mean_lists(lists: Sequence[Sequence[Optional[float]]]) -> list[Optional[float]]:
     """The mean curve of equally long curves; None where any of them has no value."""
     out = []
@@ -98,20 +92,38 @@ def effective_domains(shares: Sequence[float]) -> float:
 # ------------------------------------------------------------------------------------------ analysis
 
 
+def final_values(runs: list[dict], metric: str) -> dict[int, float]:
+    """Each run's final-evaluation value of `metric` (a mean over the real domains), by seed."""
+    return {run["seed"]: run["final"][metric] for run in runs}
+
+
 def _against(mixer_runs: list[dict], mean_curve: list, iterations: list[int], metric: str, target: float,
              reference_runs: list[dict]) -> dict[str, Any]:
-    """One mixer's curves of `metric` against one reference: steps to reach its final loss `target`,
-    and the final loss's difference to it paired by seed."""
+    """One mixer's `metric` against one reference: the steps its curves need to reach the reference's
+    last periodic validation loss `target`, and its final evaluation's difference to the reference's,
+    paired by seed."""
     per_seed = [steps_to_reach(run["valid"]["iteration"], run["valid"][metric], target) for run in mixer_runs]
-    paired = paired_differences({run["seed"]: run["valid"][metric][-1] for run in mixer_runs},
-                                {run["seed"]: run["valid"][metric][-1] for run in reference_runs})
     return {
         "target": target,
         "steps_to_target_mean_curve": steps_to_reach(iterations, mean_curve, target),
         "steps_to_target_per_seed": per_seed,
         "steps_to_target_spread": spread([steps for steps in per_seed if steps is not None]),
         "reached_seeds": sum(steps is not None for steps in per_seed),
-        "paired_difference": spread(paired),
+        "paired": compare(final_values(mixer_runs, metric), final_values(reference_runs, metric)),
+    }
+
+
+def final_evaluation(args: argparse.Namespace, runs: list[dict], names: list[str]) -> dict[str, Any]:
+    """What the final evaluation read and how precise one run's figures are: sequences per domain (at
+    most; a domain with fewer held-out sequences gives all it has), and the median over runs of each
+    mean's and each domain's standard error (`loss_se`, over the evaluation's sequences)."""
+    per_domain = max(1, args.final_eval_iters * args.global_batch // len(names))
+    median = lambda values: statistics.median(values) if values and None not in values else None
+    return {
+        "eval_iters": args.final_eval_iters, "sequences_per_domain": per_domain,
+        "tokens_per_domain": per_domain * args.seq_length,
+        **{f"{metric}_se_median": median([run["final"][f"{metric}_se"] for run in runs]) for metric in METRICS},
+        "domain_loss_se_median": {name: median([run["final"]["domain_loss_se"][name] for run in runs]) for name in names},
     }
 
 
@@ -127,6 +139,7 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
         if not runs:
             raise SystemExit(f"error: every {reference} run failed; nothing to compare against")
     iterations = reference_runs[REFERENCE][0]["valid"]["iteration"]
+    # what the steps are counted to: the reference's last periodic validation loss, mean over seeds
     targets = {reference: {metric: statistics.mean(run["valid"][metric][-1] for run in runs) for metric in METRICS}
                for reference, runs in reference_runs.items()}
 
@@ -134,7 +147,8 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
     for mixer in mixers:
         mixer_runs = ok(mixer)
         entry: dict[str, Any] = {"seeds_ok": [run["seed"] for run in mixer_runs],
-                                 "seeds_failed": [seed for seed in args.seeds if per_run[f"{mixer}-seed{seed}"].get("failed")]}
+                                 "seeds_failed": [seed for seed in args.seeds if per_run[f"{mixer}-seed{seed}"].get("failed")],
+                                 "reads_objective": any("--mixing-objective" in run["command"] for run in mixer_runs)}
         if not mixer_runs:
             summary[mixer] = entry
             continue
@@ -142,12 +156,12 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
             mean_curve = mean_lists([run["valid"][metric] for run in mixer_runs])
             entry[metric] = {
                 "mean_curve": mean_curve,
-                "final": spread([run["valid"][metric][-1] for run in mixer_runs]),
-                "final_per_seed": [run["valid"][metric][-1] for run in mixer_runs],
+                "final": spread([run["final"][metric] for run in mixer_runs]),
+                "final_per_seed": final_values(mixer_runs, metric),
                 "against": {reference: _against(mixer_runs, mean_curve, iterations, metric, targets[reference][metric], runs)
                             for reference, runs in reference_runs.items()},
             }
-        entry["final_domain_loss"] = {name: spread([run["valid"]["domain_loss"][name][-1] for run in mixer_runs]) for name in names}
+        entry["final_domain_loss"] = {name: spread([run["final"]["domain_loss"][name] for run in mixer_runs]) for name in names}
         entry["mixture"] = {
             "iteration": mixer_runs[0]["train"]["iteration"],
             "share_mean": {name: mean_lists([run["train"]["share"][name] for run in mixer_runs]) for name in names},
@@ -181,14 +195,17 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
             "wall_s": spread([run["wall_s"] for run in proxy_runs]),
             "parameters": parameter_count(args.proxy_layers, args.proxy_hidden, args),
             "target_step_equivalents": args.steps * proxy_ms / reference["median_step_ms"]["mean"],
-            "final_lm_loss_uniform": spread([run["valid"]["lm_loss_uniform"][-1] for run in proxy_runs]),
+            # its own periodic evaluation: a proxy has no final one
+            "last_valid_lm_loss_uniform": spread([run["valid"]["lm_loss_uniform"][-1] for run in proxy_runs]),
             "mixture": {
                 "iteration": proxy_runs[0]["train"]["iteration"],
                 "share_mean": {name: mean_lists([run["train"]["share"][name] for run in proxy_runs]) for name in names},
             },
         }
     corpus_tokens = dict(zip(names, reference_runs[REFERENCE][0]["corpus_tokens"]))
+    finished = [run for mixer in mixers for run in ok(mixer)]
     return {"names": names, "evaluated": args.evaluated, "corpus_tokens": corpus_tokens, "targets": targets,
+            "final_evaluation": final_evaluation(args, finished, names),
             "iterations": iterations, "summary": summary, "proxy": proxy, "runs": per_run}
 
 

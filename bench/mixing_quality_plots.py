@@ -34,13 +34,14 @@ def plot_curves(args: argparse.Namespace, analysis: dict, path: str, mode: str) 
                 lower = [min(values) for values in zip(*curves)]
                 upper = [max(values) for values in zip(*curves)]
                 colour = COLOURS.get(mixer)
-                axis.plot(iterations, mean, marker="o", markersize=3, label=f"{mixer} (n={len(curves)})", color=colour)
+                mark = "†" if entry.get("reads_objective") else ""  # given --mixing-objective, as in the report
+                axis.plot(iterations, mean, marker="o", markersize=3, label=f"{mixer}{mark} (n={len(curves)})", color=colour)
                 axis.fill_between(iterations, lower, upper, alpha=0.15, color=colour)
                 start = len(iterations) * 2 // 5
                 low_values += lower[start:] + upper[start:]
             for reference in args.references:
                 axis.axhline(analysis["targets"][reference][metric], color=COLOURS[reference], linestyle=":", linewidth=1,
-                             label=f"{reference}'s final mean")
+                             label=f"{reference}'s last periodic loss")
             axis.set_xlabel("step")
             axis.set_ylabel("validation loss")
             if row == 0:

@@ -19,16 +19,23 @@ from mixing_quality_analysis import (
     noise_first,
     parameter_count,
     share_at,
-    standard_error,
 )
+from runs import SPLIT
+from significance import BETTER, LEVEL, interval_text, p_text, seeds_lower
 
 DESCRIPTIONS = {"uniform": "a static blend", "static": "tokens-proportional, the blend a user would pick"}
+OBJECTIVE_MARK = "†"  # after the name of a mixer that was given --mixing-objective
 
 
 def _mean_std(spread: dict, spec: str = ".4f") -> str:
     if not spread or spread.get("mean") is None:
         return "-"
     return f"{spread['mean']:{spec}} ± {spread['std']:{spec.lstrip('+')}}" if spread["n"] > 1 else format(spread["mean"], spec)
+
+
+def _name(analysis: dict, mixer: str) -> str:
+    """The mixer as the tables show it: marked when it was given the objective."""
+    return f"{mixer}{OBJECTIVE_MARK}" if analysis["summary"][mixer].get("reads_objective") else mixer
 
 
 def _steps_cell(against: dict) -> str:
@@ -43,60 +50,66 @@ def _delta(args: argparse.Namespace, reference: str) -> str:
     return "Δ" if len(args.references) == 1 else f"Δ {reference}"
 
 
-def verdict(entry: dict, metric: str, reference: str) -> tuple[str, str]:
-    """(short word, sentence) comparing the mixer's final loss with the reference's, paired by seed."""
-    paired = entry[metric]["against"][reference]["paired_difference"]
-    if paired["n"] == 0 or paired["mean"] is None:
-        return "n/a", "no paired seeds"
-    mean, n = paired["mean"], paired["n"]
-    error = standard_error(paired)
-    if n > 1 and mean < -2 * error:
-        word = "better"
-    elif n > 1 and mean > 2 * error:
-        word = "worse"
-    else:
-        word = "no clear difference"
-    return word, f"final loss {mean:+.4f} vs {reference} (paired over {n} seeds, std error {error:.4f})"
-
-
 def _verdict_clause(entry: dict, reference: str) -> str:
     """'beats/does NOT beat <reference>.' and, per mean, the paired verdict and the steps to reach the reference."""
-    parts = []
+    parts, words = [], []
     for metric in METRICS:
-        word, sentence = verdict(entry, metric, reference)
+        paired = entry[metric]["against"][reference]["paired"]
+        words.append(paired["verdict"])
         ratio = entry[metric]["against"][reference]["ratio"]
-        reach = (f"does not reach {reference}'s final loss" if ratio is None
-                 else f"reaches {reference}'s final loss in {ratio:.2f}x its steps")
-        parts.append(f"{METRIC_TITLES[metric]}: **{word}**, {sentence}; on the seed-mean curve it {reach}")
-    words = [verdict(entry, metric, reference)[0] for metric in METRICS]
-    if all(word == "better" for word in words):
+        reach = (f"does not reach {reference}'s last periodic loss" if ratio is None
+                 else f"reaches {reference}'s last periodic loss in {ratio:.2f}x its steps")
+        parts.append(f"{METRIC_TITLES[metric]}: **{paired['verdict']}**, final loss {interval_text(paired)} against "
+                     f"{reference} (p {p_text(paired)}, lower on {seeds_lower(paired)} of {paired['n']} seeds); "
+                     f"on the seed-mean curve it {reach}")
+    if all(word == BETTER for word in words):
         head = f"beats {reference} on both means."
-    elif "better" in words:
+    elif BETTER in words:
         head = f"beats {reference} on one mean only."
     else:
         head = f"does NOT beat {reference}."
     return f"{head} " + "; ".join(parts)
 
 
+def _objective_line(args: argparse.Namespace, analysis: dict) -> str:
+    """Which mixers were given the objective, and that the others optimise what they always do."""
+    readers = [mixer for mixer in args.mixers if analysis["summary"].get(mixer, {}).get("reads_objective")]
+    others = [mixer for mixer in args.mixers if mixer not in readers]
+    if not args.mixing_objective:
+        return "No run was given `--mixing-objective`."
+    if not readers:
+        return "None of these mixers reads `--mixing-objective`; no run was given one."
+    return (f"The mixers that read `--mixing-objective` ({', '.join(f'`{mixer}`' for mixer in readers)}, marked "
+            f"{OBJECTIVE_MARK}) were given `--mixing-objective {','.join(args.mixing_objective)}`; the others "
+            f"({', '.join(f'`{mixer}`' for mixer in others)}) read no objective and were given none: each does what "
+            f"it does on any corpus, the noise domain included.")
+
+
 def _corpus_lines(args: argparse.Namespace, analysis: dict) -> list[str]:
-    """What the means leave out (the noise) and what the mixers were told to optimise; nothing without noise."""
+    """What the means leave out (the noise) and which mixers were told to optimise what; nothing without noise."""
     left_out = excluded(analysis)
     if not left_out:
         return []
     tokens = analysis["corpus_tokens"]
     total = sum(tokens.values())
     sizes = ", ".join(f"`{name}` ({tokens[name]:,} tokens, {tokens[name] / total:.1%} of the corpus)" for name in left_out)
-    objective = (f"Every run was given `--mixing-objective {','.join(args.mixing_objective)}`."
-                 if args.mixing_objective else
-                 "The trainer has no `--mixing-objective` yet: the runs were given none, so the mixers that "
-                 "read gradients optimise every domain's loss, noise included.")
     return [
         "",
         f"Noise: {sizes} holds uniformly random token ids, nothing a model can learn. Every mean, every "
         f"steps-to-reach and every ratio below is over the {len(analysis['evaluated'])} real domains only "
         f"(the token-weighted mean weighs them by their own corpus tokens); the noise's own loss is shown "
-        f"in the per-domain table. {objective}",
+        f"in the per-domain table. {_objective_line(args, analysis)}",
     ]
+
+
+def final_evaluation_line(args: argparse.Namespace, final: dict) -> str:
+    """What the final losses are measured on, and how precise one run's figure is."""
+    errors = [f"{final[f'{metric}_se_median']:.4f} ({METRIC_TITLES[metric]})" for metric in METRICS if final[f"{metric}_se_median"] is not None]
+    return (f"Final losses come from each run's final checkpoint evaluated once on {final['eval_iters']} x {args.global_batch} "
+            f"held-out sequences: up to {final['sequences_per_domain']} per domain ({final['tokens_per_domain']:,} tokens; "
+            f"a domain with fewer held-out sequences gives all it has), from the documents `--split {SPLIT}` holds out "
+            f"for validation, the same sequences for every mixer at a seed. The sampling error of one run's final "
+            f"mean over those sequences (standard error, median over runs): {', '.join(errors) or 'not recorded'}.")
 
 
 def _heading(analysis: dict, name: str) -> str:
@@ -109,12 +122,12 @@ def _at_a_time(args: argparse.Namespace) -> str:
 
 
 def _header(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) -> list[str]:
-    names, targets = analysis["names"], analysis["targets"]
+    names, summary = analysis["names"], analysis["summary"]
     tokens = args.steps * args.global_batch * args.seq_length
     references = " ".join(
-        f"Reference: `{reference}` ({DESCRIPTIONS[reference]}). Its final validation loss, mean over seeds: "
-        f"{targets[reference]['lm_loss_uniform']:.4f} (uniform mean over domains), "
-        f"{targets[reference]['lm_loss']:.4f} (corpus-token-weighted mean)."
+        f"Reference: `{reference}` ({DESCRIPTIONS[reference]}). Its final loss, mean over seeds: "
+        f"{summary[reference]['lm_loss_uniform']['final']['mean']:.4f} (uniform mean over domains), "
+        f"{summary[reference]['lm_loss']['final']['mean']:.4f} (corpus-token-weighted mean)."
         for reference in args.references
     )
     return [
@@ -125,9 +138,11 @@ def _header(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) 
         f"seq {args.seq_length}, global batch {args.global_batch}, {args.steps} steps ({tokens / 1e6:.2f}M tokens), "
         f"AdamW lr {args.lr:g} -> {args.min_lr:g} cosine, warm-up {max(1, args.steps // 10)}, no dropout; "
         f"seeds {', '.join(map(str, args.seeds))} (each seed: model init, data order, held-out samples); "
-        f"validation every {eval_interval(args)} steps on {args.eval_iters} x {args.global_batch} held-out sequences "
-        f"split evenly over the domains. CPU, {args.threads} thread(s) per run, {_at_a_time(args)}; "
-        f"total wall time {clock(wall_s)}.",
+        f"periodic validation every {eval_interval(args)} steps on {args.eval_iters} x {args.global_batch} held-out sequences "
+        f"split evenly over the domains (the curves and the steps to reach a loss). CPU, {args.threads} thread(s) per run, "
+        f"{_at_a_time(args)}; total wall time {clock(wall_s)}.",
+        "",
+        final_evaluation_line(args, analysis["final_evaluation"]),
         *_corpus_lines(args, analysis),
         "",
         references,
@@ -138,11 +153,12 @@ def _steps_section(args: argparse.Namespace, analysis: dict, mixers: list[str], 
     summary, proxy = analysis["summary"], analysis["proxy"]
     lines = [
         "",
-        f"## Steps to reach {reference}'s final validation loss",
+        f"## Steps to reach {reference}'s last periodic validation loss",
         "",
-        f"Steps on the seed-mean validation curve (linear between evaluations), ratio to {reference}'s, and "
-        f"the steps of each seed's own curve (n/r: not reached by the last step). {reference.capitalize()} reaches its own "
-        f"mean at its last step by construction; its per-seed values show the seed noise.",
+        f"Steps on the seed-mean periodic validation curve (linear between evaluations) to {reference}'s loss at its last "
+        f"periodic evaluation (mean over seeds), ratio to {reference}'s, and the steps of each seed's own curve (n/r: not "
+        f"reached by the last step). {reference.capitalize()} reaches its own mean at its last step by construction; its "
+        f"per-seed values show the seed noise.",
         "",
         "| mixer | uniform mean: steps | ratio | per seed | token-weighted: steps | ratio | per seed | extra proxy steps |",
         "|---|---|---|---|---|---|---|---|",
@@ -153,40 +169,46 @@ def _steps_section(args: argparse.Namespace, analysis: dict, mixers: list[str], 
         if mixer == "acodm_proxy" and proxy:
             extra = (f"{proxy['steps_per_policy']} on {proxy['layers']}x{proxy['hidden']} "
                      f"(~{proxy['target_step_equivalents']:.0f} target-step times)")
-        lines.append(f"| {mixer} | {_steps_cell(entry['lm_loss_uniform']['against'][reference])} | "
+        lines.append(f"| {_name(analysis, mixer)} | {_steps_cell(entry['lm_loss_uniform']['against'][reference])} | "
                      f"{_steps_cell(entry['lm_loss']['against'][reference])} | {extra} |")
     return lines
 
 
 def _final_section(args: argparse.Namespace, analysis: dict, mixers: list[str]) -> list[str]:
     summary, columns = analysis["summary"], noise_first(analysis)
-    labels = [_delta(args, reference) for reference in args.references]
-    deltas = " | ".join(labels)
+    heading = " | ".join(f"{_delta(args, reference)} [{LEVEL:.0%} interval] | p | verdict" for reference in args.references)
     lines = [
         "",
-        "## Final validation loss (mean ± std over seeds)",
+        "## Final loss",
         "",
-        f"{', '.join(labels)}: the difference to {', to '.join(args.references)} at the same seed, "
-        f"mean ± std over seeds (negative is better).",
-        "",
-        f"| mixer | uniform mean | {deltas} | token-weighted | {deltas} | " + " | ".join(_heading(analysis, name) for name in columns) + " |",
-        "|---|" + "---|" * (2 * (1 + len(args.references))) + "---|" * len(columns),
+        f"Mean ± std over seeds of the final evaluation; {', '.join(_delta(args, reference) for reference in args.references)}: "
+        f"the difference to {', to '.join(args.references)} at the same seed, mean over seeds with its {LEVEL:.0%} t interval, "
+        f"and the paired t-test's two-sided p (negative is better). A mixer is better or worse only where the interval "
+        f"excludes zero.",
     ]
+    for metric in METRICS:
+        lines += ["", f"{METRIC_TITLES[metric].capitalize()}:", "",
+                  f"| mixer | final loss | {heading} |", "|---|---|" + "---|---|---|" * len(args.references)]
+        for mixer in mixers:
+            entry = summary[mixer]
+            cells = [_mean_std(entry[metric]["final"])]
+            for reference in args.references:
+                paired = entry[metric]["against"][reference]["paired"]
+                cells += ["", "", ""] if reference == mixer else [interval_text(paired), p_text(paired), paired["verdict"]]
+            lines.append(f"| {_name(analysis, mixer)} | " + " | ".join(cells) + " |")
+    lines += ["", "Per domain (final evaluation, mean ± std over seeds; the last row: one run's standard error, median over runs):", "",
+              "| mixer | " + " | ".join(_heading(analysis, name) for name in columns) + " |", "|---|" + "---|" * len(columns)]
     for mixer in mixers:
-        entry = summary[mixer]
-        cells = []
-        for metric in ("lm_loss_uniform", "lm_loss"):
-            cells.append(_mean_std(entry[metric]["final"]))
-            cells += [_mean_std(entry[metric]["against"][reference]["paired_difference"], "+.4f") for reference in args.references]
-        cells += [_mean_std(entry["final_domain_loss"][name], ".3f") for name in columns]
-        lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_name(analysis, mixer)} | " + " | ".join(_mean_std(summary[mixer]["final_domain_loss"][name], ".3f") for name in columns) + " |")
+    errors = analysis["final_evaluation"]["domain_loss_se_median"]
+    lines.append("| standard error | " + " | ".join("-" if errors[name] is None else f"{errors[name]:.3f}" for name in columns) + " |")
     return lines
 
 
 def _mixture_rows(analysis: dict, mixers: list[str]) -> list[tuple[str, dict]]:
     """(label, mixture) of every mixer, then of the AC-ODM proxy when there is one."""
     proxy = analysis["proxy"]
-    rows = [(mixer, analysis["summary"][mixer]["mixture"]) for mixer in mixers]
+    rows = [(_name(analysis, mixer), analysis["summary"][mixer]["mixture"]) for mixer in mixers]
     if proxy:
         rows.append((f"proxy ({proxy['layers']}x{proxy['hidden']}, AC-ODM training)", proxy["mixture"]))
     return rows
@@ -241,7 +263,7 @@ def _cost_section(analysis: dict, mixers: list[str]) -> list[str]:
     ]
     for mixer in mixers:
         entry = summary[mixer]
-        lines.append(f"| {mixer} | {_mean_std(entry['median_step_ms'], '.0f')} | {entry['step_time_ratio']:.2f} | "
+        lines.append(f"| {_name(analysis, mixer)} | {_mean_std(entry['median_step_ms'], '.0f')} | {entry['step_time_ratio']:.2f} | "
                      f"{_mean_std(entry['peak_rss_mib'], '.0f')} | {entry['peak_rss_ratio']:.2f} | {_mean_std(entry['wall_s'], '.0f')} |")
     if proxy:
         reference = summary[REFERENCE]
@@ -263,19 +285,21 @@ def _verdict_section(args: argparse.Namespace, analysis: dict, mixers: list[str]
         top = sorted(last, key=last.get, reverse=True)[:2]
         clauses[-1] += (f"; its last third of the run drew {', '.join(f'{name} {last[name]:.2f}' for name in top)} of the samples "
                         f"({effective_domains(list(last.values())):.1f} effective domains of {len(names)})")
-        lines.append(f"- `{mixer}` " + ". It ".join(clauses) + ".")
+        lines.append(f"- `{_name(analysis, mixer)}` " + ". It ".join(clauses) + ".")
     if proxy and "acodm_proxy" in mixers:
         lines.append(f"- `acodm_proxy`'s cost includes {proxy['steps_per_policy']} proxy steps per policy "
                      f"({proxy['layers']}x{proxy['hidden']}, {proxy['parameters'] / 1e6:.2f}M parameters), "
                      f"about {proxy['target_step_equivalents']:.0f} target steps of wall time.")
     lines += [
-        f"- Verdicts compare the final losses paired by seed: 'better' or 'worse' only where the mean "
-        f"difference exceeds twice its standard error over {len(args.seeds)} seeds. At this scale "
+        f"- Verdicts compare the final losses paired by seed: 'better' or 'worse' only where the {LEVEL:.0%} t interval of "
+        f"the mean difference over the {len(args.seeds)} seeds excludes zero; 'no detectable difference' says this many "
+        f"seeds cannot tell, not that there is none. The interval holds the seed-to-seed variation of the difference, "
+        f"the final evaluation's sampling of held-out sequences included (the same sequences for both at a seed). At this scale "
         f"({args.steps} steps on a {parameter_count(args.layers, args.hidden, args) / 1e6:.1f}M model) this is "
         f"not the paper's setting (Pythia-1B): a negative result here says what these mixers do on this corpus and budget.",
     ]
     if args.target_data_path:
-        lines.append(f"- `--target-data-path {args.target_data_path}` is recorded; no mixer here reads a target set yet.")
+        lines.append(f"- `--target-data-path {args.target_data_path}` is recorded; no mixer here reads a target set.")
     else:
         lines.append("- No target set was given (`--target-data-path`); none of these mixers reads one.")
     failed = [name for name, run in analysis["runs"].items() if run.get("failed")]

@@ -1,181 +1,159 @@
-"""Target quality, the numbers, the markdown page and the figures, from the runs' curves."""
+"""Target quality, the numbers: per target set and row (a mixer at one setting), the final held-out
+target loss and general loss from each run's final evaluation, paired by seed against uniform (and
+the target loss against importance), and the trade-off between the two along DGA's step size and
+along the importance blend's share.
+
+The trade-off's curves both start at uniform (no specialisation). Whether one curve lies below the
+other is asked at matched general loss: for a point P of one curve, the other curve's target loss is
+interpolated linearly, seed by seed, between its two points whose mean general losses bracket P's
+(with the weights those means give), and P's target loss is compared with it paired by seed. P lies
+below (or above) the other curve only where that interval excludes zero; beyond the other curve's
+range of general loss, only where dominance decides (`against_curve`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import statistics
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from common import save_figure
-from mixing_quality_analysis import clock, effective_domains, mean_lists, paired_differences, spread, standard_error, steps_to_reach
+from mixing_quality_analysis import effective_domains, mean_lists, spread, steps_to_reach
+from significance import BETTER, WORSE, compare
 
 REFERENCE = "uniform"
+IMPORTANCE = "importance"
 COST_REFERENCE = "static"  # the per-step time of a run without any target pass or sketch
-COLOURS = {"uniform": "black", "static": "tab:gray", "importance": "tab:blue", "dga": "tab:green", "acodm_target": "tab:red"}
+BELOW, ABOVE, OUTSIDE = "below", "above", "outside its range"
 # What of `analyse`'s result is a value per evaluation or log record: the results' side file holds it
 # (`result_files.save_results`), the summary JSON the rest.
 CURVES = ("per_target/*/iterations", "per_target/*/mixers/*/target_loss/mean_curve",
           "per_target/*/mixers/*/weights/iteration", "per_target/*/mixers/*/weights/mean_curve")
 
 
-def run_name(mixer: str, target: str, seed: int) -> str:
-    return f"{mixer}-seed{seed}" if mixer in ("uniform", "static") else f"{mixer}-{target}-seed{seed}"
+@dataclass(frozen=True)
+class Row:
+    """One line of a target set's table: a mixer at one setting. `shared` rows read no target (one run
+    per seed serves every target set); `curve` names the trade-off curve the row is a point of, at
+    `parameter` (DGA's step size, the importance blend's share)."""
+
+    name: str  # as the tables show it
+    mixer: str  # uniform, static, importance, dga, acodm_target, or blend (a static blend file)
+    folder: str  # the run folder's stem
+    shared: bool = False
+    options: tuple[str, ...] = field(default=())
+    share: Optional[float] = None  # a blend's share of the importance weights
+    curve: Optional[str] = None
+    parameter: Optional[float] = None
+
+    def label(self, target: str) -> str:
+        """The run's label (its folder, without the seed) for `target`."""
+        return self.folder if self.shared else f"{self.folder}-{target}"
 
 
-def _mixer_entry(args, target: str, mixer: str, curves: dict, reference: dict[int, dict], importance: dict[int, dict]) -> dict[str, Any]:
-    runs = {seed: curves[name] for seed in args.seeds if (name := run_name(mixer, target, seed)) in curves}
+def _final(runs: dict[int, dict], key: str, target: str) -> dict[int, float]:
+    """Each seed's final-evaluation value: the target set's held-out loss, or the general loss."""
+    if key == "target":
+        return {seed: run["final"]["target_loss"][target] for seed, run in runs.items()}
+    return {seed: run["final"]["lm_loss_uniform"] for seed, run in runs.items()}
+
+
+def _median(values: list) -> Optional[float]:
+    return statistics.median(values) if values and None not in values else None
+
+
+def _row_entry(target: str, row: Row, runs: dict[int, dict], reference: dict[int, dict], importance: dict[int, dict]) -> dict[str, Any]:
     if not runs:
-        return {"seeds_ok": []}
-    target_final = {seed: run["valid"]["target_loss"][target][-1] for seed, run in runs.items()}
-    general_final = {seed: run["valid"]["lm_loss_uniform"][-1] for seed, run in runs.items()}
+        return {"seeds_ok": [], "row": vars(row)}
+    first = next(iter(runs.values()))
+    target_final, general_final = _final(runs, "target", target), _final(runs, "general", target)
+    # the steps to uniform's last periodic target loss, on the periodic curves
     goal = statistics.mean(run["valid"]["target_loss"][target][-1] for run in reference.values())
-    iterations = next(iter(runs.values()))["valid"]["iteration"]
+    iterations = first["valid"]["iteration"]
     mean_curve = mean_lists([run["valid"]["target_loss"][target] for run in runs.values()])
-    names = list(next(iter(runs.values()))["train"]["weight"])
+    names = list(first["train"]["weight"])
     weight_curves = {name: mean_lists([run["train"]["weight"][name] for run in runs.values()]) for name in names}
     last_third = len(next(iter(weight_curves.values()))) * 2 // 3
     final_weights = {name: statistics.mean(curve[last_third:]) for name, curve in weight_curves.items()}
     return {
+        "row": vars(row),
         "seeds_ok": sorted(runs),
-        "target_loss": {"mean_curve": mean_curve, "final": spread(list(target_final.values())),
-                        "vs_uniform": spread(paired_differences(target_final, {s: r["valid"]["target_loss"][target][-1] for s, r in reference.items()})),
-                        "vs_importance": spread(paired_differences(target_final, {s: r["valid"]["target_loss"][target][-1] for s, r in importance.items()}))},
-        "steps_to_uniform_final": {"mean_curve": steps_to_reach(iterations, mean_curve, goal),
-                                   "per_seed": [steps_to_reach(iterations, run["valid"]["target_loss"][target], goal) for run in runs.values()]},
-        "general_loss": {"final": spread(list(general_final.values())),
-                         "vs_uniform": spread(paired_differences(general_final, {s: r["valid"]["lm_loss_uniform"][-1] for s, r in reference.items()}))},
-        "weights": {"iteration": next(iter(runs.values()))["train"]["iteration"], "mean_curve": weight_curves,
+        "target_loss": {"mean_curve": mean_curve, "final": spread(list(target_final.values())), "final_per_seed": target_final,
+                        "se_median": _median([run["final"]["target_loss_se"][target] for run in runs.values()]),
+                        "vs_uniform": compare(target_final, _final(reference, "target", target)),
+                        "vs_importance": compare(target_final, _final(importance, "target", target)) if importance else None},
+        "steps_to_uniform_last": {"target": goal, "mean_curve": steps_to_reach(iterations, mean_curve, goal),
+                                  "per_seed": [steps_to_reach(iterations, run["valid"]["target_loss"][target], goal) for run in runs.values()]},
+        "general_loss": {"final": spread(list(general_final.values())), "final_per_seed": general_final,
+                         "se_median": _median([run["final"]["lm_loss_uniform_se"] for run in runs.values()]),
+                         "vs_uniform": compare(general_final, _final(reference, "general", target))},
+        "weights": {"iteration": first["train"]["iteration"], "mean_curve": weight_curves,
                     "last_third": final_weights, "effective_domains_last_third": effective_domains(list(final_weights.values()))},
         "median_step_ms": spread([run["median_step_ms"] for run in runs.values()]),
     }
 
 
-def analyse(args: argparse.Namespace, runs: list, results: dict, curves: dict) -> dict[str, Any]:
-    """Per target set and mixer: see the benchmark's docstring."""
+def against_curve(point: dict[str, Any], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where `point` lies against the curve `other` (entries of its points, any order) at `point`'s
+    mean general loss: the other curve's target loss there, seed by seed, and the paired comparison.
+
+    Beyond the other curve's range the comparison is with its nearest end, and says only what
+    dominance allows: a point that costs less general loss than the curve's cheapest point lies below
+    it if its target loss is lower still; one that costs more than the dearest lies above it if its
+    target loss is higher still; otherwise it is outside the curve's range."""
+    x = point["general_loss"]["final"]["mean"]
+    ordered = sorted(other, key=lambda entry: entry["general_loss"]["final"]["mean"])
+    means = [entry["general_loss"]["final"]["mean"] for entry in ordered]
+    if x < means[0] or x > means[-1]:
+        end = ordered[0] if x < means[0] else ordered[-1]
+        paired = compare(point["target_loss"]["final_per_seed"], end["target_loss"]["final_per_seed"])
+        position = BELOW if x < means[0] and paired["verdict"] == BETTER else ABOVE if x > means[-1] and paired["verdict"] == WORSE else OUTSIDE
+        return {"position": position, "between": [end["row"]["name"]], "weight": None, "paired": paired}
+    index = min(bisect.bisect_right(means, x), len(means) - 1) - 1  # the pair of points around x
+    (low, high), (x_low, x_high) = ordered[index : index + 2], means[index : index + 2]
+    weight = (x - x_low) / (x_high - x_low) if x_high > x_low else 0.0
+    low_target, high_target = low["target_loss"]["final_per_seed"], high["target_loss"]["final_per_seed"]
+    interpolated = {seed: (1 - weight) * low_target[seed] + weight * high_target[seed] for seed in low_target if seed in high_target}
+    paired = compare(point["target_loss"]["final_per_seed"], interpolated)
+    position = {BETTER: BELOW, WORSE: ABOVE}.get(paired["verdict"], paired["verdict"])
+    return {"position": position, "between": [low["row"]["name"], high["row"]["name"]], "weight": weight, "paired": paired}
+
+
+def tradeoff(entries: dict[str, dict[str, Any]], rows: list[Row]) -> dict[str, Any]:
+    """Each curve's points (uniform first, then by parameter) and, for each point after uniform,
+    where it lies against every other curve."""
+    curves: dict[str, list[str]] = {}
+    for row in sorted((row for row in rows if row.curve and entries[row.name]["seeds_ok"]), key=lambda row: row.parameter):
+        curves.setdefault(row.curve, [REFERENCE]).append(row.name)
+    comparisons = {}
+    for name, points in curves.items():
+        for point in points[1:]:
+            comparisons[point] = {other: against_curve(entries[point], [entries[row] for row in other_points])
+                                  for other, other_points in curves.items() if other != name}
+    return {"curves": curves, "comparisons": comparisons}
+
+
+def analyse(args: argparse.Namespace, rows: list[Row], results: dict, curves: dict) -> dict[str, Any]:
+    """Per target set: every row's entry and the trade-off (see the module's docstring)."""
     failed = sorted(name for name, result in results.items() if result.get("returncode") != 0)
+    by_name = {row.name: row for row in rows}
     per_target: dict[str, Any] = {}
     for target in args.targets:
-        reference = {seed: curves[name] for seed in args.seeds if (name := run_name(REFERENCE, target, seed)) in curves}
-        if not reference:
+        runs = {row.name: {seed: curves[name] for seed in args.seeds if (name := f"{row.label(target)}-seed{seed}") in curves}
+                for row in rows}
+        if not runs[REFERENCE]:
             raise SystemExit(f"error: every {REFERENCE} run failed; nothing to compare against")
-        importance = {seed: curves[name] for seed in args.seeds if (name := run_name("importance", target, seed)) in curves}
-        entries = {mixer: _mixer_entry(args, target, mixer, curves, reference, importance) for mixer in args.mixers}
-        own = entries[REFERENCE]["steps_to_uniform_final"]["mean_curve"]
+        entries = {row.name: _row_entry(target, row, runs[row.name], runs[REFERENCE], {} if row.name == IMPORTANCE else runs.get(IMPORTANCE, {}))
+                   for row in rows}
+        own = entries[REFERENCE]["steps_to_uniform_last"]["mean_curve"]
         cost = entries.get(COST_REFERENCE, entries[REFERENCE])["median_step_ms"]["mean"]
         for entry in entries.values():
             if entry["seeds_ok"]:
-                steps = entry["steps_to_uniform_final"]["mean_curve"]
-                entry["steps_to_uniform_final"]["ratio"] = steps / own if steps is not None and own else None
+                steps = entry["steps_to_uniform_last"]["mean_curve"]
+                entry["steps_to_uniform_last"]["ratio"] = steps / own if steps is not None and own else None
                 entry["step_time_ratio"] = entry["median_step_ms"]["mean"] / cost
-        per_target[target] = {"iterations": next(iter(reference.values()))["valid"]["iteration"], "mixers": entries}
-    return {"per_target": per_target, "failed_runs": failed, "cost_reference": COST_REFERENCE if COST_REFERENCE in args.mixers else REFERENCE}
-
-
-# ------------------------------------------------------------------------------------------ the page
-
-
-def _paired(value: dict) -> str:
-    if not value["n"]:
-        return ""
-    error = standard_error(value)
-    return f"{value['mean']:+.3f} ± {error:.3f}" if error != float("inf") else f"{value['mean']:+.3f}"
-
-
-def _top_weights(weights: dict[str, float], count: int = 3) -> str:
-    return ", ".join(f"{name} {weight:.2f}" for name, weight in sorted(weights.items(), key=lambda item: -item[1])[:count])
-
-
-def _steps(entry: dict) -> str:
-    steps, ratio = entry["steps_to_uniform_final"]["mean_curve"], entry["steps_to_uniform_final"].get("ratio")
-    return "not reached" if steps is None else f"{steps:.0f} ({ratio:.2f}x)"
-
-
-def markdown(args: argparse.Namespace, analysis: dict, run_wall: float, mode: str) -> str:
-    lines = [
-        f"# Target quality ({mode})", "",
-        f"{args.layers}x{args.hidden} GPT, seq {args.seq_length}, global batch {args.global_batch}, {args.steps} steps, "
-        f"seeds {args.seeds}, on the demo corpus; {clock(run_wall)} of runs on {args.threads} thread(s) each. "
-        "Held-out target loss at the end (mean over seeds), paired by seed against uniform and importance "
-        "(mean ± standard error; negative is better); steps to reach uniform's final target loss on the mean curve; "
-        "the general validation loss (uniform mean over the domains) against uniform: what the specialisation costs; "
-        "the mixture's largest weights over the last third; the per-step time against "
-        f"{analysis['cost_reference']}.", "",
-    ]
-    for target, result in analysis["per_target"].items():
-        lines += [f"## {target}", "",
-                  "| mixer | target loss | vs uniform | vs importance | steps to uniform's final | general loss vs uniform | "
-                  "largest weights, last third | effective domains | step time |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for mixer, entry in result["mixers"].items():
-            if not entry["seeds_ok"]:
-                lines.append(f"| {mixer} | every run failed | | | | | | | |")
-                continue
-            lines.append(
-                f"| {mixer} | {entry['target_loss']['final']['mean']:.4f} | {_paired(entry['target_loss']['vs_uniform'])} | "
-                f"{'' if mixer == 'importance' else _paired(entry['target_loss']['vs_importance'])} | {_steps(entry)} | {_paired(entry['general_loss']['vs_uniform'])} | "
-                f"{_top_weights(entry['weights']['last_third'])} | {entry['weights']['effective_domains_last_third']:.1f} | "
-                f"x{entry['step_time_ratio']:.3f} |"
-            )
-        lines.append("")
-    if analysis["failed_runs"]:
-        lines += [f"Failed runs: {', '.join(analysis['failed_runs'])}.", ""]
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ the figures
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(args: argparse.Namespace, analysis: dict, path: str) -> None:
-    """The held-out target loss over steps, one panel per target set, one line per mixer (mean over seeds)."""
-    plt = _pyplot()
-    targets = list(analysis["per_target"])
-    figure, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4.5), squeeze=False)
-    for axis, target in zip(axes[0], targets):
-        result = analysis["per_target"][target]
-        for mixer, entry in result["mixers"].items():
-            if entry["seeds_ok"]:
-                axis.plot(result["iterations"], entry["target_loss"]["mean_curve"], marker="o", markersize=3,
-                          color=COLOURS.get(mixer), label=f"{mixer} (n={len(entry['seeds_ok'])})")
-        axis.set_title(f"{target}: held-out target loss")
-        axis.set_xlabel("step")
-        axis.set_ylabel("loss")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(f"Target loss by mixer ({args.layers}x{args.hidden} GPT, {args.steps} steps, seeds {args.seeds})")
-    figure.tight_layout()
-    save_figure(figure, path, dpi=110)
-    plt.close(figure)
-
-
-def plot_weights(args: argparse.Namespace, analysis: dict, path: str) -> None:
-    """Each target-reading mixer's weights over steps (mean over seeds), one row per target set."""
-    plt = _pyplot()
-    targets = list(analysis["per_target"])
-    mixers = [mixer for mixer in args.mixers if mixer not in ("uniform", "static")]
-    if not mixers:
-        return
-    figure, axes = plt.subplots(len(targets), len(mixers), figsize=(5 * len(mixers), 3.6 * len(targets)), squeeze=False)
-    for row, target in enumerate(targets):
-        for column, mixer in enumerate(mixers):
-            axis, entry = axes[row][column], analysis["per_target"][target]["mixers"].get(mixer, {})
-            if entry.get("seeds_ok"):
-                weights = entry["weights"]
-                axis.stackplot(weights["iteration"], *weights["mean_curve"].values(), labels=list(weights["mean_curve"]))
-            axis.set_title(f"{target}: {mixer}")
-            axis.set_ylim(0, 1)
-            axis.set_xlabel("step")
-            if row == 0 and column == len(mixers) - 1:
-                axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figure.suptitle("Mixture weights over the run (mean over seeds)")
-    figure.tight_layout()
-    save_figure(figure, path, dpi=100)
-    plt.close(figure)
+        per_target[target] = {"iterations": next(iter(runs[REFERENCE].values()))["valid"]["iteration"], "mixers": entries,
+                              "tradeoff": tradeoff(entries, list(by_name.values()))}
+    return {"per_target": per_target, "failed_runs": failed,
+            "cost_reference": COST_REFERENCE if COST_REFERENCE in by_name else REFERENCE}

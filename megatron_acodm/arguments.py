@@ -137,8 +137,19 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--remap-domains", action="store_true", help="resume although the domain set differs: mixer and blender restart")
     group.add_argument("--eval-interval", type=int, default=1000)
     group.add_argument("--eval-iters", type=int, default=10, help="global batches of held-out samples per evaluation")
+    group.add_argument(
+        "--skip-train", action="store_true",
+        help="train nothing: evaluate the model of --load (or the initial model) once with --eval-iters, log it and exit",
+    )
     group.add_argument("--log-interval", type=int, default=100)
     group.add_argument("--tensorboard-dir", default=None)
+    group.add_argument(
+        "--wandb-project", default=None,
+        help="log the TensorBoard scalars to this Weights & Biases project too (`pip install wandb`; "
+        "WANDB_MODE=offline keeps the run under --wandb-save-dir)",
+    )
+    group.add_argument("--wandb-exp-name", default=None, help="the run's name in the W&B project (needed with --wandb-project)")
+    group.add_argument("--wandb-save-dir", default=None, help="where wandb keeps the run's files; default <save>/wandb or runs/wandb")
     group.add_argument("--metrics-path", default=None, help="JSONL of every log record; default <save>/metrics.jsonl or runs/metrics.jsonl")
 
 
@@ -194,6 +205,8 @@ def _fill_defaults(args: argparse.Namespace, world_size: int) -> None:
         args.lr_decay_iters = args.train_iters
     if args.metrics_path is None:
         args.metrics_path = os.path.join(args.save or "runs", "metrics.jsonl")
+    if args.wandb_project and args.wandb_save_dir is None:
+        args.wandb_save_dir = os.path.join(args.save or "runs", "wandb")
 
 
 # A --split as Megatron-LM writes it: up to three shares, train,valid,test (megatron.core keeps
@@ -241,9 +254,13 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.eval_interval < 1 or args.log_interval < 1, "--eval-interval and --log-interval must be >= 1"),
         (args.min_samples_per_domain < 0, f"--min-samples-per-domain ({args.min_samples_per_domain}) must be >= 0"),
         (args.eval_iters < 0, f"--eval-iters ({args.eval_iters}) must be >= 0 (0 turns evaluation off)"),
+        (args.skip_train and args.eval_iters == 0, "--skip-train only evaluates: give --eval-iters > 0"),
         (args.exit_signal_handler and args.save is None, "--exit-signal-handler needs --save (where the checkpoint goes)"),
         (args.sequence_parallel and tp == 1, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
         (args.sketch_dim < 1, "--sketch-dim must be >= 1"),
+        (bool(args.wandb_project) and not args.wandb_exp_name, "--wandb-project needs --wandb-exp-name (the run's name in the project)"),
+        (not args.wandb_project and args.wandb_exp_name is not None, "--wandb-exp-name names a W&B run: add --wandb-project, or drop it"),
+        (not args.wandb_project and args.wandb_save_dir is not None, "--wandb-save-dir is for a W&B run: add --wandb-project, or drop it"),
         (args.tokenizer_model is None, "--tokenizer-model is required (the tokenizer the corpus was made with)"),
     ]
     message = next((message for failed, message in checks if failed), None) or unread_option(args, _defaults())

@@ -1,14 +1,13 @@
 """Part 6, training: Pythia-like 160M (12 x 768, 12 heads) and 1B (16 x 2048, 8 heads) models, bf16,
 seq 2048, each `--mixer static`, `--mixer acodm` and the acodm proxy (`--acodm-policy`: the policy
-the 160M acodm run exports), in that order, each a fresh `pretrain_acodm.py` (through
-`bench/measured_run.py`, which reads its peak CUDA memory); the step times are the metrics JSONL's
-`iteration_ms` after a few warm-up steps. Without Transformer Engine (a bare image) the model has
+the 160M acodm run exports), in that order, each a fresh `pretrain_acodm.py`; the step times are
+the metrics JSONL's `iteration_ms` after a few warm-up steps, the peak CUDA memory its last training
+record's `max_memory_allocated_mib`. Without Transformer Engine (a bare image) the model has
 Megatron's local layer spec and unfused attention, so the utilisation is a floor."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -66,11 +65,17 @@ def child_environment() -> dict:
     return env
 
 
-def read_peak_memory(path: str) -> dict:
-    if not os.path.exists(path):  # the run failed before writing it
-        return {"max_memory_allocated_mib": None, "max_memory_reserved_mib": None}
-    with open(path) as stream:
-        return json.load(stream)
+def peak_cuda_memory(metrics_path: str) -> Optional[float]:
+    """The most CUDA memory the run's allocator handed out at once on any rank (MiB), as the trainer
+    logged it; None on CPU or for a run that failed before its first record."""
+    from megatron_acodm.errors import UserError
+    from megatron_acodm.metrics.reader import read_metrics
+
+    try:
+        _, train, _ = read_metrics(metrics_path)
+    except UserError:  # no metrics file, or an empty one
+        return None
+    return train[-1]["max_memory_allocated_mib"] if train else None
 
 
 def train_run(profile: Profile, corpus: Corpus, name: str, mixer: str, scratch: str, bar) -> dict:
@@ -80,8 +85,8 @@ def train_run(profile: Profile, corpus: Corpus, name: str, mixer: str, scratch: 
 
     folder = os.path.join(scratch, "runs", f"{name}-{mixer}")
     os.makedirs(folder)
-    metrics, report, log = (os.path.join(folder, leaf) for leaf in ("metrics.jsonl", "memory.json", "stdout.log"))
-    argv = [sys.executable, os.path.join(REPO, "bench", "measured_run.py"), report,
+    metrics, log = (os.path.join(folder, leaf) for leaf in ("metrics.jsonl", "stdout.log"))
+    argv = [sys.executable, os.path.join(REPO, "pretrain_acodm.py"),
             *pretrain_argv(profile, corpus, profile.models[name], mixer, metrics),
             *policy_argv(mixer, os.path.join(scratch, "policy.pt"))]
     shown = bar.n
@@ -92,7 +97,7 @@ def train_run(profile: Profile, corpus: Corpus, name: str, mixer: str, scratch: 
     child = run_process(argv, env=child_environment(), log=log, on_poll=follow, poll_s=2.0)
     bar.update(shown + profile.warmup + profile.measured - bar.n)  # a failed run's steps count as done
     run = {"model": name, "mixer": mixer, "returncode": child["returncode"], "wall_s": child["wall_s"],
-           "peak_rss_mib": child["peak_rss_mib"], **read_peak_memory(report)}
+           "peak_rss_mib": child["peak_rss_mib"], "max_memory_allocated_mib": peak_cuda_memory(metrics)}
     steps = step_times(metrics, profile.warmup) if child["returncode"] == 0 else []
     run["ok"] = len(steps) == profile.measured
     if run["ok"]:

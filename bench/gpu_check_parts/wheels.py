@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import glob
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
 from typing import Callable
 
-# What megatron-core 0.16.1 and this project need that a bare PyTorch image (torch, Triton, numpy,
+# The megatron-core release a bare image gets: the current one, which needs Python 3.12 (the GPU
+# machines' Python); GPU_CHECK_MEGATRON_CORE=0.16.1 checks the last release for older Pythons instead.
+# Where this variable is set, an installed megatron-core of another version counts as missing.
+MEGATRON_CORE_VARIABLE = "GPU_CHECK_MEGATRON_CORE"
+MEGATRON_CORE = os.environ.get(MEGATRON_CORE_VARIABLE, "0.19.2")
+# What megatron-core and this project need that a bare PyTorch image (torch, Triton, numpy,
 # sentencepiece, pytest) lacks, as the wheels to carry (the versions tested here) and the module
 # that must import. psutil: megatron.core's checkpoint saver; tqdm: the trainer's logs.
 WHEELS = (
-    ("megatron-core==0.16.1", "megatron.core"),
+    (f"megatron-core=={MEGATRON_CORE}", "megatron.core"),
     ("psutil==7.2.2", "psutil"),
     ("tqdm==4.70.1", "tqdm"),
 )
@@ -31,14 +37,30 @@ def installed(module: str) -> None:
         raise ModuleNotFoundError(f"No module named {module!r}")
 
 
+def _other_megatron_core() -> str | None:
+    """Why the installed megatron-core is not the one GPU_CHECK_MEGATRON_CORE asks for, or None."""
+    if MEGATRON_CORE_VARIABLE not in os.environ:
+        return None
+    try:
+        found = importlib.metadata.version("megatron-core")
+    except importlib.metadata.PackageNotFoundError:
+        return None  # then megatron.core does not import either, or is a source tree taken as it is
+    return None if found == MEGATRON_CORE else f"{found} is installed, {MEGATRON_CORE_VARIABLE} asks for {MEGATRON_CORE}"
+
+
 def missing_wheels(load: Callable[[str], object] = importlib.import_module) -> list[tuple[str, str]]:
-    """(NAME==VERSION, why) of every wheel in WHEELS whose module `load` fails on."""
+    """(NAME==VERSION, why) of every wheel in WHEELS whose module `load` fails on, and megatron-core
+    where another version than GPU_CHECK_MEGATRON_CORE asks for is installed."""
     missing = []
     for requirement, module in WHEELS:
         try:
             load(module)
         except ImportError as error:
             missing.append((requirement, str(error)))
+            continue
+        other = _other_megatron_core() if module == "megatron.core" else None
+        if other:
+            missing.append((requirement, other))
     return missing
 
 

@@ -27,6 +27,12 @@ def _synchronize(device: object = None) -> None:
     return None
 
 
+def _current_stream(device: object = None) -> torch.cpu.Stream:
+    # megatron.core 0.19's grad sync (start_grad_sync) waits on the current stream for events that
+    # CUDA-graph replays record; the CPU stream's waits are no-ops, as CPU kernels are synchronous.
+    return torch.cpu.current_stream()
+
+
 def _get_rng_state(device: object = "cuda") -> torch.Tensor:
     return torch.get_rng_state()
 
@@ -65,6 +71,7 @@ def install_cuda_stubs() -> None:
     """Replace the `torch.cuda` entry points megatron.core uses with CPU equivalents."""
     torch.cuda.current_device = _current_device
     torch.cuda.synchronize = _synchronize
+    torch.cuda.current_stream = _current_stream
     # megatron's CudaRNGStatesTracker (model_parallel_cuda_manual_seed, the dropout forks in every
     # attention forward, activation recompute) seeds, saves and restores "the CUDA generator";
     # on CPU the ops it guards draw from the CPU generator, so that is the one it must handle.

@@ -1,6 +1,6 @@
 """A torch function mode that turns megatron.core's CUDA tensor placements into CPU ones.
 
-megatron.core 0.16.1 creates bookkeeping tensors with `device="cuda"` (the schedules' token
+megatron.core (0.16.1 as 0.19.2) creates bookkeeping tensors with `device="cuda"` (the schedules' token
 counters, grad clipping's norm buffers, the optimizer's loss scale, dist_checkpointing's failure
 flags) or `.cuda()` (the tied output layer of the last pipeline stage, the grad scaler's state),
 and its optimizers sort and check parameters by `param.type() == 'torch.cuda.FloatTensor'`. The

@@ -1,4 +1,5 @@
-"""Known traps of megatron.core 0.16.1 on gloo/CPU, and the code that avoids those it can.
+"""Known traps of megatron.core on gloo/CPU, found on 0.16.1 (the tests pass on 0.19.2 with the same
+precautions), and the code that avoids those it can.
 
 1. Interleaved pipelining (virtual stages) computes wrong numbers on gloo, without an error, in
    either of megatron's p2p modes. Batched p2p (`batch_p2p_comm=True`, the default) is wrong at

@@ -87,6 +87,11 @@ class Tokenizer:
             raise UserError(f"cannot load tokenizer model {model}: {error}") from error
         self.type = tokenizer_type
         self.model = model
+        if self._impl.eod is None:  # a HuggingFace tokenizer without an eos_token
+            raise UserError(
+                f"--tokenizer-model {model}: the tokenizer has no end-of-document token; "
+                f"name one (a HuggingFace folder: \"eos_token\" in its tokenizer_config.json)"
+            )
         self.vocab_size = int(self._impl.vocab_size)
         self.eod = int(self._impl.eod)
         pad = self._impl.pad

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import sentencepiece
 
@@ -43,7 +43,10 @@ class BuildOptions:
     vocab_size: int = DEFAULT_VOCAB_SIZE
     tokenizer_model: Optional[Path] = None  # use this model instead of training one
     cache_dir: Path = DEFAULT_CACHE_DIR
-    parts: tuple[str, ...] = ALL_PARTS  # training domains and/or TARGETS
+    parts: tuple[str, ...] = ALL_PARTS  # training domains and/or TARGETS, built in this order
+    # Another corpus's recipe (the benchmarks' tuning corpus): its sources, and the tool it names.
+    sources: Optional[Sequence[Source]] = None  # default: the demo's, ALL_SOURCES
+    tool: str = "tools/build_demo_corpus.py"
 
 
 class BuildError(Exception):
@@ -63,7 +66,7 @@ def build(options: BuildOptions, fetcher: Optional[Fetcher] = None) -> dict:
     output_dir = Path(options.output_dir)
     skipped: list[dict] = []
     manifest: dict = {
-        "tool": "tools/build_demo_corpus.py",
+        "tool": options.tool,
         "tool_version": TOOL_VERSION,
         "max_mb_per_domain": options.max_mb_per_domain,
         "document_bytes": {"max": MAX_DOCUMENT_BYTES, "min": MIN_DOCUMENT_BYTES, "pack_target": PACK_TARGET_BYTES},
@@ -71,8 +74,9 @@ def build(options: BuildOptions, fetcher: Optional[Fetcher] = None) -> dict:
     }
     chosen_by_domain: dict[str, list[str]] = {}
     cap_bytes = int(options.max_mb_per_domain * MEGABYTE)
-    for domain in (part for part in TRAINING_DOMAINS if part in options.parts):
-        results = extract_all(domain, fetcher, skipped)
+    sources = ALL_SOURCES if options.sources is None else options.sources
+    for domain in (part for part in options.parts if part != TARGETS):
+        results = extract_all(domain, fetcher, skipped, sources)
         if not results:
             log.warning("%s: every source was skipped; no jsonl/%s.jsonl written", domain, domain)
             continue
@@ -81,7 +85,7 @@ def build(options: BuildOptions, fetcher: Optional[Fetcher] = None) -> dict:
         manifest["targets"] = {
             result.source.name: write_documents(output_dir, f"targets/{result.source.name}.jsonl", result.documents)
             | {"origins": result.origins}
-            for result in extract_all(TARGETS, fetcher, skipped)
+            for result in extract_all(TARGETS, fetcher, skipped, sources)
         }
     manifest["skipped"] = skipped
     if options.tokenizer_model is not None:
@@ -92,10 +96,10 @@ def build(options: BuildOptions, fetcher: Optional[Fetcher] = None) -> dict:
     return manifest
 
 
-def extract_all(part: str, fetcher: Fetcher, skipped: list[dict]) -> list[SourceResult]:
+def extract_all(part: str, fetcher: Fetcher, skipped: list[dict], sources: Sequence[Source]) -> list[SourceResult]:
     """Run the part's extractors in order; a source whose material is missing is skipped and recorded."""
     results = []
-    for source in (source for source in ALL_SOURCES if source.domain == part):
+    for source in (source for source in sources if source.domain == part):
         started = time.monotonic()
         try:
             extracted = source.extract(fetcher)

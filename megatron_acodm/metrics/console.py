@@ -13,7 +13,8 @@ TABLE_INDENT = "    "
 
 
 def format_train_line(record: TrainRecord) -> str:
-    """One line in Megatron-LM's `training_log` format, plus tokens per second."""
+    """One line in Megatron-LM's `training_log` format, plus tokens per second and, on CUDA, the
+    memory Megatron-LM's `report_memory` prints after it."""
     line = f" [{datetime.now():%Y-%m-%d %H:%M:%S}]"
     line += f" iteration {int(record.iteration):8d}/{int(record.train_iters):8d} |"
     line += f" consumed samples: {int(record.consumed_samples):12d} |"
@@ -30,6 +31,11 @@ def format_train_line(record: TrainRecord) -> str:
         line += f" number of skipped iterations: {int(record.skipped_iterations):3d} |"
     if record.nan_iterations is not None:
         line += f" number of nan iterations: {int(record.nan_iterations):3d} |"
+    # Megatron-LM's report_memory words and units ("MB": 2**20 bytes); measured on CUDA only.
+    if record.memory_allocated_mib is not None:
+        line += f" allocated memory (MB): {float(record.memory_allocated_mib):.1f} |"
+    if record.max_memory_allocated_mib is not None:
+        line += f" max allocated memory (MB): {float(record.max_memory_allocated_mib):.1f} |"
     return line
 
 

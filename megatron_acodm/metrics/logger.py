@@ -1,4 +1,6 @@
-"""Training and validation logs on the logging rank: the console, the metrics JSONL, TensorBoard.
+"""Training and validation logs on the logging rank: the console, the metrics JSONL, TensorBoard and
+Weights & Biases (`weights_and_biases`). The trainer's logging rank is the last one, where Megatron-LM
+prints its training log and writes TensorBoard and W&B.
 
 The JSONL file (`records` describes it) is what plots and benchmarks read (`metrics.reader`). Every
 record carries its iteration, and a resumed run appends to the same file, after a run header
@@ -34,6 +36,7 @@ from megatron_acodm.metrics.records import (
     train_json,
     validation_means,
 )
+from megatron_acodm.metrics.weights_and_biases import WandbRun, open_wandb, wandb_run
 
 
 def _cut_partial_last_line(path: str) -> int:
@@ -69,7 +72,7 @@ def _open_tensorboard(directory: str, stream: TextIO) -> Any:
 
 
 class MetricsLogger:
-    """Console, JSONL and TensorBoard logging on the logging rank; on every other rank, calls do nothing."""
+    """Console, JSONL, TensorBoard and W&B logging on the logging rank; on every other rank, calls do nothing."""
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class MetricsLogger:
         *,
         jsonl_path: Union[str, os.PathLike],
         tensorboard_dir: Optional[Union[str, os.PathLike]] = None,
+        wandb: Optional[WandbRun] = None,
         train_iters: int,
         is_logging_rank: bool = True,
         stream: Optional[TextIO] = None,
@@ -94,6 +98,7 @@ class MetricsLogger:
         self._start_iteration = 0
         self._jsonl: Optional[TextIO] = None
         self._tensorboard: Any = None
+        self._wandb: Any = None
         if not is_logging_rank:
             return
         path = os.fspath(jsonl_path)
@@ -103,6 +108,8 @@ class MetricsLogger:
         self._jsonl = open(path, "a", encoding="utf-8")
         if tensorboard_dir is not None:
             self._tensorboard = _open_tensorboard(os.fspath(tensorboard_dir), self._stream)
+        if wandb is not None:
+            self._wandb = open_wandb(wandb)
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -122,6 +129,8 @@ class MetricsLogger:
             return
         self._start_iteration = start_iteration or 0
         arguments = vars(config) if isinstance(config, argparse.Namespace) else config
+        if self._wandb is not None:  # Megatron-LM's W&B config: the run's arguments
+            self._wandb.config.update(jsonable(arguments), allow_val_change=True)
         self._write(
             {
                 "kind": "run",
@@ -133,7 +142,7 @@ class MetricsLogger:
         )
 
     def log_train(self, record: TrainRecord) -> None:
-        """Print the Megatron line and the per-domain table, append the JSON record, add TensorBoard scalars."""
+        """Print the Megatron line and the per-domain table, append the JSON record, add TensorBoard and W&B scalars."""
         if self._jsonl is None:
             return
         names = self.domain_names
@@ -180,7 +189,7 @@ class MetricsLogger:
             self._progress.set_postfix_str(f"lm loss {data['lm_loss']:.4f}")
 
     def log_eval(self, record: EvalRecord) -> None:
-        """Print the validation block, append the JSON record (both means), add TensorBoard scalars."""
+        """Print the validation block, append the JSON record (both means), add TensorBoard and W&B scalars."""
         if self._jsonl is None:
             return
         names = self.domain_names
@@ -189,10 +198,12 @@ class MetricsLogger:
         iteration = int(record.iteration)
         header = format_eval_header(iteration, token_weighted, uniform)
         rule = "-" * (len(header) + 1)
+        errors = record.domain_loss_se if record.domain_loss_se is not None else [None] * len(names)
         table = format_domain_table(
             names,
             {
                 "loss": [cell(loss, ".4f") for loss in record.domain_loss],
+                "std err": [cell(error, ".4f") for error in errors],
                 "corpus tokens": [str(int(tokens)) for tokens in record.domain_tokens],
             },
         )
@@ -200,8 +211,8 @@ class MetricsLogger:
         target_mean = mean_or_none(target_loss.values())
         self._print([rule, header, *([format_target_line(target_loss, target_mean)] if target_loss else []), rule, *table])
         domains = {
-            name: {"loss": number_or_none(loss), "corpus_tokens": int(tokens)}
-            for name, loss, tokens in zip(names, record.domain_loss, record.domain_tokens)
+            name: {"loss": number_or_none(loss), "loss_se": number_or_none(error), "corpus_tokens": int(tokens)}
+            for name, loss, error, tokens in zip(names, record.domain_loss, errors, record.domain_tokens)
         }
         self._write(
             {
@@ -211,7 +222,8 @@ class MetricsLogger:
                 "lm_loss_uniform": number_or_none(uniform),
                 "domains": domains,
                 **({"target_loss": number_or_none(target_mean),
-                    "targets": {name: {"loss": number_or_none(loss)} for name, loss in target_loss.items()}} if target_loss else {}),
+                    "targets": {name: {"loss": number_or_none(loss), "loss_se": number_or_none((record.target_loss_se or {}).get(name))}
+                                for name, loss in target_loss.items()}} if target_loss else {}),
             }
         )
         self._add_scalars(
@@ -248,6 +260,9 @@ class MetricsLogger:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
@@ -266,9 +281,24 @@ class MetricsLogger:
         self._jsonl.flush()  # a killed run keeps every record logged so far
 
     def _add_scalars(self, iteration: int, scalars: Mapping[str, Optional[float]]) -> None:
-        if self._tensorboard is None:
-            return
-        for tag, value in scalars.items():
-            if value is not None:
+        measured = {tag: value for tag, value in scalars.items() if value is not None}
+        if self._tensorboard is not None:
+            for tag, value in measured.items():
                 self._tensorboard.add_scalar(tag, value, iteration)
-        self._tensorboard.flush()
+            self._tensorboard.flush()
+        if self._wandb is not None:  # an iteration's training and evaluation scalars share its row
+            self._wandb.log(measured, step=iteration)
+
+
+def run_logger(args: argparse.Namespace, domain_names: Sequence[str]) -> MetricsLogger:
+    """The trainer's logger, writing on the last rank (every rank holds the same all-reduced numbers)."""
+    import torch
+
+    return MetricsLogger(
+        domain_names,
+        jsonl_path=args.metrics_path,
+        tensorboard_dir=args.tensorboard_dir,
+        wandb=wandb_run(args),
+        train_iters=args.train_iters,
+        is_logging_rank=torch.distributed.get_rank() == torch.distributed.get_world_size() - 1,
+    )

@@ -4,8 +4,9 @@ Records, one JSON object a line of the metrics file:
 - `{"kind": "run", "time", "start_iteration", "domains": [names], "config": {run arguments}}`
 - `{"kind": "train", "iteration", "train_iters", "consumed_samples", "elapsed_s", "iteration_ms", "lr",
   "lm_loss", "grad_norm", "loss_scale", "tokens_per_s", "global_batch_size", "skipped_iterations",
-  "nan_iterations", "domains": {name: {"loss", "weight", "share", and the mixer's per-domain
-  diagnostics, e.g. "score", "score_snr"}}, "mixer": {the mixer's scalar diagnostics, e.g. "critic_fit"}}`
+  "nan_iterations", "memory_allocated_mib", "max_memory_allocated_mib", "domains": {name: {"loss",
+  "weight", "share", and the mixer's per-domain diagnostics, e.g. "score", "score_snr"}}, "mixer": {the
+  mixer's scalar diagnostics, e.g. "critic_fit"}}`; the two memory fields are null off CUDA
 - `{"kind": "valid", "iteration", "lm_loss" (weighted by corpus tokens), "lm_loss_uniform",
   "domains": {name: {"loss", "corpus_tokens"}}}`, and with target sets `"target_loss"` (their mean)
   and `"targets": {name: {"loss"}}`
@@ -39,6 +40,10 @@ class TrainRecord:
     loss_scale: Optional[float] = None
     skipped_iterations: Optional[int] = None
     nan_iterations: Optional[int] = None
+    # CUDA's caching allocator in MiB (torch.cuda.memory_allocated, max_memory_allocated: now and the
+    # peak since the process started), the largest over the ranks; None off CUDA
+    memory_allocated_mib: Optional[float] = None
+    max_memory_allocated_mib: Optional[float] = None
     # the mixer's own view at the end of the interval (`Mixer.domain_diagnostics`, `scalar_diagnostics`)
     domain_diagnostics: Mapping[str, Sequence[float]] = field(default_factory=dict)
     mixer_diagnostics: Mapping[str, float] = field(default_factory=dict)
@@ -55,6 +60,9 @@ class EvalRecord:
     domain_tokens: Sequence[int]
     # Held-out loss of each target set (--target-data-path), by name; their mean counts each set alike.
     target_loss: Optional[dict[str, Optional[float]]] = None
+    # The standard errors of those means over the evaluation's sequences (None below two sequences).
+    domain_loss_se: Optional[Sequence[Optional[float]]] = None
+    target_loss_se: Optional[dict[str, Optional[float]]] = None
 
 
 def validation_means(
@@ -120,6 +128,8 @@ def train_json(record: TrainRecord, names: Sequence[str]) -> dict[str, Any]:
         "global_batch_size": int(record.global_batch_size),
         "skipped_iterations": None if record.skipped_iterations is None else int(record.skipped_iterations),
         "nan_iterations": None if record.nan_iterations is None else int(record.nan_iterations),
+        "memory_allocated_mib": number_or_none(record.memory_allocated_mib),
+        "max_memory_allocated_mib": number_or_none(record.max_memory_allocated_mib),
         "domains": {
             name: {
                 "loss": number_or_none(loss),

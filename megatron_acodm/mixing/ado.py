@@ -4,9 +4,13 @@ domains whose fitted law forecasts the fastest learning.
 
 Per domain k, fitted on points (n, L): `L_k(n) = eps_k + beta_k n^-alpha_k`, where n counts every
 sample the model has trained on (as the authors' code counts it, so that what one domain's samples
-teach another is in every law). After each step t (1-based), with mu the prior (`--mixing-prior`):
+teach another is in every law); a step's n includes its own samples, as the cumulative sum of their
+code does. After each step t (1-based), with mu the prior (`--mixing-prior`):
 
-- credit: `h_k <- g1 pi_k + (1 - g1) h_k`, with pi the mixture the step's batch followed, h = mu at the start;
+- credit: `h_k <- g1 c_k + (1 - g1) h_k`, with c the shares of the samples the step's batch drew
+  from each domain (its realised counts, normalised, as the authors' code credits them), h = mu at
+  the start; the credit enters as `h^s`, the authors' corrected rule (their commit "Fixing update
+  rule to the correct version" replaced the first release's `(h (1 - h))^s`);
 - once every domain has a law: forecast learning speed `v_k = -dL_k/dn = alpha_k (L_k(n) - eps_k) / n`,
   preference `rho_k ~ mu_k h_k^s v_k` (mu when every v_k is 0), then `rho <- max(rho, d_min) / sum`;
 - the next mixture `pi = g2 rho + (1 - g2) pibar`, then `pibar <- (1 - 1/(t+1)) pibar + rho / (t+1)`,
@@ -17,8 +21,9 @@ What differs from the paper and its code, and why (docs/DESIGN.md, "ADO"):
   every 10 steps, refitting every 1000 of 60,000 steps. Here one point is a domain's token-weighted
   mean loss over `fit_interval` steps (default 10): the step losses, measured on samples the model has
   not trained on yet, are an unbiased estimate of the held-out loss, and their mean over the block
-  is the smoothing. The laws are refitted at every point: a domain's fit costs about 2 ms here
-  (40 points). A domain with no tokens in a block has no point for it.
+  is the smoothing. The point's n is the same token-weighted mean of each step's n, so that n and L
+  are taken at the same steps. The laws are refitted at every point: a domain's fit costs about
+  2 ms here (40 points). A domain with no tokens in a block has no point for it.
 - Warm-up: the points of the first `warmup_fraction` of the run are left out (the paper starts
   after 500 of 60,000 steps, past the loss's first drop; at a few hundred steps that drop is the
   first tenth). A law needs `MIN_POINTS` points of its own.
@@ -28,11 +33,12 @@ What differs from the paper and its code, and why (docs/DESIGN.md, "ADO"):
   has the smallest Huber loss of log L wins. The code's other bounds (on beta, on eps, a floor of
   0.05 under alpha in the forecast) are left out: they suit the Pile's losses, not every corpus.
 
-Defaults: the paper's g1 = g2 = 0.1, s = 0.5, d_min = 0.01. Its prior is the corpus' natural
-(token) distribution; here mu is `--mixing-prior`, uniform by default as for the other mixers that
-read it (`--mixing-prior tokens` is the paper's).
+Defaults: the paper's g1 = g2 = 0.1, s = 0.5, d_min = 0.01, and its prior, the corpus' natural
+(token) distribution (`--mixing-prior` when given).
 
 A resumed run may change any ADO option: each part of the state means the same under all of them.
+A state of an earlier format (before the credit followed the realised counts and a point's n its
+steps) is refused.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ MIN_POINTS = 3  # a law has three parameters
 MAX_EXPONENT = 0.8  # the paper's bound on alpha
 HUBER_DELTA = 1e-3  # the paper's, on log-loss residuals
 EPSILON_GRID = 64  # candidate irreducible losses, evenly over [0, min L)
+# The state's layout and meaning; a state of another format is refused, never read.
+STATE_FORMAT = 2
 
 
 def fit_power_law(samples: numpy.ndarray, losses: numpy.ndarray) -> tuple[float, float, float]:
@@ -123,10 +131,13 @@ class ADOMixer(Mixer):
         self.credit = self.prior.copy()  # h
         self.average = self.prior.copy()  # pibar
         self.mixture = self.prior.copy()  # pi, the next step's weights before the floor
-        self.block_loss = numpy.zeros(self.num_domains)  # the current block's loss sums and tokens
+        # The current block's sums over its steps, per domain: loss, tokens, and tokens x n.
+        self.block_loss = numpy.zeros(self.num_domains)
         self.block_tokens = numpy.zeros(self.num_domains)
+        self.block_samples = numpy.zeros(self.num_domains)
         self.block_steps = 0
-        self.point_samples: list[int] = []  # n at each point, and each domain's mean loss there (NaN: none)
+        # Each point's per-domain n and mean loss (NaN: the domain had no tokens in the block).
+        self.point_samples: list[list[float]] = []
         self.point_losses: list[list[float]] = []
         self.laws: Optional[numpy.ndarray] = None  # [K, 3]: beta, eps, alpha
 
@@ -149,7 +160,7 @@ class ADOMixer(Mixer):
             "--ado-credit-smoothing",
             type=float,
             default=0.1,
-            help="ADO: gamma1, the weight of the last step's mixture in the credit h <- g1 pi + (1 - g1) h; in (0, 1]",
+            help="ADO: gamma1, the weight of the last step's sample shares c in the credit h <- g1 c + (1 - g1) h; in (0, 1]",
         )
         group.add_argument(
             "--ado-credit-exponent",
@@ -184,7 +195,7 @@ class ADOMixer(Mixer):
             names,
             initial_weights,
             total_steps=run_length(args, "ado", "its warm-up is a fraction of the run"),
-            prior=mixing_prior(args, names, initial_weights, domain_tokens),
+            prior=mixing_prior(args, names, initial_weights, domain_tokens, published="tokens"),
             warmup_fraction=args.ado_warmup_fraction,
             fit_interval=args.ado_fit_interval,
             credit_smoothing=args.ado_credit_smoothing,
@@ -198,8 +209,9 @@ class ADOMixer(Mixer):
         return self.mixture
 
     def _update(self, signals: StepSignals) -> None:
-        self.credit = self.credit_smoothing * signals.followed_weights + (1.0 - self.credit_smoothing) * self.credit
-        self.samples += int(signals.realised_counts.sum())
+        drawn = signals.realised_counts.sum()
+        self.credit = self.credit_smoothing * signals.realised_counts / drawn + (1.0 - self.credit_smoothing) * self.credit
+        self.samples += int(drawn)
         self.steps += 1
         if self.steps > self.warmup_steps:
             self._add_to_block(signals)
@@ -213,14 +225,17 @@ class ADOMixer(Mixer):
         """Accumulate the step; a full block becomes a point, and the laws are refitted."""
         self.block_loss += signals.domain_loss_sum
         self.block_tokens += signals.domain_tokens
+        self.block_samples += signals.domain_tokens * self.samples
         self.block_steps += 1
         if self.block_steps < self.fit_interval:
             return
         with numpy.errstate(invalid="ignore"):  # a domain without tokens: 0 / 0, no point
-            losses = numpy.where(self.block_tokens > 0, self.block_loss / self.block_tokens, numpy.nan)
-        self.point_samples.append(self.samples)
+            seen = self.block_tokens > 0
+            losses = numpy.where(seen, self.block_loss / self.block_tokens, numpy.nan)
+            samples = numpy.where(seen, self.block_samples / self.block_tokens, numpy.nan)
+        self.point_samples.append(samples.tolist())
         self.point_losses.append(losses.tolist())
-        self.block_loss[:], self.block_tokens[:], self.block_steps = 0.0, 0.0, 0
+        self.block_loss[:], self.block_tokens[:], self.block_samples[:], self.block_steps = 0.0, 0.0, 0.0, 0
         self._fit()
 
     def _fit(self) -> None:
@@ -229,7 +244,7 @@ class ADOMixer(Mixer):
         seen = numpy.isfinite(losses) & (losses > 0)
         if seen.sum(axis=0).min() < MIN_POINTS:
             return
-        self.laws = numpy.array([fit_power_law(samples[seen[:, k]], losses[seen[:, k], k]) for k in range(self.num_domains)])
+        self.laws = numpy.array([fit_power_law(samples[seen[:, k], k], losses[seen[:, k], k]) for k in range(self.num_domains)])
 
     def learning_speed(self) -> numpy.ndarray:
         """-dL_k/dn at the samples seen so far, from each domain's law."""
@@ -251,6 +266,7 @@ class ADOMixer(Mixer):
 
     def _state(self) -> dict[str, Any]:
         return {
+            "format": STATE_FORMAT,
             "steps": self.steps,
             "samples": self.samples,
             "credit": self.credit.tolist(),
@@ -258,16 +274,22 @@ class ADOMixer(Mixer):
             "mixture": self.mixture.tolist(),
             "block_loss": self.block_loss.tolist(),
             "block_tokens": self.block_tokens.tolist(),
+            "block_samples": self.block_samples.tolist(),
             "block_steps": self.block_steps,
-            "point_samples": list(self.point_samples),
+            "point_samples": [list(point) for point in self.point_samples],
             "point_losses": [list(point) for point in self.point_losses],
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise UserError(
+                "the ADO state was saved by an older ADO whose credit and fitted points mean something else; "
+                "start the run anew, or resume it with the version that wrote it"
+            )
         self.steps, self.samples, self.block_steps = int(state["steps"]), int(state["samples"]), int(state["block_steps"])
-        for field in ("credit", "average", "mixture", "block_loss", "block_tokens"):
+        for field in ("credit", "average", "mixture", "block_loss", "block_tokens", "block_samples"):
             setattr(self, field, numpy.array(state[field], dtype=numpy.float64))
-        self.point_samples = [int(samples) for samples in state["point_samples"]]
+        self.point_samples = [[float(samples) for samples in point] for point in state["point_samples"]]
         self.point_losses = [[float(loss) for loss in point] for point in state["point_losses"]]
         self.laws = None
         if self.point_samples:

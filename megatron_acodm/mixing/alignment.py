@@ -10,7 +10,11 @@ and the halves' token counts:
 - the diagonal from the two halves, `M[k, k] = <g_kA, g_kB>`, unbiased for `|g_k|^2`; the whole
   sketch's `<g_k, g_k>` adds `tr(Sigma_k) / n_k`, the per-sample variance, and so favours noisy domains;
 - scale-free: divided by the objective's mean squared gradient norm `s = sum_j pi_j M[j, j]`, so
-  the signal reads the same early and late in training and at any model size;
+  the signal reads the same early and late in training and at any model size. With
+  `smoothed_scale` (a target objective, DGA's and AC-ODM's) s is not one step's value but its bias-corrected moving average over the
+  steps that measured it, floored at that average's standard error: one pair of halves of a few
+  steering examples gives a noisy s, often near zero or negative, and a ratio over it has a
+  heavy tail;
 - smoothed: a bias-corrected exponential moving average of every entry over the steps that
   observed it (a domain absent from a step, or with one sample and so one half, leaves its
   entries as they were), with the standard error of that average.
@@ -25,9 +29,10 @@ DGA), the sketch has two more rows, the target's halves (`training.target_pass`)
 its weight there, so `r_k = <g_k, g_target>`, divided by `|g_target|^2`. Such rows are measured
 only on the steps that run the target pass; the others leave their entries as they were.
 
-`--acodm-reward published` keeps the paper's score for comparison: `r_k = sum_{j != k} G[k, j]`
-over the count-weighted Gram G of the domains' whole sketches, divided by `(mean_i sqrt(G[i, i]))^2`
-so that it is scale-free too, and smoothed alike.
+`--acodm-reward published` is AC-ODM's reward as its reference code computes it
+(`published_rewards`): per domain, the off-diagonal row sum of the Gram of the domains' mean
+gradients over the mean gradient norm, clipped, then z-scored across the domains. The signal then
+smooths that reward, per domain present, in place of `r_k`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ from megatron_acodm.sketch.segments import HALVES
 SCORES = ("alignment", "published")
 TARGET = "target"  # --mixing-objective target: the target set's row
 FULL_STEP_ERRORS = 4.0  # a score this many standard errors from the mixture's mean gets the full step
+# The reference code's constants for AC-ODM's reward: the clip of the scores (its dw_min, dw_max), the
+# bound of their z-scores, and the epsilons added to the mean norm and to the standard deviation.
+PUBLISHED_CLIP = 999.0
+PUBLISHED_BOUND = 3.0
+PUBLISHED_NORM_EPSILON = 1e-6
+PUBLISHED_SPREAD_EPSILON = 1e-8
 
 
 class MovingAverage:
@@ -112,16 +123,37 @@ def mean_gradient_gram(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> 
     return gram, observed
 
 
-def published_scores(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """The paper's off-diagonal score over the count-weighted Gram, scale-free; and the domains present."""
+def published_rewards(half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """AC-ODM's reward as its reference code computes it, float64 [K], and the domains present.
+
+    `G[k, j] = <g_k, g_j>`, g_k domain k's mean gradient per token, its two halves together (so the
+    diagonal is the plain `<g_k, g_k>`); a domain absent from the step is a zero row. Then
+    `score_k = sum_{j != k} G[k, j] / (mean over all K domains of sqrt(G[k, k]) + 1e-6)`, clipped to
+    [-999, 999]; the reward is the scores' z-score across the K domains (`standardised`).
+
+    The reference sums each domain's gradient over its micro-batches and divides by their count: a
+    mean of per-micro-batch mean gradients. With samples of one length and full loss masks every
+    micro-batch has as many tokens, and that is the mean gradient per token used here. The sketch's
+    rows carry the training schedule's per-token factor and cover the sketched layers only, so the
+    scores' scale is not the reference's: the z-score removes it, and the clip and the epsilons act
+    at this scale, not at the reference's."""
     summed, tokens = _domain_sums(half_gram, half_tokens)
-    present = tokens.sum(axis=1) > 0
-    summed = numpy.where(numpy.outer(present, present), summed, 0.0)
-    norms = numpy.sqrt(numpy.maximum(numpy.diag(summed)[present], 0.0))
-    scale = norms.mean() ** 2 if norms.size else 0.0
-    if not scale > 0:
-        return numpy.zeros(len(present)), numpy.zeros(len(present), dtype=bool)
-    return (summed.sum(axis=1) - numpy.diag(summed)) / scale, present
+    counts = tokens.sum(axis=1)
+    present = counts > 0
+    inverse = numpy.divide(1.0, counts, out=numpy.zeros_like(counts), where=present)
+    gram = summed * numpy.outer(inverse, inverse)
+    norms = numpy.sqrt(numpy.maximum(numpy.diag(gram), 0.0))
+    scores = (gram.sum(axis=1) - numpy.diag(gram)) / (norms.mean() + PUBLISHED_NORM_EPSILON)
+    return standardised(numpy.clip(scores, -PUBLISHED_CLIP, PUBLISHED_CLIP)), present
+
+
+def standardised(values: numpy.ndarray) -> numpy.ndarray:
+    """`(v - mean) / (std + 1e-8)` with the unbiased std (torch's), clamped to [-3, 3], as the
+    reference normalises its reward across the domains. Ten values or fewer never reach the clamp:
+    an unbiased z-score of n values is at most `(n - 1) / sqrt(n)`."""
+    spread = float(numpy.std(values, ddof=1))
+    centred = values - values.mean()
+    return numpy.clip(centred / (spread + PUBLISHED_SPREAD_EPSILON), -PUBLISHED_BOUND, PUBLISHED_BOUND)
 
 
 def target_objective(num_domains: int) -> numpy.ndarray:
@@ -136,40 +168,59 @@ class AlignmentSignal:
 
     `objective`: pi over the signal's rows, a simplex: the K domains (`--mixing-objective`), then
     any rows that are no domain (`target_objective`); `num_domains` (K, default: every row) says
-    where the domains end. `score`: "alignment" (this module's) or "published" (the paper's, over
-    domains only). `decay`: the moving average's (`--mixing-score-ema`)."""
+    where the domains end. `score`: "alignment" (this module's) or "published" (AC-ODM's reference
+    reward, which reads no objective). `decay`: the moving averages' (`--mixing-score-ema`).
+    `smoothed_scale`: divide by the moving average of the scale rather than by each step's own."""
 
-    def __init__(self, objective: numpy.ndarray, decay: float, score: str = "alignment", num_domains: Optional[int] = None):
+    def __init__(
+        self,
+        objective: numpy.ndarray,
+        decay: float,
+        score: str = "alignment",
+        num_domains: Optional[int] = None,
+        smoothed_scale: bool = False,
+    ):
         if score not in SCORES:
             raise UserError(f"--acodm-reward must be one of {', '.join(SCORES)}, got {score!r}")
         self.objective = numpy.asarray(objective, dtype=numpy.float64)
         self.score = score
         self.rows = len(self.objective)
         self.num_domains = self.rows if num_domains is None else num_domains
-        if score == "published" and self.num_domains != self.rows:
-            raise UserError("--acodm-reward published scores the domains against each other; it takes no --mixing-objective target")
-        shape = (self.rows, self.rows) if score == "alignment" else (self.rows,)
-        self.average = MovingAverage(shape, decay)
+        if score == "published" and self.num_domains < 2:
+            raise UserError("--acodm-reward published z-scores its reward across the domains: give --data-path two or more")
+        self.average = MovingAverage((self.rows, self.rows) if score == "alignment" else (self.num_domains,), decay)
+        self.scale = MovingAverage((1,), decay) if smoothed_scale else None
 
     def observe(self, half_gram: numpy.ndarray, half_tokens: numpy.ndarray) -> Optional[numpy.ndarray]:
-        """Take one step's signal; returns that step's scores (entries it did not observe taken from
-        the average), or None when the step says nothing (no objective domain with both halves)."""
+        """Take one step's signal and return what it says, per domain: "alignment": that step's
+        scores (entries it did not observe taken from the average), or None when the step says
+        nothing (no objective domain with both halves, or no positive scale yet); "published": that
+        step's reward, every domain's (an absent one's too, as the reference computes it)."""
         half_gram = numpy.where(numpy.isfinite(half_gram), half_gram, 0.0)
         if self.score == "published":
-            value, observed = published_scores(half_gram, half_tokens)
-        else:
-            gram, observed = mean_gradient_gram(half_gram, half_tokens)
-            measured = numpy.diag(observed) & (self.objective > 0)  # objective domains with both halves
-            weights = self.objective[measured]
-            scale = float(weights @ numpy.diag(gram)[measured] / weights.sum()) if measured.any() else 0.0
-            if not scale > 0:
-                return None
-            value = gram / scale
-        if not observed.any():
+            reward, present = published_rewards(half_gram, half_tokens)
+            self.average.update(reward, present)
+            return reward
+        gram, observed = mean_gradient_gram(half_gram, half_tokens)
+        measured = numpy.diag(observed) & (self.objective > 0)  # objective domains with both halves
+        if not measured.any():
             return None
+        weights = self.objective[measured]
+        scale = self._scale(float(weights @ numpy.diag(gram)[measured] / weights.sum()))
+        if not (numpy.isfinite(scale) and scale > 0):
+            return None
+        value = gram / scale
         self.average.update(value, observed)
-        step = numpy.where(observed, value, self.average.mean)
-        return self._domains(step if self.score == "published" else step @ self.objective)
+        return self._domains(numpy.where(observed, value, self.average.mean) @ self.objective)
+
+    def _scale(self, step_scale: float) -> float:
+        """The scale to divide this step's Gram by: its own, or with `smoothed_scale` the moving
+        average over the steps that measured it, this one included, but no less than that average's
+        standard error (infinite until two steps were measured, so the first one is not used)."""
+        if self.scale is None:
+            return step_scale
+        self.scale.update(numpy.array([step_scale]), numpy.array([True]))
+        return float(max(self.scale.mean[0], self.scale.standard_error[0]))
 
     def _domains(self, per_row: numpy.ndarray) -> numpy.ndarray:
         return per_row[: self.num_domains]
@@ -204,7 +255,10 @@ class AlignmentSignal:
         return numpy.sign(t) * numpy.clip((numpy.abs(t) - 1.0) / (FULL_STEP_ERRORS - 1.0), 0.0, 1.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "objective": torch.from_numpy(self.objective.copy()), "average": self.average.state_dict()}
+        state = {"score": self.score, "objective": torch.from_numpy(self.objective.copy()), "average": self.average.state_dict()}
+        if self.scale is not None:
+            state["scale"] = self.scale.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state["objective"].numpy()
@@ -214,3 +268,5 @@ class AlignmentSignal:
                 f"this run {self.score} against {self.objective.tolist()}; resume with the same --mixing-objective and --acodm-reward"
             )
         self.average.load_state_dict(state["average"])
+        if self.scale is not None:
+            self.scale.load_state_dict(state["scale"])

@@ -6,17 +6,33 @@ steering examples (`training.target_pass`); that step's sketch then holds the do
 the target's. From them, with the alignment signal every gradient mixer shares
 (`mixing.alignment`, objective: the target row):
 
-    a_k   = <g_k, g_target> / |g_target|^2     that step's alignment, scale-free (mean gradients,
-                                               the diagonal from two halves)
+    a_k   = <g_k, g_target> / D                that pass's alignment (mean gradients per token)
     w_hat = softmax(log w + eta a)              the exponentiated-gradient step (--dga-step-size eta)
     w    <- (1 - beta) w + beta w_hat           the moving average the paper adds for stability
                                                (--dga-ema beta)
 
-`a_k` is the first-order decrease of the target loss per unit of weight on domain k: the step
-moves weight towards the domains whose gradient lowers the target loss. A domain absent from
-that step's batch takes its smoothed alignment. The weights start at `--mixing-prior`; the floor
-(`--mixing-floor`) applies as for every mixer. Steps without the target pass leave the weights as
-they are. The trained model itself is the output: no retraining on the found mixture.
+D estimates `|g_target|^2`: each pass gives one unbiased but noisy value, the product of the
+target's two halves `<g_A, g_B>`; D is their bias-corrected moving average over the passes, this
+one included (decay `--mixing-score-ema`), but no less than that average's standard error. The
+first pass, with no error yet, moves nothing; a pass without the target's two halves neither.
+Such passes are counted (`skipped_passes`, logged with the mixer's diagnostics). Dividing by
+each pass's own product instead gives a heavy tail and drops the passes where it is not
+positive, which are not random ones (docs/DESIGN.md, "DGA").
+
+`a_k` is the first-order decrease of the target loss from a step on domain k, relative to the
+same step on the target itself: 1 for a domain whose gradient is the target's. `eta` is therefore
+the change of log-weight, per pass and before the moving average, of such a domain. The paper's
+step multiplies the raw inner product `<grad l_k, grad l_target>` of the model's parameters; that
+unit cannot be matched here: the sketch covers some layers only (`--sketch-layers`), through a
+random projection, with the schedule's per-token factor, so its raw inner products are not the
+model's. The ratio `a_k` does not depend on those (nor on the learning rate or the model's
+size), and the paper's eta is ours divided by the full model's `|grad l_target|^2` at that step.
+
+A domain absent from the pass's batch takes its smoothed alignment. The weights start at
+`--mixing-prior`; the floor (`--mixing-floor`) applies as for every mixer. Steps without the target
+pass leave the weights as they are, and measure nothing: `signals_wanted` asks those steps for no
+signal, so the trainer sketches no gradient there. The trained model itself is the output: no
+retraining on the found mixture.
 """
 
 from __future__ import annotations
@@ -32,6 +48,9 @@ from megatron_acodm.mixing.alignment import AlignmentSignal, target_objective
 from megatron_acodm.mixing.base import GRADIENT_GRAM, TARGET_GRADIENT, Mixer, StepSignals
 from megatron_acodm.mixing.weighting import mixing_prior
 from megatron_acodm.sketch import sketch_rows
+
+# 2: D is a moving average over the passes and skipped passes are counted; 1 (no "format" key): each pass's own
+STATE_FORMAT = 2
 
 
 def check_target_interval(interval: int) -> int:
@@ -74,9 +93,10 @@ class DGAMixer(Mixer):
         if numpy.any(self.initial_weights <= 0):
             raise UserError("--mixer dga needs a positive prior weight on every domain (its step works with log w)")
         self.step_size, self.ema = step_size, ema
-        self.signal = AlignmentSignal(target_objective(self.num_domains), score_decay, num_domains=self.num_domains)
+        self.signal = AlignmentSignal(target_objective(self.num_domains), score_decay, num_domains=self.num_domains, smoothed_scale=True)
         self.mixture = self.initial_weights.copy()
         self.updates = 0
+        self.skipped_passes = 0  # target passes that moved nothing: no usable alignment
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -90,7 +110,8 @@ class DGAMixer(Mixer):
             "--dga-step-size",
             type=float,
             default=1.0,
-            help="DGA: eta of the exponentiated-gradient step w_hat = softmax(log w + eta a), a the scale-free alignment",
+            help="DGA: eta of the exponentiated-gradient step w_hat = softmax(log w + eta a), a the alignment "
+            "<g_k, g_target> / |g_target|^2 (1: a domain whose gradient is the target's)",
         )
         group.add_argument(
             "--dga-ema",
@@ -137,7 +158,8 @@ class DGAMixer(Mixer):
             if value is None or numpy.shape(value)[0] != rows:
                 raise ValueError(f"DGA needs StepSignals.{field} over {rows} rows (the domains' and the target's halves)")
         alignment = self.signal.observe(numpy.asarray(signals.half_gram, dtype=numpy.float64), signals.half_tokens)
-        if alignment is None:  # no target pass this step, or its target halves said nothing
+        if alignment is None:  # the first pass, or its target halves said nothing
+            self.skipped_passes += 1
             return
         self.mixture = exponentiated_gradient_step(self.mixture, alignment, self.step_size, self.ema)
         self.updates += 1
@@ -145,10 +167,26 @@ class DGAMixer(Mixer):
     def domain_diagnostics(self) -> dict[str, numpy.ndarray]:
         return {"score": self.signal.scores(), "score_snr": self.signal.signal_to_noise()}
 
+    def scalar_diagnostics(self) -> dict[str, float]:
+        return {"skipped_passes": float(self.skipped_passes)}
+
     def _state(self) -> dict[str, Any]:
-        return {"mixture": torch.from_numpy(self.mixture.copy()), "updates": self.updates, "signal": self.signal.state_dict()}
+        return {
+            "format": STATE_FORMAT,
+            "mixture": torch.from_numpy(self.mixture.copy()),
+            "updates": self.updates,
+            "skipped_passes": self.skipped_passes,
+            "signal": self.signal.state_dict(),
+        }
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("format", 1) != STATE_FORMAT:
+            raise UserError(
+                f"the checkpoint's DGA state has format {state.get('format', 1)}, this version reads format {STATE_FORMAT} "
+                f"(its alignment divides by a moving average of the target's norm over the passes); finish that run "
+                f"with the version that wrote it, or start a new one"
+            )
         self.signal.load_state_dict(state["signal"])
         self.mixture = state["mixture"].numpy().copy()
         self.updates = int(state["updates"])
+        self.skipped_passes = int(state["skipped_passes"])

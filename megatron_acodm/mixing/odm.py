@@ -1,21 +1,33 @@
 """ODM, online data mixing (Albalak et al. 2023, arXiv 2312.02406): an EXP3-style bandit whose arms
-are the domains and whose reward is the training loss (a domain the model still finds hard pays more).
+are the domains and whose reward is the training loss (a domain the model still finds hard pays more),
+one update per global step.
 
-After t updates (t >= 1), with K domains and exploration `e_t = min(1/K, sqrt(ln K / (K t)))`:
+With K domains, t the global iteration (1-based: the step just trained is step t - 1) and the
+exploration `e_t = min(1/K, sqrt(ln K / (K t)))`, each update first moves `e` on: `e' = e`, `e = e_t`
+(`e = 1/K` before the first). L_i is domain i's mean loss in the step and pi_i the probability it
+was drawn with (the mixture the blender followed: this mixer's weights, or with
+--min-samples-per-domain those with every domain's minimum share). Then, by `--odm-update`, for each
+domain sampled in the step:
 
-- default (docs/DESIGN.md): for each domain sampled in the step, `R_i <- a R_i + (1 - a) exp(L_i)`,
-  with `R_i = 1` at the start (exp of a score of 0, as the paper starts); `pi_i = (1 - K e_t) R_i / sum_j R_j + e_t`.
-  R is kept as log R and updated with logaddexp, so no loss overflows it.
-- `importance_weighting` (the paper's Algorithm 1): the reward estimate is the loss divided by the
-  probability the domain was sampled with, smoothed: `R_i <- a R_i + (1 - a) L_i / pi_i`, with `R_i = 0`
-  at the start, and `pi_i = (1 - K e_t) softmax(e_{t-1} R)_i + e_t` with `e_0 = 1/K`. The
-  exponent needs the paper's step size e_{t-1}: exp(L / pi) itself would overflow. Here
-  `pi_i` is the probability the step's batch drew domain i with: the mixture the blender followed
-  (this mixer's weights, or with --min-samples-per-domain those with every domain's minimum share).
+- `exp3-smoothed` (default; the paper's Algorithm 1, EXP3 on the importance-weighted loss with a
+  moving average for a reward that drifts as the model learns): `R_i <- a R_i + (1 - a) L_i / pi_i`,
+  `R_i = 0` at the start, a = `--odm-smoothing` (0.9); the next mixture is
+  `pi_i = (1 - K e) exp(e' R_i) / sum_j exp(e' R_j) + e`, computed with the largest exponent subtracted.
+- `exp3` (the authors' code, github.com/alon-albalak/online-data-mixing, `Exp3WeightUpdater`):
+  the same mixture from a cumulative reward, `R_i <- R_i + (L_i / 10) / pi_i`; the 1/10 is the
+  code's fixed reward scale (its commit "scale down rewards to prevent overflow").
+- `smoothed-mean` (the code's `SmoothedMeanWeightUpdater`, which its README calls the paper's
+  implementation and its 1B and 3B training scripts select): `R_i <- a R_i + (1 - a) exp(L_i)`,
+  `R_i = 0` at the start, and `pi_i = (1 - K e) R_i / sum_j R_j + e`. Every update adds a positive
+  term to a sampled domain, so the sum is positive from the first on. R is kept as log R (log 0 =
+  -inf at the start) and updated with logaddexp, so no loss overflows it.
+The smoothing a = 0.9 is the code's default (its training scripts pass 0.5 to `smoothed-mean`).
 
-Before the first update, and for `warmup_steps` steps, the mixer returns its initial weights
-(`--mixing-prior`, uniform by default as EXP3 starts); the updates made meanwhile still accumulate
-rewards and count towards t.
+Warm-up (all): for the first `ceil(warmup_fraction x total_steps)` iterations there is no update and
+no reward is gathered (the code's `iteration > warmup_steps`; the paper's runs: 2000 of 100,000 steps,
+so a default fraction of 0.02). Until the first update the mixture is the initial weights:
+`--mixing-prior`, by default the natural (token) distribution the authors start from. A step
+without a loss token in any domain has nothing to reward and makes no update.
 """
 
 from __future__ import annotations
@@ -27,8 +39,21 @@ from typing import Any, Optional, Sequence
 import numpy
 
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals
+from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals, run_length
 from megatron_acodm.mixing.weighting import mixing_prior
+
+UPDATES = ("exp3-smoothed", "exp3", "smoothed-mean")
+SMOOTHED = ("exp3-smoothed", "smoothed-mean")  # the updates that read --odm-smoothing
+EXPONENTIAL = ("exp3-smoothed", "exp3")  # the updates whose mixture is EXP3's exponential weights
+REWARD_SCALE = 10.0  # exp3: each loss is divided by this before it is importance-weighted
+DEFAULT_SMOOTHING = 0.9
+# The state's layout and meaning; a state of another format is refused, never read.
+STATE_FORMAT = 2
+
+
+def exploration(num_domains: int, iteration: int) -> float:
+    """e_t of EXP3 at global iteration t (1-based)."""
+    return min(1.0 / num_domains, math.sqrt(math.log(num_domains) / (num_domains * iteration)))
 
 
 class ODMMixer(Mixer):
@@ -42,41 +67,52 @@ class ODMMixer(Mixer):
         names: Sequence[str],
         initial_weights: Sequence[float],
         *,
-        smoothing: float = 0.5,
-        warmup_steps: int = 0,
-        importance_weighting: bool = False,
+        total_steps: int,
+        update: str = "exp3-smoothed",
+        smoothing: Optional[float] = None,
+        warmup_fraction: float = 0.02,
         floor: float = 0.0,
     ):
         super().__init__(names, initial_weights, floor)
+        if update not in UPDATES:
+            raise UserError(f"--odm-update must be one of {', '.join(UPDATES)}, got {update!r}")
+        if update not in SMOOTHED and smoothing is not None:
+            raise UserError(f"--odm-smoothing is not read by --odm-update {update} (a cumulative reward); drop it")
+        smoothing = DEFAULT_SMOOTHING if smoothing is None else smoothing
         if not 0.0 <= smoothing < 1.0:
             raise UserError(f"--odm-smoothing must be in [0, 1), got {smoothing}")
-        if warmup_steps < 0:
-            raise UserError(f"--odm-warmup-steps must be >= 0, got {warmup_steps}")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise UserError(f"--odm-warmup-fraction must be in [0, 1), got {warmup_fraction}")
+        self.update = update
         self.smoothing = smoothing
-        self.warmup_steps = warmup_steps
-        self.importance_weighting = importance_weighting
-        # log R (default) or the paper's R (importance weighting): zero is the start of both.
-        self.scores = numpy.zeros(self.num_domains)
-        self.updates = 0
+        self.warmup_steps = math.ceil(warmup_fraction * total_steps)
+        # R for the exponential weights; log R (-inf: R = 0) for smoothed-mean.
+        self.rewards = numpy.zeros(self.num_domains) if update in EXPONENTIAL else numpy.full(self.num_domains, -numpy.inf)
+        self.exploration = 1.0 / self.num_domains  # e
+        self.previous_exploration: Optional[float] = None  # e'; None until the first update
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument(
+            "--odm-update",
+            choices=UPDATES,
+            default="exp3-smoothed",
+            help="ODM: exp3-smoothed, the paper's EXP3 on a moving average of the importance-weighted loss; "
+            "exp3, the authors' code's cumulative reward; smoothed-mean, the code's moving average of exp(loss), normalised",
+        )
+        group.add_argument(
             "--odm-smoothing",
             type=float,
-            default=0.5,
-            help="ODM: smoothing a of the reward, R <- a R + (1 - a) reward; in [0, 1)",
+            default=None,
+            help=f"ODM with --odm-update exp3-smoothed or smoothed-mean: a of the reward's moving average "
+            f"R <- a R + (1 - a) reward; in [0, 1), default {DEFAULT_SMOOTHING}",
         )
         group.add_argument(
-            "--odm-warmup-steps",
-            type=int,
-            default=0,
-            help="ODM: keep the initial weights for this many steps while the rewards accumulate",
-        )
-        group.add_argument(
-            "--odm-importance-weighting",
-            action="store_true",
-            help="ODM: the paper's reward estimate, loss / sampling probability, under EXP3's exponential weights",
+            "--odm-warmup-fraction",
+            type=float,
+            default=0.02,
+            help="ODM: the first fraction of --train-iters keeps the initial weights, with no update and no reward "
+            "gathered; in [0, 1)",
         )
 
     @classmethod
@@ -91,52 +127,60 @@ class ODMMixer(Mixer):
     ) -> Mixer:
         return cls(
             names,
-            mixing_prior(args, names, initial_weights, domain_tokens),
+            mixing_prior(args, names, initial_weights, domain_tokens, published="tokens"),
+            total_steps=run_length(args, "odm", "its warm-up is a fraction of the run"),
+            update=args.odm_update,
             smoothing=args.odm_smoothing,
-            warmup_steps=args.odm_warmup_steps,
-            importance_weighting=args.odm_importance_weighting,
+            warmup_fraction=args.odm_warmup_fraction,
             floor=args.mixing_floor,
         )
 
-    def _exploration(self, updates: int) -> float:
-        """e_t; e_0 = 1/K."""
-        if updates == 0:
-            return 1.0 / self.num_domains
-        return min(1.0 / self.num_domains, math.sqrt(math.log(self.num_domains) / (self.num_domains * updates)))
-
     def _policy(self) -> numpy.ndarray:
-        if self.updates < max(1, self.warmup_steps):
+        if self.previous_exploration is None:
             return self.initial_weights
-        logits = self.scores * self._exploration(self.updates - 1) if self.importance_weighting else self.scores
+        logits = self.previous_exploration * self.rewards if self.update in EXPONENTIAL else self.rewards
         preference = numpy.exp(logits - logits.max())
-        epsilon = self._exploration(self.updates)
-        return (1.0 - self.num_domains * epsilon) * preference / preference.sum() + epsilon
+        e = self.exploration
+        return (1.0 - self.num_domains * e) * preference / preference.sum() + e
 
     def _update(self, signals: StepSignals) -> None:
+        iteration = signals.step + 1
         sampled = (signals.realised_counts > 0) & (signals.domain_tokens > 0)
+        if iteration <= self.warmup_steps or not sampled.any():
+            return
+        self.previous_exploration, self.exploration = self.exploration, exploration(self.num_domains, iteration)
         loss = signals.domain_loss[sampled]
-        a = self.smoothing
-        if self.importance_weighting:
-            probability = signals.followed_weights[sampled]
-            self.scores[sampled] = a * self.scores[sampled] + (1.0 - a) * loss / probability
+        probability = signals.followed_weights[sampled]
+        if self.update == "exp3":
+            self.rewards[sampled] += loss / REWARD_SCALE / probability
+        elif self.update == "exp3-smoothed":
+            self.rewards[sampled] = self.smoothing * self.rewards[sampled] + (1.0 - self.smoothing) * loss / probability
         else:
             with numpy.errstate(divide="ignore"):  # a = 0 gives log 0 = -inf: no memory, as meant
-                log_a = numpy.log(a)
-            self.scores[sampled] = numpy.logaddexp(log_a + self.scores[sampled], math.log1p(-a) + loss)
-        self.updates += 1
+                log_a = numpy.log(self.smoothing)
+            self.rewards[sampled] = numpy.logaddexp(log_a + self.rewards[sampled], math.log1p(-self.smoothing) + loss)
 
     def _state(self) -> dict[str, Any]:
         return {
-            "scores": self.scores.tolist(),
-            "updates": self.updates,
-            "importance_weighting": self.importance_weighting,
+            "format": STATE_FORMAT,
+            "update": self.update,
+            "rewards": self.rewards.tolist(),
+            "exploration": self.exploration,
+            "previous_exploration": self.previous_exploration,
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state["importance_weighting"] != self.importance_weighting:
+        if state.get("format") != STATE_FORMAT:
             raise UserError(
-                f"the ODM state was saved with --odm-importance-weighting={state['importance_weighting']}, "
-                f"this run has {self.importance_weighting}; its rewards mean something else"
+                "the ODM state was saved by an older ODM whose rewards mean something else; start the run anew, "
+                "or resume it with the version that wrote it"
             )
-        self.scores = numpy.array(state["scores"], dtype=numpy.float64)
-        self.updates = int(state["updates"])
+        if state["update"] != self.update:
+            raise UserError(
+                f"the ODM state was saved with --odm-update {state['update']}, this run has {self.update}; "
+                f"resume with --odm-update {state['update']}"
+            )
+        self.rewards = numpy.array(state["rewards"], dtype=numpy.float64)
+        self.exploration = float(state["exploration"])
+        previous = state["previous_exploration"]
+        self.previous_exploration = None if previous is None else float(previous)

@@ -56,9 +56,10 @@ def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     group.add_argument(
         "--mixing-prior",
-        default="uniform",
+        default=None,
         help="the mixture the online mixers start from (and the gradient-based ones are pulled back to): uniform, "
-        "tokens, data-path, or a blend file (BLEND.json, e.g. from tools/mergemix.py)",
+        "tokens, data-path, or a blend file (BLEND.json, e.g. from tools/mergemix.py); default: each mixer's "
+        "published start, tokens for odm and ado, uniform for the others",
     )
     group.add_argument(
         "--mixing-prior-pull",

@@ -101,7 +101,13 @@ def objective_weighting(
 
 
 def mixing_prior(
-    args: argparse.Namespace, names: Sequence[str], data_path_weights: Sequence[float], domain_tokens: Optional[Sequence[float]]
+    args: argparse.Namespace,
+    names: Sequence[str],
+    data_path_weights: Sequence[float],
+    domain_tokens: Optional[Sequence[float]],
+    published: str = "uniform",
 ) -> numpy.ndarray:
-    """p0 of `--mixing-prior` for the mixers that start from (and may return to) a prior: every domain positive."""
-    return domain_weighting(args.mixing_prior, "--mixing-prior", names, data_path_weights, domain_tokens, every_domain=True)
+    """p0 of `--mixing-prior` for the mixers that start from (and may return to) a prior: every domain
+    positive. `published`: the mixer's start in its paper, taken when `--mixing-prior` is not given."""
+    text = args.mixing_prior if args.mixing_prior is not None else published
+    return domain_weighting(text, "--mixing-prior", names, data_path_weights, domain_tokens, every_domain=True)

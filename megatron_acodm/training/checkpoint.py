@@ -24,10 +24,12 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
 from megatron_acodm.atomic_files import write_text_atomically
+from megatron_acodm.compat.megatron_versions import COMMON_STATE_ITEM_SINCE, SUPPORTED, installed_version, reads_common_state_item
 from megatron_acodm.errors import UserError
 
 TRACKER = "latest_checkpointed_iteration.txt"
-COMMON_STATE = "common.pt"  # dist_checkpointing's file of the state every rank shares
+COMMON_STATE = "common.pt"  # where megatron-core 0.16 to 0.18 keep the state every rank shares
+COMMON_STATE_ITEM = "common_state/shard_0_1"  # where 0.19 keeps it: an item of the torch_dist files
 DIST_CHECKPOINT_CONFIG = "metadata.json"  # dist_checkpointing's record of the checkpoint's format
 # Every stored item is a torch.save zip archive: it starts with a local file header and, having
 # no comment, ends with the 22-byte end-of-central-directory record.
@@ -62,13 +64,16 @@ def _checkpoint_problem(path: str) -> Optional[str]:
     """
     if not os.path.isdir(path):
         return "the folder is missing"
-    for name in (COMMON_STATE, ".metadata", DIST_CHECKPOINT_CONFIG):
+    for name in (".metadata", DIST_CHECKPOINT_CONFIG):
         if not os.path.isfile(os.path.join(path, name)):
             return f"{name} is missing"
     try:
-        storage = FileSystemReader(path).read_metadata().storage_data
+        metadata = FileSystemReader(path).read_metadata()
     except Exception as error:  # any unpickling failure of a damaged file
         return f".metadata is unreadable ({type(error).__name__})"
+    if not _has_common_state_file(path) and COMMON_STATE_ITEM not in metadata.state_dict_metadata:
+        return f"{COMMON_STATE} is missing"
+    storage = metadata.storage_data
     sizes: dict[str, int] = {}
     for item in storage.values():
         if item.relative_path not in sizes:
@@ -80,6 +85,10 @@ def _checkpoint_problem(path: str) -> Optional[str]:
         if size < item.offset + item.length:
             return f"{item.relative_path} is truncated ({size} bytes, its metadata needs {item.offset + item.length})"
     return _damaged_item(path, storage.values())
+
+
+def _has_common_state_file(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, COMMON_STATE))
 
 
 def _damaged_item(path: str, items) -> Optional[str]:
@@ -133,6 +142,12 @@ def open_checkpoint(root: str) -> Optional[tuple[str, dict]]:
             f"{_earlier_complete_checkpoint(root, iteration)}"
         )
     problem = _checkpoint_problem(path)
+    if problem is None and not _has_common_state_file(path) and not reads_common_state_item():
+        raise UserError(
+            f"{path}: written by megatron-core {COMMON_STATE_ITEM_SINCE} or newer (its common state is in the tensor "
+            f"files, not in {COMMON_STATE}), which megatron-core {installed_version()} cannot read; resume it with "
+            f"megatron-core>={COMMON_STATE_ITEM_SINCE} (this project supports megatron-core{SUPPORTED})"
+        )
     if problem is None:
         try:
             return path, saved_run_state(path)

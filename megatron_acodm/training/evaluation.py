@@ -15,6 +15,7 @@ import torch
 
 from megatron_acodm.data.blender import DynamicBlender
 from megatron_acodm.training.batches import rank_micro_batches
+from megatron_acodm.training.loss import COLUMNS, LOSS, LOSS_SQUARED, LOSS_TIMES_TOKENS, SEQUENCES, TOKENS, TOKENS_SQUARED
 from megatron_acodm.training.step import run_step
 
 
@@ -52,11 +53,11 @@ def evaluate(
     data_parallel_size: int,
     device,
 ) -> numpy.ndarray:
-    """`[parts, 2]` held-out loss sums and tokens per part (domain or target set) over `batches`,
-    each sample read by `read_sample(part, sample)` (e.g. `blender.valid_sample`)."""
+    """`[parts, loss.COLUMNS]` held-out loss sums, tokens and sequence moments per part (domain or
+    target set) over `batches`, each sample read by `read_sample(part, sample)` (e.g. `blender.valid_sample`)."""
     for chunk in model:
         chunk.eval()
-    totals = numpy.zeros((num_parts, 2))
+    totals = numpy.zeros((num_parts, COLUMNS))
     with torch.no_grad():
         for part_ids, sample_ids in batches:
             batch_list = rank_micro_batches(read_sample, part_ids, sample_ids, micro_batch_size, rank=data_parallel_rank, size=data_parallel_size)
@@ -67,5 +68,23 @@ def evaluate(
 
 
 def part_means(sums: numpy.ndarray) -> list[Optional[float]]:
-    """Mean loss per token of each part of `[parts, 2]` sums (None for a part without tokens)."""
-    return [float(loss / tokens) if tokens > 0 else None for loss, tokens in sums]
+    """Mean loss per token of each part of `[parts, loss.COLUMNS]` sums (None for a part without tokens)."""
+    return [float(row[LOSS] / row[TOKENS]) if row[TOKENS] > 0 else None for row in sums]
+
+
+def part_standard_errors(sums: numpy.ndarray) -> list[Optional[float]]:
+    """The standard error of each part's mean loss per token over its sequences (None below two).
+
+    The mean is the ratio r = sum s_i / sum n_i of the sequences' loss sums s_i and token counts
+    n_i; its sampling variance over m sequences is m / (m - 1) sum (s_i - r n_i)^2 / (sum n_i)^2
+    (the ratio estimator's linearisation), expanded into the sums the steps accumulate."""
+    errors: list[Optional[float]] = []
+    for row in sums:
+        count, tokens = row[SEQUENCES], row[TOKENS]
+        if count < 2 or tokens <= 0:
+            errors.append(None)
+            continue
+        ratio = row[LOSS] / tokens
+        residual = row[LOSS_SQUARED] - 2.0 * ratio * row[LOSS_TIMES_TOKENS] + ratio**2 * row[TOKENS_SQUARED]
+        errors.append(float(numpy.sqrt(max(residual, 0.0) * count / (count - 1)) / tokens))
+    return errors

@@ -18,10 +18,13 @@ from megatron_acodm.model import layers_at_depths
 from megatron_acodm.sketch import GradientSketcher, gram, half_segments, sketch_rows
 from megatron_acodm.training.batches import rank_micro_batches
 from megatron_acodm.training.checkpoint import TRACKER, initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint
-from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means
+from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means, part_standard_errors
+from megatron_acodm.training.loss import COLUMNS, LOSS, TOKENS
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.inputs import build_blender, build_targets, check_output_paths, open_inputs
-from megatron_acodm.metrics import EvalRecord, MetricsLogger, TrainRecord
+from megatron_acodm.metrics import EvalRecord, TrainRecord, run_logger
+from megatron_acodm.metrics.memory import cuda_memory_mib
+from megatron_acodm.metrics.weights_and_biases import check_wandb
 from megatron_acodm.training.resume import check_resumable, check_same_model_shape, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step
@@ -51,7 +54,7 @@ class _Interval:
 
     def reset(self) -> None:
         self.steps, self.seconds = 0, 0.0
-        self.sums = numpy.zeros((self.num_domains, 2))
+        self.sums = numpy.zeros((self.num_domains, COLUMNS))
         self.counts = numpy.zeros(self.num_domains)
 
     def add(self, outcome: StepOutcome, counts: numpy.ndarray, seconds: float) -> None:
@@ -60,8 +63,8 @@ class _Interval:
         self.sums += outcome.domain_sums
         self.counts += counts
 
-    def record(self, done: int, args: Namespace, elapsed: float, lr: float, grad_norm, weights, mixer) -> TrainRecord:
-        tokens = float(self.sums[:, 1].sum())
+    def record(self, done: int, args: Namespace, elapsed: float, lr: float, grad_norm, weights, mixer, memory: dict) -> TrainRecord:
+        tokens = float(self.sums[:, TOKENS].sum())
         return TrainRecord(
             iteration=done,
             train_iters=args.train_iters,
@@ -69,7 +72,7 @@ class _Interval:
             elapsed_s=elapsed,
             iteration_ms=1000.0 * self.seconds / self.steps,
             lr=lr,
-            lm_loss=float(self.sums[:, 0].sum() / max(tokens, 1.0)),
+            lm_loss=float(self.sums[:, LOSS].sum() / max(tokens, 1.0)),
             grad_norm=grad_norm,
             tokens_per_s=tokens / max(self.seconds, 1e-9),
             global_batch_size=args.global_batch_size,
@@ -78,14 +81,15 @@ class _Interval:
             domain_share=(self.counts / self.counts.sum()).tolist(),
             domain_diagnostics={key: values.tolist() for key, values in mixer.domain_diagnostics().items()},
             mixer_diagnostics=mixer.scalar_diagnostics(),
+            **memory,
         )
 
 
 def _signals(iteration: int, outcome: StepOutcome, plan: StepPlan) -> StepSignals:
     return StepSignals(
         step=iteration,
-        domain_loss_sum=outcome.domain_sums[:, 0],
-        domain_tokens=outcome.domain_sums[:, 1],
+        domain_loss_sum=outcome.domain_sums[:, LOSS],
+        domain_tokens=outcome.domain_sums[:, TOKENS],
         realised_counts=plan.counts,
         followed_weights=plan.weights,
         half_gram=None if outcome.sketch is None else gram(outcome.sketch).double().cpu().numpy(),
@@ -94,12 +98,34 @@ def _signals(iteration: int, outcome: StepOutcome, plan: StepPlan) -> StepSignal
     )
 
 
+def _evaluation(args: Namespace, model, blender, targets, data_parallel: tuple[int, int], run_device):
+    """The held-out evaluation as a function of the iteration it is logged at (an EvalRecord), or
+    None when neither the domains nor the target sets hold anything out."""
+    domain_batches = evaluation_batches(domain_evaluation_sizes(blender, args.eval_iters, args.global_batch_size), args.global_batch_size)
+    target_batches = evaluation_batches(targets.held_out_sizes(), args.global_batch_size) if targets is not None else []
+    if not domain_batches and not target_batches:
+        return None
+
+    def record(iteration: int) -> EvalRecord:
+        sums = evaluate(model, blender.valid_sample, blender.num_domains, domain_batches, args.micro_batch_size, *data_parallel, run_device)
+        target_loss = target_loss_se = None
+        if target_batches:
+            target_sums = evaluate(model, targets.held_out_sample, len(targets.sets), target_batches, args.micro_batch_size, *data_parallel, run_device)
+            target_loss = dict(zip(targets.names, part_means(target_sums)))
+            target_loss_se = dict(zip(targets.names, part_standard_errors(target_sums)))
+        return EvalRecord(iteration=iteration, domain_loss=part_means(sums), domain_loss_se=part_standard_errors(sums),
+                          domain_tokens=blender.domain_tokens.tolist(), target_loss=target_loss, target_loss_se=target_loss_se)
+
+    return record
+
+
 def pretrain(args: Namespace) -> None:
     # Every input is checked before the process group exists (training.inputs), the mixer's
     # options included; the mixer is built before the seeds are set, so it cannot move them.
     inputs = open_inputs(args)
     mixer = build_mixer(args.mixer, names=inputs.corpus.names, initial_weights=inputs.corpus.initial_weights, domain_tokens=inputs.corpus.tokens, args=args)
     check_output_paths(args)
+    check_wandb(args)
     initialize(args)
     rank = torch.distributed.get_rank()
     log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda message: None)
@@ -122,20 +148,19 @@ def pretrain(args: Namespace) -> None:
     if checkpoint is None and args.pretrained_checkpoint:
         _start_from_pretrained(args, model, optimizer, log)
     mixer.resume_at(start, log)
+    data_parallel = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    evaluation = _evaluation(args, model, blender, targets, data_parallel, run_device)
+    if args.skip_train:
+        _evaluate_only(args, blender, evaluation, start, checkpoint is not None, log)
+        return
     if start >= args.train_iters:
         log(f"nothing to do: the checkpoint is at iteration {start}, --train-iters is {args.train_iters}")
         _end_of_run(mixer, rank, log)
         return
 
-    logger = MetricsLogger(
-        blender.names,
-        jsonl_path=args.metrics_path,
-        tensorboard_dir=args.tensorboard_dir,
-        train_iters=args.train_iters,
-        is_logging_rank=rank == 0,
-    )
+    logger = run_logger(args, blender.names)
     logger.log_run(vars(args), start_iteration=start)
-    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    dp_rank, dp_size = data_parallel
     # Only what the mixer reads is built: no sketch hooks, no norms, no target pass for the baselines.
     reads_target = TARGET_GRADIENT in mixer.needs
     if reads_target:
@@ -146,8 +171,6 @@ def pretrain(args: Namespace) -> None:
         rows = sketch_rows(blender.num_domains, with_target=reads_target)
         sketcher = GradientSketcher(model, rows, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed)
     norm_layers = layers_at_depths(mixer.norm_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
-    eval_batches = evaluation_batches(domain_evaluation_sizes(blender, args.eval_iters, args.global_batch_size), args.global_batch_size)
-    target_eval_batches = evaluation_batches(targets.held_out_sizes(), args.global_batch_size) if targets is not None else []
     interval = _Interval(blender.num_domains)
     exit_signals = ExitSignalHandler(run_device) if args.exit_signal_handler else None
     run_started = time.perf_counter()
@@ -177,15 +200,11 @@ def pretrain(args: Namespace) -> None:
         logger.advance(1)
         if done % args.log_interval == 0 or done == args.train_iters:
             lr = scheduler.get_lr(optimizer.param_groups[0])
-            logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, plan.weights, mixer))
+            memory = cuda_memory_mib(run_device)
+            logger.log_train(interval.record(done, args, time.perf_counter() - run_started, lr, outcome.grad_norm, plan.weights, mixer, memory))
             interval.reset()
-        if (eval_batches or target_eval_batches) and (done % args.eval_interval == 0 or done == args.train_iters):
-            sums = evaluate(model, blender.valid_sample, blender.num_domains, eval_batches, args.micro_batch_size, dp_rank, dp_size, run_device)
-            target_loss = None
-            if target_eval_batches:
-                target_sums = evaluate(model, targets.held_out_sample, len(targets.sets), target_eval_batches, args.micro_batch_size, dp_rank, dp_size, run_device)
-                target_loss = dict(zip(targets.names, part_means(target_sums)))
-            logger.log_eval(EvalRecord(iteration=done, domain_loss=part_means(sums), domain_tokens=blender.domain_tokens.tolist(), target_loss=target_loss))
+        if evaluation is not None and (done % args.eval_interval == 0 or done == args.train_iters):
+            logger.log_eval(evaluation(done))
         signalled = exit_signals is not None and exit_signals.any_rank_received()
         exiting = signalled or (args.exit_interval is not None and done % args.exit_interval == 0)
         if args.save and ((args.save_interval and done % args.save_interval == 0) or exiting or done == args.train_iters):
@@ -198,6 +217,17 @@ def pretrain(args: Namespace) -> None:
     if exit_signals is not None:
         exit_signals.release()
     _end_of_run(mixer, rank, log)
+    logger.close()
+
+
+def _evaluate_only(args: Namespace, blender, evaluation, iteration: int, loaded: bool, log) -> None:
+    """--skip-train: one evaluation of the model as loaded, logged at its iteration."""
+    if evaluation is None:
+        raise UserError("--skip-train: the corpus holds no validation sample; give a --split with a validation share")
+    log(f"--skip-train: evaluating the model {'at iteration ' + str(iteration) if loaded else 'as initialised (no checkpoint loaded)'}")
+    logger = run_logger(args, blender.names)
+    logger.log_run(vars(args), start_iteration=iteration)
+    logger.log_eval(evaluation(iteration))
     logger.close()
 
 

@@ -1,6 +1,6 @@
 """One global step: Megatron's schedule over this rank's micro-batches, one all-reduce, the update.
 
-The loss function returns each micro-batch's per-domain `[K, 2]` sums; the last pipeline stage adds
+The loss function returns each micro-batch's per-domain sums (`loss.COLUMNS`); the last pipeline stage adds
 them up. With the gradient sketch and the layer norms a mixer may ask for, they travel in a single
 all-reduce over the whole world, where every rank adds only its own part (the losses: the last
 stage's first tensor-parallel rank), so every rank gets the same global signals and its mixer
@@ -19,14 +19,14 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_acodm.training.loss import domain_loss_func
+from megatron_acodm.training.loss import COLUMNS, domain_loss_func
 from megatron_acodm.training.signals import layer_weight_norm_squares
 from megatron_acodm.training.target_pass import sketch_target_gradient
 
 
 @dataclass
 class StepOutcome:
-    domain_sums: numpy.ndarray  # [K, 2]: loss sum and tokens per domain, over the global batch
+    domain_sums: numpy.ndarray  # [K, loss.COLUMNS]: loss sum, tokens and sequence moments per domain, over the global batch
     grad_norm: Optional[float] = None
     update_successful: bool = True
     sketch: Optional[torch.Tensor] = None  # [2K, k] gradient sketch of the domains' halves, summed over the world
@@ -49,7 +49,7 @@ def _counts_here() -> bool:
 
 
 def _local_domain_sums(losses_reduced: list, num_domains: int, device: torch.device) -> torch.Tensor:
-    total = torch.zeros(num_domains, 2, dtype=torch.float64, device=device)
+    total = torch.zeros(num_domains, COLUMNS, dtype=torch.float64, device=device)
     if _counts_here():
         for reduced in losses_reduced:
             total += reduced["domain_sums"].to(device, torch.float64)

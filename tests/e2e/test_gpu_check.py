@@ -55,7 +55,8 @@ def test_every_part_ran_and_passed(report: dict) -> None:
     assert all(part["ok"] and positive(part["seconds"]) for part in report["parts"].values())
     versions = report["parts"]["versions"]
     assert versions["megatron-core"] == "0.16.1" and versions["torch"] and versions["triton"]
-    assert "megatron-core==0.16.1" in versions["wheels"]
+    # The wheel a bare image would get: the current release, unless GPU_CHECK_MEGATRON_CORE names another.
+    assert "megatron-core==0.19.2" in versions["wheels"]
 
 
 def test_interpreted_kernels_agree_with_the_reference(report: dict) -> None:
@@ -116,8 +117,18 @@ def test_missing_wheel_is_one_error_line(tmp_path) -> None:
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines() == error_lines(completed)  # one line, nothing else
     (line,) = error_lines(completed)
-    assert "megatron-core==0.16.1" in line and "pip download" in line and f"-d {wheels} megatron-core==0.16.1" in line
+    assert "megatron-core==0.19.2" in line and "pip download" in line and f"-d {wheels} megatron-core==0.19.2" in line
     assert not out.exists()
+
+
+def test_the_megatron_core_asked_for_replaces_another_installed_one(tmp_path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    completed = run_script([str(tmp_path / "out"), str(wheels)], GPU_CHECK_MEGATRON_CORE="0.15.3")
+    assert completed.returncode == 2
+    (line,) = error_lines(completed)
+    assert line.startswith("error: missing megatron-core==0.15.3 (0.16.1 is installed, GPU_CHECK_MEGATRON_CORE asks for 0.15.3), ")
+    assert f"-d {wheels} megatron-core==0.15.3" in line
 
 
 @pytest.mark.parametrize("arguments", [[], ["--gpus", "x"], ["a", "b", "c"]])

@@ -1,6 +1,7 @@
 """Every registered mixer in real runs of pretrain_acodm.py: the mixture it trained on is the one it
 reported, a run resumed from a checkpoint mid-run repeats the run that never stopped, and a mixer
-whose first weights are uniform starts from the very model and batch of a uniform run of that seed.
+trains bit for bit as a run of the same seed with the same weights (a static run sharing its first
+weights, or its own mixture replayed as a schedule): it adds nothing to training but its weights.
 
 These keep the benchmarks' comparisons meaningful: a mixer is judged by the weights it logged, so
 the samples each step drew must follow them (within the apportionment bound of docs/DESIGN.md),
@@ -49,8 +50,11 @@ OPTIONS = {
 }
 RUNS = [*MIXERS, "acodm_proxy"]  # every registered mixer (at its defaults unless named above), and AC-ODM's frozen actor
 MOVING = ("odm", "ado", "aioli", "acodm", "acodm_proxy", "dga", "schedule")  # online mixers whose weights move within the run
-# Mixers whose first step trains on uniform weights at their defaults (a uniform --mixing-prior).
-STARTS_UNIFORM = ("odm", "ado", "acodm", "acodm_proxy", "dga")
+# The run whose weights each mixer's first steps share at its defaults: ODM and ADO start from the
+# token-proportional prior (static's blend), the gradient mixers from uniform, and the schedule holds
+# uniform for its first 3 steps. Aioli and importance start elsewhere: their replays stand in.
+SAME_START = {"odm": "static", "ado": "static", "acodm": "uniform", "acodm_proxy": "uniform", "dga": "uniform", "schedule": "uniform"}
+REPLAYED = ("odm", "aioli", "importance")
 
 
 def _arguments(name: str, corpus: str, inputs: dict, tokenizer_model: str, save) -> list[str]:
@@ -129,13 +133,20 @@ def test_the_samples_drawn_follow_the_weights_reported(mixer_runs, preprocessed_
         assert numpy.ptp(weights, axis=0).max() > 1e-3, f"{name}'s weights never moved"
 
 
-@pytest.mark.parametrize("name", STARTS_UNIFORM)
-def test_a_mixer_starting_uniform_trains_its_first_step_exactly_as_uniform(mixer_runs, name):
-    """Same seed, same first weights: the same model, batch and dropout, so the same numbers, bit for bit."""
-    first, uniform = mixer_runs(name)[0][0], mixer_runs("uniform")[0][0]
-    assert [domain["weight"] for domain in first["domains"].values()] == pytest.approx([1 / 3] * 3, abs=1e-15)
-    assert (first["lm_loss"], first["grad_norm"]) == (uniform["lm_loss"], uniform["grad_norm"])
-    assert [domain["loss"] for domain in first["domains"].values()] == [domain["loss"] for domain in uniform["domains"].values()]
+@pytest.mark.parametrize("name", SAME_START)
+def test_a_mixer_trains_exactly_as_the_static_run_with_its_first_weights(mixer_runs, name):
+    """Same seed, same weights: the same model, batches and dropout, so the same numbers, bit for bit,
+    for every step until the weights part (the mixer draws nothing from the run's generators)."""
+    records, reference = mixer_runs(name)[0], mixer_runs(SAME_START[name])[0]
+    same = 0
+    for record, other in zip(records, reference):
+        if [domain["weight"] for domain in record["domains"].values()] != pytest.approx(
+                [domain["weight"] for domain in other["domains"].values()], rel=1e-15, abs=0):
+            break
+        assert (record["lm_loss"], record["grad_norm"]) == (other["lm_loss"], other["grad_norm"]), record["iteration"]
+        assert [domain["loss"] for domain in record["domains"].values()] == [domain["loss"] for domain in other["domains"].values()]
+        same += 1
+    assert same >= (3 if name == "schedule" else 1), f"{name} started from other weights than {SAME_START[name]}"
 
 
 def test_a_resumed_acodm_run_exports_the_actor_the_uninterrupted_run_exports(mixer_runs):
@@ -146,15 +157,18 @@ def test_a_resumed_acodm_run_exports_the_actor_the_uninterrupted_run_exports(mix
         assert torch.equal(tensor, again["actor"][key]), key
 
 
-def test_a_runs_exported_mixture_replays_as_a_schedule(mixer_runs, preprocessed_corpus, tokenizer_model, tmp_path):
-    """ODM's run, exported by tools/export_schedule.py and replayed by --mixer schedule: the same weights, step by step."""
-    original = mixer_runs("odm")[0]
-    schedule = tmp_path / "odm-schedule.json"
-    exported = runs.run(runs.EXPORT_SCHEDULE, [str(mixer_runs("odm")[2] / "metrics.jsonl"), "-o", str(schedule)], cwd=str(tmp_path))
+@pytest.mark.parametrize("name", REPLAYED)
+def test_a_runs_exported_mixture_replayed_as_a_schedule_trains_exactly_as_the_run(mixer_runs, preprocessed_corpus, tokenizer_model, tmp_path, name):
+    """The run's mixture, exported by tools/export_schedule.py and replayed by --mixer schedule: the
+    same weights step by step, and so the same losses and gradient norms bit for bit."""
+    original, metrics = mixer_runs(name)[0], mixer_runs(name)[2] / "metrics.jsonl"
+    schedule = tmp_path / f"{name}-schedule.json"
+    exported = runs.run(runs.EXPORT_SCHEDULE, [str(metrics), "-o", str(schedule)], cwd=str(tmp_path))
     assert exported.returncode == 0 and f"wrote {schedule}" in exported.stdout, exported.stderr
     replay = tmp_path / "replay"
     runs.train(tmp_path, runs.arguments(preprocessed_corpus, tokenizer_model, str(replay), "--train-iters", str(STEPS), "--seed", "7",
                                         "--mixer", "schedule", "--mixing-schedule", str(schedule)))
-    weights = [[[domain["weight"] for domain in record["domains"].values()] for record in records]
-               for records in (original, runs.losses(str(replay))[2])]
+    replayed = runs.losses(str(replay))[2]
+    weights = [[[domain["weight"] for domain in record["domains"].values()] for record in records] for records in (original, replayed)]
     numpy.testing.assert_allclose(weights[1], weights[0], rtol=1e-12)
+    assert [(record["lm_loss"], record["grad_norm"]) for record in replayed] == [(record["lm_loss"], record["grad_norm"]) for record in original]

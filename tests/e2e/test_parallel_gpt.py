@@ -102,7 +102,7 @@ def test_activate_cpu_compat_changes_nothing_where_cuda_is_available(monkeypatch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     watched = [
-        (torch.cuda, "current_device"), (torch.cuda, "synchronize"), (torch.cuda, "get_rng_state"),
+        (torch.cuda, "current_device"), (torch.cuda, "synchronize"), (torch.cuda, "current_stream"), (torch.cuda, "get_rng_state"),
         (torch.cuda, "set_rng_state"), (torch.cuda, "manual_seed"), (torch.cuda.random, "get_rng_state"),
         (megatron_random, "_get_cuda_rng_state"), (megatron_random, "_set_cuda_rng_state"),
     ]

@@ -1,5 +1,5 @@
 """pretrain_acodm.py end to end on CPU: exact resume after SIGKILL, parallel layouts against one
-process, a checkpoint loaded at another layout, and a refused domain change."""
+process, a checkpoint loaded at another layout, a checkpoint only evaluated, and a refused domain change."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 import pytest
 
 from launching import command, environment, run
+from megatron_acodm.metrics.reader import read_metrics
 import trainer_runs as runs
 
 
@@ -81,6 +82,27 @@ def test_tensor_parallel_from_scratch_matches_one_process(single_process_runs, p
     parallel = str(folder / "tp2-from-scratch")
     runs.train(folder, runs.arguments(preprocessed_corpus, tokenizer_model, parallel, *LAYOUT_STEPS, "--tensor-model-parallel-size", "2"), processes=2)
     assert runs.losses(parallel)[0] == pytest.approx(runs.losses(reference)[0], rel=1e-5)
+
+
+def test_skip_train_evaluates_the_loaded_checkpoint_and_trains_nothing(single_process_runs, preprocessed_corpus, tokenizer_model):
+    """--skip-train (Megatron-LM's flag): the checkpoint's model evaluated once, at its iteration; with
+    --eval-iters as the run had, the same samples and so the run's own last evaluation."""
+    folder, reference, _ = single_process_runs
+    arguments = runs.arguments(preprocessed_corpus, tokenizer_model, reference, *LAYOUT_STEPS, "--load", reference, "--skip-train")
+    for eval_iters in ("1", "4"):
+        metrics = str(folder / f"skip-train-{eval_iters}.jsonl")
+        completed = runs.train(folder, arguments + ["--eval-iters", eval_iters, "--metrics-path", metrics])
+        assert "--skip-train: evaluating the model at iteration 8" in completed.stdout
+        _, train, valid = read_metrics(metrics)
+        assert train == [] and [record["iteration"] for record in valid] == [8]
+        if eval_iters == "1":
+            (*_, final) = read_metrics(os.path.join(reference, "metrics.jsonl"))[2]
+            assert valid[0]["domains"] == final["domains"]
+            few = valid[0]["domains"]
+        else:  # more samples where a domain holds more: other means, each with its standard error
+            assert any(domain["loss"] != few[name]["loss"] for name, domain in valid[0]["domains"].items())
+            assert all(0 < domain["loss_se"] < 1 for domain in valid[0]["domains"].values())
+    assert open(os.path.join(reference, "latest_checkpointed_iteration.txt")).read().strip() == "8"
 
 
 def test_resuming_on_other_domains_is_refused_unless_remapped(tmp_path, preprocessed_corpus, tokenizer_model):

@@ -25,9 +25,10 @@ from megatron_acodm.mixing import (
     layers_at_depths,
 )
 from megatron_acodm.mixing.acodm import PolicyError
-from megatron_acodm.mixing.acodm.ddpg import DDPGConfig
+from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig, Transitions
 from megatron_acodm.mixing.acodm.features import FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
+from megatron_acodm.mixing.acodm.networks import NetworkConfig
 from megatron_acodm.mixing.acodm.policy import POLICY_FORMAT, load_policy
 from megatron_acodm.sketch.segments import half_segments
 from mixer_states import mixer_args
@@ -272,8 +273,51 @@ def test_non_finite_signal_keeps_the_last_weights_and_warns_once():
 def test_a_state_of_the_earlier_format_is_refused_with_what_to_do():
     state = make_mixer().state_dict()
     del state["format"]  # as the actor that chose the weights itself saved it
-    with pytest.raises(UserError, match="state has format 1, this version reads format 2.*start a new one"):
+    with pytest.raises(UserError, match="state has format 1, this version reads format 3.*start a new one"):
         make_mixer().load_state_dict(state)
+
+
+def test_a_format_2_state_is_read_with_the_alignment_reward_and_refused_with_the_published_one():
+    trained = make_mixer()
+    run(trained, QuadraticDomains(TRIANGLE), range(5))
+    state = dict(trained.state_dict(), format=2)  # format 2's alignment mode saved the same fields
+    resumed = make_mixer()
+    resumed.load_state_dict(state)
+    assert numpy.array_equal(resumed.weights(), trained.weights())
+    published = dict(make_mixer(score="published").state_dict(), format=2)
+    with pytest.raises(UserError, match="state is of format 2 with --acodm-reward published, whose reward was one number"):
+        make_mixer(score="published").load_state_dict(published)
+
+
+def test_the_published_critic_regresses_each_domain_on_its_own_target():
+    """A batch of two transitions with K = 2 reward components, the networks made constant: the
+    target Q' = c and the online Q = b whatever the input (hidden layers zero, so only the output
+    bias is left)."""
+    network = NetworkConfig(state_dim=3, num_domains=2, hidden=4, depth=1)
+    agent = DDPGAgent(network, DDPGConfig(gamma=0.5), torch.Generator().manual_seed(0), lambda states, outputs: torch.softmax(outputs, -1), (2,))
+    for critic, bias in ((agent.target_critic, [1.0, -2.0]), (agent.critic, [0.5, 0.5])):
+        with torch.no_grad():
+            for parameter in critic.parameters():
+                parameter.zero_()
+            critic.network[-1].bias.copy_(torch.tensor(bias))
+    batch = Transitions(
+        states=torch.zeros(2, 3), actions=torch.full((2, 2), 0.5), rewards=torch.tensor([[1.0, 0.0], [0.0, 2.0]]), next_states=torch.ones(2, 3)
+    )
+    # y = r + gamma c = [[1 + 0.5, 0 - 1], [0 + 0.5, 2 - 1]]; Q - y = [[-1, 1.5], [0, -0.5]]: mean square 3.5 / 4.
+    assert agent._targets(batch.rewards, batch.next_states).tolist() == [[1.5, -1.0], [0.5, 1.0]]
+    assert agent._improve_actor(batch) == pytest.approx(-0.5)  # -mean Q over the batch and the domains
+    assert agent._update_critic(batch) == pytest.approx(0.875, rel=1e-6)
+
+
+def test_the_published_reward_is_stored_per_domain():
+    mixer = make_mixer(score="published")
+    run(mixer, QuadraticDomains(TRIANGLE), range(6))
+    assert mixer.agent.buffer.size == 5 and mixer.agent.buffer.rewards.shape == (mixer.agent.config.buffer_size, 3)
+    stored = mixer.agent.buffer.rewards[:5]
+    assert torch.allclose(stored.sum(dim=1), torch.zeros(5), atol=1e-5)  # z-scores across the domains: mean zero
+    assert torch.allclose(stored.std(dim=1), torch.ones(5), atol=1e-5)  # and unbiased std one (no |z| reaches 3 with K = 3)
+    assert mixer.agent.critic(mixer.agent.buffer.states[:5], mixer.agent.buffer.actions[:5]).shape == (5, 3)
+    assert math.isfinite(mixer.scalar_diagnostics()["critic_fit"])
 
 
 def test_same_seed_and_signals_give_identical_weights_on_every_rank():
@@ -300,7 +344,7 @@ def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_pat
     proxy.export_policy(path)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed over the target
 
-    policy = load_policy(path, NAMES)
+    policy = load_policy(path, NAMES, "alignment")
     for state in list(proxy.agent.buffer.states[:20].double().numpy()):
         assert numpy.array_equal(policy.act(state, proxy.action_map), proxy.agent.act(state, explore=False))
 
@@ -331,38 +375,46 @@ def test_policy_for_other_domains_or_a_damaged_file_is_refused_naming_the_file(t
     make_mixer(total_steps=50).export_policy(str(path))
     for names in (["prose", "code", "legal"], ["code", "prose", "maths"]):
         with pytest.raises(PolicyError, match=f"{path}.*same domains in the same order"):
-            load_policy(str(path), names)
+            load_policy(str(path), names, "alignment")
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(path.read_bytes()[:200])
     with pytest.raises(PolicyError, match=f"{corrupt}: not a readable AC-ODM policy.*--acodm-export-policy"):
-        load_policy(str(corrupt), NAMES)
+        load_policy(str(corrupt), NAMES, "alignment")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(PolicyError, match=f"{other}: not an AC-ODM policy file"):
-        load_policy(str(other), NAMES)
+        load_policy(str(other), NAMES, "alignment")
     old = tmp_path / "old.pt"
-    torch.save({"format": POLICY_FORMAT, "version": 1, "domains": NAMES}, old)
-    with pytest.raises(PolicyError, match=f"{old}: policy format version 1, this program reads version 2"):
-        load_policy(str(old), NAMES)
+    for version in (1, 2):  # 2 did not name its reward, and its published one is no longer this program's
+        torch.save({"format": POLICY_FORMAT, "version": version, "domains": NAMES}, old)
+        with pytest.raises(PolicyError, match=f"{old}: policy format version {version}, this program reads version 3"):
+            load_policy(str(old), NAMES, "alignment")
+    with pytest.raises(PolicyError, match=f"{path}: the policy was trained with --acodm-reward alignment, this run has published; "
+                       "give this run --acodm-reward alignment, or train its own policy"):
+        load_policy(str(path), NAMES, "published")
     damaged = tmp_path / "damaged.pt"
     payload = torch.load(path, weights_only=True)
     payload["feature_spec"]["state_dim"] = 7
     torch.save(payload, damaged)
     with pytest.raises(PolicyError, match=f"{damaged}: a damaged AC-ODM policy"):
-        load_policy(str(damaged), NAMES)
+        load_policy(str(damaged), NAMES, "alignment")
     with pytest.raises(PolicyError, match="no such policy file"):
-        load_policy(str(tmp_path / "missing.pt"), NAMES)
+        load_policy(str(tmp_path / "missing.pt"), NAMES, "alignment")
 
 
 def test_registry_builds_acodm_from_its_options():
     argv = ["--acodm-hidden", "32", "--acodm-depth", "3", "--acodm-feature-depths", "0.5,1.0", "--acodm-max-step", "0.05",
-            "--mixing-prior", "data-path", "--mixing-objective", "prose,maths", "--acodm-reward", "published"]
+            "--mixing-prior", "data-path", "--mixing-objective", "prose,maths"]
     mixer = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args(*argv))
     assert isinstance(mixer, ACODMMixer)
     assert (mixer.network.hidden, mixer.network.depth, mixer.norm_layer_depths) == (32, 3, (0.5, 1.0))
     assert mixer.spec.state_dim == 6 * 3 + 2 * 2 + 1 and mixer.mirror.max_step == 0.05
     assert numpy.allclose(mixer.weights(), INITIAL) and numpy.allclose(mixer.signal.objective, [0.5, 0, 0.5])
-    assert mixer.signal.score == "published" and mixer.warmup_steps == 20  # 10% of 200 steps
+    assert mixer.signal.score == "alignment" and mixer.warmup_steps == 20  # 10% of 200 steps
     default = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args())
     assert numpy.allclose(default.weights(), 1 / 3) and default.config.gamma == 0.0
+    published = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args("--acodm-reward", "published"))
+    assert published.signal.score == "published" and published.agent.critic.reward_shape == (3,)
+    with pytest.raises(UserError, match="--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"):
+        build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args("--acodm-reward", "published", "--mixing-objective", "prose"))

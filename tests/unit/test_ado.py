@@ -8,6 +8,7 @@ import math
 import numpy
 import pytest
 
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import ADOMixer, StepSignals, build_mixer
 from megatron_acodm.mixing.ado import fit_power_law
 from mixer_states import mixer_args
@@ -47,11 +48,13 @@ def test_policy_matches_hand_computed_updates():
     laws = [power(4.0, 0.5), power(2.0, 0.25)]  # eps = 0: each fit is exact
     mixer = ADOMixer(NAMES, [0.9, 0.1], total_steps=10, warmup_fraction=0.0, fit_interval=1,
                      credit_smoothing=0.5, credit_exponent=1.0, policy_smoothing=0.5, min_probability=0.0)
-    prior = numpy.array([0.5, 0.5])  # --mixing-prior uniform; the --data-path weights play no part
+    prior = numpy.array([0.5, 0.5])  # the constructor's prior; the --data-path weights play no part
+    # The samples each step drew, 4 a step: not the shares of the weights it followed.
+    counts = [(2, 2), (3, 1), (1, 3), (3, 1)]
     weights = []
     for step in range(4):
         weights.append(mixer.weights())
-        mixer.observe(law_step(step, laws, followed=weights[-1]))
+        mixer.observe(law_step(step, laws, counts[step], followed=weights[-1]))
     # Steps 1-3 train on the prior: a law needs three points, the third comes with step 3.
     for played in weights[:3]:
         assert numpy.array_equal(played, prior)
@@ -59,20 +62,21 @@ def test_policy_matches_hand_computed_updates():
     def speed(n):  # -dL/dn = alpha beta n^-alpha / n
         return numpy.array([0.5 * 4.0 * n**-0.5 / n, 0.25 * 2.0 * n**-0.25 / n])
 
-    credit = prior.copy()  # h <- 0.5 played + 0.5 h: still the prior after three prior steps
+    # h <- 0.5 c + 0.5 h, c the step's counts over 4, from h = prior:
+    # (0.5, 0.5) -> (0.5, 0.5) -> (0.625, 0.375) -> (0.4375, 0.5625)
+    credit = numpy.array([0.4375, 0.5625])
     rho3 = prior * credit * speed(12.0)
     rho3 /= rho3.sum()
     pi3 = 0.5 * rho3 + 0.5 * prior
     average3 = (1 - 1 / 4) * prior + rho3 / 4
     assert numpy.allclose(weights[3], pi3, rtol=1e-12, atol=0)
-    # step 4 trained on pi3: the credit moves towards it, and the fast-learning domain gains again
-    credit = 0.5 * pi3 + 0.5 * credit
+    # step 4 drew (3, 1) while following pi3: the credit moves to 0.5 (0.75, 0.25) + 0.5 (0.4375, 0.5625)
+    credit = numpy.array([0.59375, 0.40625])
+    assert numpy.allclose(mixer.credit, credit, rtol=1e-15, atol=0)
     rho4 = prior * credit * speed(16.0)
     rho4 /= rho4.sum()
     pi4 = 0.5 * rho4 + 0.5 * average3
     assert numpy.allclose(mixer.weights(), pi4, rtol=1e-12, atol=0)
-    assert pi4[0] > pi3[0] > 0.5
-    assert numpy.allclose(mixer.credit, credit, rtol=1e-12, atol=0)
     assert numpy.allclose(mixer.average, (1 - 1 / 5) * average3 + rho4 / 5, rtol=1e-12, atol=0)
 
 
@@ -95,12 +99,30 @@ def test_warmup_steps_are_left_out_and_a_point_is_a_blocks_token_weighted_mean()
         mixer.observe(law_step(step, laws, step_counts))
         if moved_at is None and not numpy.array_equal(mixer.weights(), [0.5, 0.5]):
             moved_at = step + 1
-    # warm-up: steps 1-3; then a point every 2 steps, after steps 5, 7, 9 and 11 (step 12 starts a block)
-    assert mixer.point_samples == [20, 28, 36, 44] and mixer.block_steps == 1
+    # warm-up: steps 1-3; then a point every 2 steps, after steps 5, 7, 9 and 11 (step 12 starts a block).
+    # Step s has seen 4 s samples; a point's n is the token-weighted mean of its steps': in the block
+    # of steps 8-9 prose had 40 tokens at n = 32 and 20 at n = 36, code only step 9's.
+    assert mixer.point_samples == [[18, 18], [26, 26], [pytest.approx((40 * 32 + 20 * 36) / 60, rel=1e-15), 36], [42, 42]]
+    assert mixer.block_steps == 1
     # the block of steps 8-9: code's mean is step 9's loss alone (step 8 had no code tokens), prose's is token-weighted
     assert mixer.point_losses[2][1] == pytest.approx(2.0 * 36**-0.25, rel=1e-12)
     assert mixer.point_losses[2][0] == pytest.approx((40 * 4.0 * 32**-0.5 + 20 * 4.0 * 36**-0.5) / 60, rel=1e-12)
     assert moved_at == 9  # the third point of each domain comes with step 9
+
+
+def test_a_points_samples_are_the_token_weighted_mean_of_its_steps():
+    laws = [power(4.0, 0.5), power(2.0, 0.25)]
+    mixer = ADOMixer(NAMES, [0.5, 0.5], total_steps=10, warmup_fraction=0.0, fit_interval=3)
+    for step, counts in enumerate([(3, 1), (1, 3), (2, 2)]):  # 10 tokens a sample
+        mixer.observe(law_step(step, laws, counts))
+    # n after each step, its own samples counted: 4, 8, 12. Prose's tokens 30, 10, 20; code's 10, 30, 20.
+    prose = (30 * 4 + 10 * 8 + 20 * 12) / 60  # 7.33, not the block's last n, 12
+    code = (10 * 4 + 30 * 8 + 20 * 12) / 60  # 8.67
+    assert mixer.point_samples == [[pytest.approx(prose, rel=1e-15), pytest.approx(code, rel=1e-15)]]
+    # and each domain's loss is the same weighting of its step losses
+    prose_loss = (30 * 4.0 * 4**-0.5 + 10 * 4.0 * 8**-0.5 + 20 * 4.0 * 12**-0.5) / 60
+    code_loss = (10 * 2.0 * 4**-0.25 + 30 * 2.0 * 8**-0.25 + 20 * 2.0 * 12**-0.25) / 60
+    assert mixer.point_losses == [[pytest.approx(prose_loss, rel=1e-14), pytest.approx(code_loss, rel=1e-14)]]
 
 
 def test_a_block_without_a_domain_gives_it_no_point():
@@ -122,14 +144,28 @@ def build(*argv: str) -> ADOMixer:
                        args=mixer_args("--mixer", "ado", *argv, train_iters=60))
 
 
-def test_prior_is_the_mixing_prior():
-    assert numpy.allclose(build("--mixing-prior", "tokens").weights(), [1 / 14, 4 / 14, 9 / 14], rtol=1e-14, atol=0)
-    assert numpy.array_equal(build().weights(), [1 / 3] * 3)
+def test_prior_is_the_mixing_prior_the_natural_distribution_by_default():
+    assert numpy.allclose(build().weights(), [1 / 14, 4 / 14, 9 / 14], rtol=1e-14, atol=0)
+    assert numpy.array_equal(build("--mixing-prior", "uniform").weights(), [1 / 3] * 3)
+
+
+def test_a_state_of_the_earlier_format_is_refused():
+    mixer = build()
+    state = mixer.state_dict()
+    assert mixer.point_samples == [] and state["format"] == 2
+    # What the earlier ADO saved: one n per point, no block_samples, no format.
+    old = {key: value for key, value in state.items() if key not in ("format", "block_samples")}
+    with pytest.raises(UserError) as refused:
+        build().load_state_dict(dict(old, point_samples=[40, 80, 120], point_losses=[[3.0, 2.0, 1.0]] * 3))
+    assert str(refused.value) == (
+        "the ADO state was saved by an older ADO whose credit and fitted points mean something else; "
+        "start the run anew, or resume it with the version that wrote it"
+    )
 
 
 def test_registry_builds_it_from_the_command_line():
     args = mixer_args("--mixer", "ado", "--ado-credit-exponent", "1", "--ado-fit-interval", "5", train_iters=100)
-    mixer = build_mixer(args.mixer, names=THREE, initial_weights=[1, 1, 1], args=args)
+    mixer = build_mixer(args.mixer, names=THREE, initial_weights=[1, 1, 1], domain_tokens=[1e6, 4e6, 9e6], args=args)
     assert isinstance(mixer, ADOMixer)
     assert (mixer.credit_exponent, mixer.fit_interval, mixer.warmup_steps) == (1.0, 5, 10)
     assert (mixer.credit_smoothing, mixer.policy_smoothing, mixer.min_probability) == (0.1, 0.1, 0.01)

@@ -7,7 +7,7 @@ import numpy
 import pytest
 import torch
 
-from megatron_acodm.mixing.alignment import AlignmentSignal, MovingAverage, mean_gradient_gram, published_scores
+from megatron_acodm.mixing.alignment import AlignmentSignal, MovingAverage, mean_gradient_gram, published_rewards, standardised
 from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
 from megatron_acodm.mixing.weighting import domain_weighting
 from megatron_acodm.errors import UserError
@@ -71,15 +71,44 @@ def test_the_half_sketch_diagonal_is_unbiased_and_the_whole_sketch_rewards_noise
     assert wholes.mean() - target > 5 * wholes.std() / numpy.sqrt(len(wholes))  # biased up by tr(Sigma)/n
 
 
-def test_published_score_is_the_off_diagonal_sum_of_the_count_weighted_gram():
-    gradients = numpy.array([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
-    tokens = numpy.array([1.0, 1.0, 2.0, 2.0, 1.0, 0.0])
-    sums = numpy.array([2.0, 4.0, 1.0])[:, None] * gradients  # domain sums: n_k g_k
-    gram = sums @ sums.T
-    scale = numpy.sqrt(numpy.diag(gram)).mean() ** 2
-    scores, present = published_scores(exact_half_gram(gradients, tokens), tokens)
-    assert present.all()
-    assert numpy.allclose(scores, (gram.sum(axis=1) - numpy.diag(gram)) / scale, rtol=1e-12)
+def test_published_reward_is_the_reference_codes_formula_by_hand():
+    # Mean gradients per token of four domains; `legal` is absent from the step (no tokens, a zero row).
+    gradients = numpy.array([[1600.0, 0.0], [0.0, 160.0], [480.0, 640.0], [0.0, 0.0]])
+    tokens = numpy.array([1.0, 3.0, 2.0, 2.0, 5.0, 5.0, 0.0, 0.0])
+    # G[k, j] = <g_k, g_j>: G[0, 1] = 0, G[0, 2] = 1600 * 480 = 768000, G[1, 2] = 160 * 640 = 102400.
+    off_diagonal = numpy.array([0 + 768000, 0 + 102400, 768000 + 102400, 0.0])
+    # Norms 1600, 160, sqrt(480^2 + 640^2) = 800 and 0: their mean over all four domains, the absent one included.
+    mean_norm = (1600 + 160 + 800 + 0) / 4  # 640 (over the three present ones it would be 853.3)
+    scores = off_diagonal / (mean_norm + 1e-6)  # about 1200, 160, 1360, 0
+    clipped = numpy.array([999.0, scores[1], 999.0, 0.0])  # the clip at 999 binds twice
+    centred = clipped - clipped.sum() / 4
+    unbiased_std = numpy.sqrt((centred**2).sum() / 3)
+    expected = centred / (unbiased_std + 1e-8)  # every |z| < 3: the clamp does not bind here
+    reward, present = published_rewards(exact_half_gram(gradients, tokens), tokens)
+    assert present.tolist() == [True, True, True, False]
+    assert reward == pytest.approx(expected, rel=1e-12)
+    assert reward[3] < 0  # the absent domain's zero score is z-scored like the others
+
+
+def test_the_reward_z_score_is_unbiased_and_clamped_at_three():
+    # Ten zeros and one 11: mean 1, unbiased variance (10^2 + 10 * 1^2) / 10 = 11.
+    values = numpy.array([0.0] * 10 + [11.0])
+    z = standardised(values)
+    assert z[-1] == 3.0  # 10 / sqrt(11) = 3.015, clamped
+    assert z[:10] == pytest.approx([-1 / (numpy.sqrt(11) + 1e-8)] * 10, rel=1e-12)
+    assert standardised(numpy.array([2.0, 2.0, 2.0])).tolist() == [0.0, 0.0, 0.0]  # no spread: the 1e-8 keeps it finite
+
+
+def test_the_published_signal_returns_every_domains_reward_and_smooths_the_present_ones():
+    gradients = numpy.array([[3.0, 4.0], [6.0, 0.0], [0.0, 0.0]])
+    tokens = numpy.array([2.0, 2.0, 1.0, 1.0, 0.0, 0.0])
+    signal = AlignmentSignal(numpy.full(3, 1 / 3), decay=0.5, score="published")
+    reward = signal.observe(exact_half_gram(gradients, tokens), tokens)
+    # Scores 18 / m, 18 / m, 0 for any mean norm m: z-scores 1/sqrt(3), 1/sqrt(3), -2/sqrt(3) (up to the 1e-8).
+    assert reward == pytest.approx(numpy.array([1.0, 1.0, -2.0]) / numpy.sqrt(3), rel=1e-7)
+    assert signal.scores()[:2] == pytest.approx(reward[:2], rel=1e-12) and signal.scores()[2] == 0.0  # absent: not averaged
+    with pytest.raises(UserError, match="--acodm-reward published z-scores its reward across the domains: give --data-path two or more"):
+        AlignmentSignal(numpy.ones(1), decay=0.5, score="published")
 
 
 def test_moving_average_is_bias_corrected_with_its_standard_error():

@@ -38,29 +38,63 @@ def _target_step(step: int, sketches: numpy.ndarray, tokens: numpy.ndarray, coun
                        followed_weights=[1 / 3] * 3, half_gram=sketches @ sketches.T, half_tokens=tokens)
 
 
-def test_dga_aligns_with_the_target_by_mean_gradients_and_ignores_steps_without_it():
-    generator = numpy.random.default_rng(3)
-    sketches = generator.normal(size=(8, 16))
-    tokens = numpy.array([10.0, 12.0, 7.0, 9.0, 20.0, 15.0, 5.0, 6.0])
-    mixer = DGAMixer(NAMES, [1 / 3] * 3, step_size=2.0, ema=0.5, interval=1)
-    # Every step is a pass step at interval 1; at interval 2 the odd steps measure nothing at all.
-    assert mixer.signals_wanted(1) == {GRADIENT_GRAM, TARGET_GRADIENT}
-    assert DGAMixer(NAMES, [1 / 3] * 3, interval=2).signals_wanted(1) == frozenset()
+def _pass(step: int, target_a, target_b, domain_tokens=(1.0, 3.0)) -> StepSignals:
+    """A target pass: domains with mean gradients [1, 0], [0, 1], [1, -1] per token (each half
+    `domain_tokens`), the target's halves with mean gradients `target_a` and `target_b` (3 tokens each)."""
+    means = numpy.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, -1.0], [1.0, -1.0], target_a, target_b])
+    tokens = numpy.array([*domain_tokens] * 3 + [3.0, 3.0])
+    return _target_step(step, means * tokens[:, None], tokens)
 
-    # By hand: mean gradients of each domain (its two halves together) and the target's two halves.
-    means = [(sketches[2 * k] + sketches[2 * k + 1]) / (tokens[2 * k] + tokens[2 * k + 1]) for k in range(3)]
-    target_a, target_b = sketches[6] / tokens[6], sketches[7] / tokens[7]
-    target = (sketches[6] + sketches[7]) / (tokens[6] + tokens[7])
-    alignment = numpy.array([mean @ target for mean in means]) / (target_a @ target_b)
-    expected = exponentiated_gradient_step(numpy.full(3, 1 / 3), alignment, 2.0, 0.5)
 
-    without_target = tokens.copy()
-    without_target[6:] = 0.0  # a step without the target pass: its rows are empty
-    mixer.observe(_target_step(0, numpy.where(without_target[:, None] > 0, sketches, 0.0), without_target))
-    assert numpy.array_equal(mixer.weights(), numpy.full(3, 1 / 3)) and mixer.updates == 0
-    mixer.observe(_target_step(1, sketches, tokens))
-    assert mixer.weights() == pytest.approx(expected, rel=1e-9)
-    assert mixer.updates == 1 and mixer.domain_diagnostics()["score"] == pytest.approx(alignment, rel=1e-9)
+def test_dga_divides_by_the_moving_average_of_the_targets_norm_floored_at_its_error():
+    eta, beta = 2.0, 0.5
+    mixer = DGAMixer(NAMES, [1 / 3] * 3, step_size=eta, ema=beta, score_decay=0.5, interval=1)
+    # Pass 0: d = <[2, 0], [2, 0]> = 4, the first value: no standard error yet, so nothing moves.
+    mixer.observe(_pass(0, [2.0, 0.0], [2.0, 0.0]))
+    assert numpy.array_equal(mixer.weights(), numpy.full(3, 1 / 3)) and (mixer.updates, mixer.skipped_passes) == (0, 1)
+
+    # Pass 1: d = <[1, 1], [-1, 0]> = -1. The bias-corrected average (decay 0.5) weighs 4 and -1 by
+    # 1/3 and 2/3: mean 2/3, spread (4 - 2/3)^2 / 3 + 2 (-1 - 2/3)^2 / 3 = 50/9; effective count
+    # 0.75^2 / (0.25^2 + 0.5^2) = 1.8, so the error is sqrt(50/9 / 0.8) > 2/3: the floor binds.
+    denominator = numpy.sqrt(50 / 9 / 0.8)
+    target = numpy.array([0.0, 0.5])  # (g_A + g_B) / 2
+    alignment = numpy.array([[1.0, 0.0] @ target, [0.0, 1.0] @ target, [1.0, -1.0] @ target]) / denominator
+    tilted = numpy.full(3, 1 / 3) * numpy.exp(eta * alignment)
+    expected = (1 - beta) / 3 + beta * tilted / tilted.sum()
+    mixer.observe(_pass(1, [1.0, 1.0], [-1.0, 0.0]))
+    assert mixer.weights() == pytest.approx(expected, rel=1e-12)
+
+    # Pass 2: d = <[1, 1], [1, 2]> = 3. Weights 1/7, 2/7, 4/7: mean (4 - 2 + 12) / 7 = 2; spread
+    # (4 + 2 * 9 + 4 * 1) / 7 = 26/7; count 0.875^2 / (0.125^2 + 0.25^2 + 0.5^2) = 7/3; error
+    # sqrt(26/7 / (4/3)) = 1.67 < 2: the mean itself.
+    target = numpy.array([1.0, 1.5])
+    alignment = numpy.array([[1.0, 0.0] @ target, [0.0, 1.0] @ target, [1.0, -1.0] @ target]) / 2.0
+    tilted = expected * numpy.exp(eta * alignment)
+    expected = (1 - beta) * expected + beta * tilted / tilted.sum()
+    mixer.observe(_pass(2, [1.0, 1.0], [1.0, 2.0]))
+    assert mixer.weights() == pytest.approx(expected, rel=1e-12)
+    assert mixer.domain_diagnostics()["score"][2] == pytest.approx((-0.5 / denominator + 2 * -0.25) / 3, rel=1e-12)
+
+    # A pass whose target halves are empty says nothing: it is counted and moves nothing.
+    empty = _pass(3, [1.0, 1.0], [1.0, 2.0])
+    empty.half_tokens[6:] = 0.0
+    empty.half_gram[6:, :] = empty.half_gram[:, 6:] = 0.0
+    mixer.observe(empty)
+    assert mixer.weights() == pytest.approx(expected, rel=1e-12)
+    assert (mixer.updates, mixer.skipped_passes) == (2, 2) and mixer.scalar_diagnostics() == {"skipped_passes": 2.0}
+
+
+def test_dga_measures_only_the_pass_steps_and_a_state_of_the_earlier_format_is_refused():
+    mixer = DGAMixer(NAMES, [1 / 3] * 3, interval=2)
+    assert mixer.signals_wanted(0) == {GRADIENT_GRAM, TARGET_GRADIENT}
+    assert mixer.signals_wanted(1) == frozenset()  # no sketch at all between the passes
+    mixer.observe(StepSignals(step=1, domain_loss_sum=numpy.ones(3), domain_tokens=numpy.full(3, 10.0), realised_counts=[2, 2, 2],
+                              followed_weights=[1 / 3] * 3))
+    assert mixer.skipped_passes == 0  # a step without the pass is no skipped pass
+    state = mixer.state_dict()
+    del state["format"]
+    with pytest.raises(UserError, match="the checkpoint's DGA state has format 1, this version reads format 2 .*start a new one"):
+        DGAMixer(NAMES, [1 / 3] * 3, interval=2).load_state_dict(state)
 
 
 def test_acodm_with_the_target_objective_measures_the_target_on_the_pass_steps_only():

@@ -99,7 +99,7 @@ def test_records_round_trip_through_read_metrics(tmp_path):
     config = argparse.Namespace(mixer="odm", lr=3e-4, clip_grad=math.inf, save=tmp_path, sizes=(1, 2), extra={"k": {1}})
     logger.log_run(config)
     logger.log_train(train_record(10, nan_iterations=2, lm_loss=float("nan")))
-    logger.log_eval(EvalRecord(10, [2.0, None, 4.0], [100, 0, 300]))
+    logger.log_eval(EvalRecord(10, [2.0, None, 4.0], [100, 0, 300], domain_loss_se=[0.125, None, 0.5]))
     logger.close()
 
     headers, train, valid = read_metrics(path)
@@ -119,7 +119,8 @@ def test_records_round_trip_through_read_metrics(tmp_path):
     }
     (evaluation,) = valid
     assert evaluation["iteration"] == 10
-    assert evaluation["domains"]["code"] == {"loss": None, "corpus_tokens": 0}
+    assert evaluation["domains"]["code"] == {"loss": None, "loss_se": None, "corpus_tokens": 0}
+    assert evaluation["domains"]["prose"] == {"loss": 2.0, "loss_se": 0.125, "corpus_tokens": 100}
     for line in path.read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
 
@@ -216,7 +217,7 @@ def test_validation_means_against_a_hand_computation(tmp_path):
     assert set(rule) == {"-"} and rule == closing_rule and len(rule) == len(header) + 1
     (record,) = read_metrics(tmp_path / "m.jsonl")[2]
     assert record["lm_loss"] == pytest.approx(3.5) and record["lm_loss_uniform"] == pytest.approx(3.0)
-    assert record["domains"]["b"] == {"loss": None, "corpus_tokens": 50}
+    assert record["domains"]["b"] == {"loss": None, "loss_se": None, "corpus_tokens": 50}
 
 
 def test_non_logging_rank_writes_nothing(tmp_path):
@@ -279,14 +280,15 @@ def test_tensorboard_scalars_when_installed(tmp_path):
 
 def test_target_loss_is_printed_and_recorded_beside_the_validation_loss(tmp_path):
     logger, stream = make_logger(tmp_path / "m.jsonl")
-    logger.log_eval(EvalRecord(5, [1.0, 2.0, 3.0], [1, 1, 1], target_loss={"quiz": 4.0, "gsm8k": 5.0}))
+    logger.log_eval(EvalRecord(5, [1.0, 2.0, 3.0], [1, 1, 1], target_loss={"quiz": 4.0, "gsm8k": 5.0}, target_loss_se={"quiz": 0.25, "gsm8k": None}))
     logger.log_eval(EvalRecord(10, [1.0, 2.0, 3.0], [1, 1, 1]))
     logger.close()
     lines = stream.getvalue().splitlines()
     target_lines = [line for line in lines if line.startswith(" target loss (held-out)")]
     assert target_lines == [" target loss (held-out) | quiz: 4.000000E+00 | gsm8k: 5.000000E+00 | mean: 4.500000E+00 |"]
     _, _, valid = read_metrics(tmp_path / "m.jsonl")
-    assert valid[0]["targets"] == {"quiz": {"loss": 4.0}, "gsm8k": {"loss": 5.0}} and valid[0]["target_loss"] == 4.5
+    assert valid[0]["targets"] == {"quiz": {"loss": 4.0, "loss_se": 0.25}, "gsm8k": {"loss": 5.0, "loss_se": None}}
+    assert valid[0]["target_loss"] == 4.5
     assert "targets" not in valid[1]  # a run without target sets writes nothing of them
 
 

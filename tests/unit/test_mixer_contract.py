@@ -28,7 +28,8 @@ FLOOR = 0.05
 BATCH, SEQ, SKETCH_DIM = 16, 32, 8
 # Besides each mixer at its defaults: the variants whose state or signals differ.
 VARIANTS = {
-    "odm-importance": ("odm", ["--odm-importance-weighting"]),
+    "odm-exp3": ("odm", ["--odm-update", "exp3"]),
+    "odm-smoothed-mean": ("odm", ["--odm-update", "smoothed-mean"]),
     "acodm-target": ("acodm", ["--mixing-objective", "target"]),
     "acodm-published": ("acodm", ["--acodm-reward", "published"]),
 }
@@ -158,8 +159,9 @@ def test_another_mixers_options_are_refused_in_one_line(name, capsys):
 BAD_OPTIONS = {
     "temperature": [(["--mixing-temperature", "0"], "--mixing-temperature must be positive, got 0.0")],
     "odm": [
-        (["--odm-smoothing", "1.0"], "--odm-smoothing must be in [0, 1), got 1.0"),
-        (["--odm-warmup-steps", "-1"], "--odm-warmup-steps must be >= 0, got -1"),
+        (["--odm-update", "exp3", "--odm-smoothing", "0.3"], "--odm-smoothing is not read by --odm-update exp3 (a cumulative reward); drop it"),
+        (["--odm-update", "smoothed-mean", "--odm-smoothing", "1.0"], "--odm-smoothing must be in [0, 1), got 1.0"),
+        (["--odm-warmup-fraction", "1.0"], "--odm-warmup-fraction must be in [0, 1), got 1.0"),
     ],
     "ado": [
         (["--ado-warmup-fraction", "1.0"], "--ado-warmup-fraction must be in [0, 1), got 1.0"),
@@ -188,7 +190,9 @@ BAD_OPTIONS = {
         (["--mixing-objective", "target"], "--mixing-objective target needs --target-data-path: the target set whose loss the mixer lowers"),
         (["--mixing-objective", "target", "--target-data-path", "{corpus}", "--dga-interval", "0"], "--dga-interval (0) must be >= 1"),
         (["--mixing-objective", "target", "--target-data-path", "{corpus}", "--acodm-reward", "published"],
-         "--acodm-reward published scores the domains against each other; it takes no --mixing-objective target"),
+         "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"),
+        (["--mixing-objective", "tokens", "--acodm-reward", "published"],
+         "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"),
     ],
     "dga": [
         ([], "--mixer dga needs --target-data-path: the target set whose gradient it aligns the mixture with"),

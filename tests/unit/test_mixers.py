@@ -9,6 +9,7 @@ import warnings
 import numpy
 import pytest
 
+from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import (
     DOMAIN_LOSSES,
     ODMMixer,
@@ -18,7 +19,8 @@ from megatron_acodm.mixing import (
     add_mixer_arguments,
     build_mixer,
 )
-from mixer_states import mixer_args
+from megatron_acodm.mixing.odm import UPDATES
+from mixer_states import assert_decides_alike, mixer_args, through_checkpoint
 
 NAMES = ["prose", "code", "maths"]
 INITIAL = [0.5, 0.25, 0.25]
@@ -34,77 +36,114 @@ def signals(step: int, losses: list[float], counts: list[int], tokens_per_sample
     return StepSignals(step=step, domain_loss_sum=loss_sum, domain_tokens=tokens, realised_counts=counts, followed_weights=followed)
 
 
-# Four steps; `maths` is not sampled in step 1. With K = 3, e_t = min(1/3, sqrt(ln 3 / (3 t))) is
-# 1/3 for t <= 3 (sqrt(ln 3 / 9) = 0.349), so the first three policies are uniform and the fourth is not.
-HAND_STEPS = [
-    ([2.0, 3.0, 1.0], [2, 1, 1]),
-    ([1.0, 2.0, math.nan], [3, 1, 0]),
-    ([1.5, 1.0, 2.5], [1, 2, 1]),
-    ([0.5, 4.0, 1.0], [1, 1, 2]),
-]
-E4 = math.sqrt(math.log(3) / (3 * 4))
+def odm(**options) -> ODMMixer:
+    """ODM over NAMES starting from INITIAL, in a 30-step run whose first 3 steps are its warm-up."""
+    return ODMMixer(NAMES, INITIAL, total_steps=30, warmup_fraction=0.1, **options)
 
 
-def run_hand_steps(mixer: ODMMixer) -> list[numpy.ndarray]:
-    weights = []
-    for step, (losses, counts) in enumerate(HAND_STEPS):
-        mixer.observe(signals(step, losses, counts, followed=mixer.weights()))
-        weights.append(mixer.weights())
-    return weights
+def warm_up(mixer: ODMMixer) -> None:
+    """Iterations 1-3: a hard prose that would pay if warm-up steps were rewarded; the weights stay INITIAL."""
+    for step in range(3):
+        mixer.observe(signals(step, [9.0, 1.0, 1.0], [2, 1, 1], followed=mixer.weights()))
+        assert numpy.array_equal(mixer.weights(), INITIAL)
+
+
+# EXP3's exploration e_t = min(1/K, sqrt(ln K / (K t))) at the first iterations after the warm-up;
+# with K = 3 it is 1/3 until t = 3 (sqrt(ln 3 / 9) = 0.349), the start of e.
+E4, E5, E6 = (math.sqrt(math.log(3) / (3 * t)) for t in (4, 5, 6))
 
 
 @pytest.mark.filterwarnings("error")  # an unsampled domain's missing loss is no warning
-def test_odm_matches_hand_computed_updates():
-    mixer = ODMMixer(NAMES, INITIAL, smoothing=0.5)
-    assert numpy.array_equal(mixer.weights(), INITIAL)  # no update yet
-    weights = run_hand_steps(mixer)
-    for uniform in weights[:3]:
-        assert numpy.allclose(uniform, [1 / 3] * 3, rtol=0, atol=1e-15)
-    # R starts at 1; each step that samples a domain: R <- 0.5 R + 0.5 exp(L).
+def test_odm_paper_update_matches_hand_computed_updates():
+    """The default, the paper's Algorithm 1: a moving average (a = 0.9) of the importance-weighted loss."""
+    mixer = odm()
+    assert (mixer.update, mixer.smoothing, mixer.warmup_steps) == ("exp3-smoothed", 0.9, 3)
+    warm_up(mixer)
     exp = math.exp
-    r_prose = 0.5 * (0.5 * (0.5 * (0.5 * 1 + 0.5 * exp(2.0)) + 0.5 * exp(1.0)) + 0.5 * exp(1.5)) + 0.5 * exp(0.5)
-    r_code = 0.5 * (0.5 * (0.5 * (0.5 * 1 + 0.5 * exp(3.0)) + 0.5 * exp(2.0)) + 0.5 * exp(1.0)) + 0.5 * exp(4.0)
-    r_maths = 0.5 * (0.5 * (0.5 * 1 + 0.5 * exp(1.0)) + 0.5 * exp(2.5)) + 0.5 * exp(1.0)  # not sampled in step 1
-    total = r_prose + r_code + r_maths
-    expected = [(1 - 3 * E4) * r / total + E4 for r in (r_prose, r_code, r_maths)]
-    assert numpy.allclose(weights[3], expected, rtol=1e-12, atol=0)
-    assert weights[3][1] > weights[3][2] > weights[3][0]  # the hardest domain gets the most
+
+    # Iteration 4, drawn from INITIAL: R_i = 0.1 L_i / pi_i from R = 0; e' = 1/3, e = e_4.
+    mixer.observe(signals(3, [2.0, 3.0, 1.0], [2, 1, 1], followed=[0.5, 0.25, 0.25]))
+    assert mixer.rewards.tolist() == pytest.approx([0.1 * 4.0, 0.1 * 12.0, 0.1 * 4.0], rel=1e-15)
+    x = [exp(0.4 / 3), exp(1.2 / 3), exp(0.4 / 3)]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E4) * xi / sum(x) + E4 for xi in x], rtol=1e-12, atol=0)
+
+    # Iteration 5: maths not sampled (its R stays), drawn from a mixture other than the mixer's weights.
+    mixer.observe(signals(4, [1.0, 2.0, math.nan], [3, 1, 0], followed=[0.4, 0.4, 0.2]))
+    r = [0.9 * 0.4 + 0.1 * 1.0 / 0.4, 0.9 * 1.2 + 0.1 * 2.0 / 0.4, 0.4]  # 0.61, 1.58, 0.4
+    assert mixer.rewards.tolist() == pytest.approx(r, rel=1e-15)
+    x = [exp(E4 * 0.61), exp(E4 * 1.58), exp(E4 * 0.4)]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E5) * xi / sum(x) + E5 for xi in x], rtol=1e-12, atol=0)
+
+    # Iteration 6: e' = e_5, e = e_6.
+    mixer.observe(signals(5, [1.5, 1.0, 2.5], [1, 2, 1], followed=[0.25, 0.5, 0.25]))
+    r = [0.9 * 0.61 + 0.1 * 6.0, 0.9 * 1.58 + 0.1 * 2.0, 0.9 * 0.4 + 0.1 * 10.0]  # 1.149, 1.622, 1.36
+    assert mixer.rewards.tolist() == pytest.approx(r, rel=1e-14)
+    x = [exp(E5 * 1.149), exp(E5 * 1.622), exp(E5 * 1.36)]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E6) * xi / sum(x) + E6 for xi in x], rtol=1e-12, atol=0)
 
 
 @pytest.mark.filterwarnings("error")
-def test_odm_importance_weighted_matches_hand_computed_updates():
-    mixer = ODMMixer(NAMES, INITIAL, smoothing=0.5, importance_weighting=True)
-    weights = run_hand_steps(mixer)
-    for uniform in weights[:3]:
-        assert numpy.allclose(uniform, [1 / 3] * 3, rtol=0, atol=1e-15)
-    # R starts at 0; R <- 0.5 R + 0.5 L / pi with pi the step's weights: INITIAL in step 0, then 1/3.
-    r_prose = 0.5 * (0.5 * (0.5 * (0.5 * 0 + 0.5 * 2.0 / 0.5) + 0.5 * 1.0 * 3) + 0.5 * 1.5 * 3) + 0.5 * 0.5 * 3
-    r_code = 0.5 * (0.5 * (0.5 * (0.5 * 0 + 0.5 * 3.0 / 0.25) + 0.5 * 2.0 * 3) + 0.5 * 1.0 * 3) + 0.5 * 4.0 * 3
-    r_maths = 0.5 * (0.5 * (0.5 * 0 + 0.5 * 1.0 / 0.25) + 0.5 * 2.5 * 3) + 0.5 * 1.0 * 3  # not sampled in step 1
-    assert (r_prose, r_code, r_maths) == pytest.approx((2.5, 8.25, 3.875), rel=1e-12)
-    # pi = (1 - K e_4) softmax(e_3 R) + e_4, with e_3 = 1/3.
-    exponentials = [math.exp(r / 3) for r in (r_prose, r_code, r_maths)]
-    expected = [(1 - 3 * E4) * x / sum(exponentials) + E4 for x in exponentials]
-    assert numpy.allclose(weights[3], expected, rtol=1e-12, atol=0)
+def test_odm_exp3_matches_hand_computed_updates():
+    mixer = odm(update="exp3")
+    assert mixer.update == "exp3" and mixer.warmup_steps == 3
+    warm_up(mixer)
+    exp = math.exp
+
+    # Iteration 4, drawn from INITIAL: R_i = (L_i / 10) / pi_i from R = 0; e' = 1/3, e = e_4.
+    mixer.observe(signals(3, [2.0, 3.0, 1.0], [2, 1, 1], followed=[0.5, 0.25, 0.25]))
+    assert mixer.rewards.tolist() == pytest.approx([0.2 / 0.5, 0.3 / 0.25, 0.1 / 0.25], rel=1e-15)  # 0.4, 1.2, 0.4
+    x = [exp(0.4 / 3), exp(1.2 / 3), exp(0.4 / 3)]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E4) * xi / sum(x) + E4 for xi in x], rtol=1e-12, atol=0)
+
+    # Iteration 5: maths not sampled (its R stays), drawn from a mixture other than the mixer's
+    # weights, as --min-samples-per-domain makes it: pi is the one followed. e' = e_4, e = e_5.
+    mixer.observe(signals(4, [1.0, 2.0, math.nan], [3, 1, 0], followed=[0.4, 0.4, 0.2]))
+    r = [0.4 + 0.1 / 0.4, 1.2 + 0.2 / 0.4, 0.4]  # 0.65, 1.7, 0.4
+    assert mixer.rewards.tolist() == pytest.approx(r, rel=1e-15)
+    x = [exp(E4 * 0.65), exp(E4 * 1.7), exp(E4 * 0.4)]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E5) * xi / sum(x) + E5 for xi in x], rtol=1e-12, atol=0)
+
+    # Iteration 6: e' = e_5, e = e_6.
+    mixer.observe(signals(5, [1.5, 1.0, 2.5], [1, 2, 1], followed=[0.25, 0.5, 0.25]))
+    r = [0.65 + 0.15 / 0.25, 1.7 + 0.1 / 0.5, 0.4 + 0.25 / 0.25]  # 1.25, 1.9, 1.4
+    assert mixer.rewards.tolist() == pytest.approx(r, rel=1e-14)
+    x = [exp(E5 * 1.25), exp(E5 * 1.9), exp(E5 * 1.4)]
+    expected = [(1 - 3 * E6) * xi / sum(x) + E6 for xi in x]
+    assert numpy.allclose(mixer.weights(), expected, rtol=1e-12, atol=0)
+    assert expected[1] > expected[2] > expected[0]  # the largest importance-weighted loss gets the most
 
 
-def test_odm_warmup_returns_initial_weights_while_rewards_accumulate():
-    warm = ODMMixer(NAMES, INITIAL, warmup_steps=4)
-    cold = ODMMixer(NAMES, INITIAL)
-    assert numpy.array_equal(warm.weights(), numpy.array(INITIAL))  # step 0
-    warm_weights, cold_weights = run_hand_steps(warm), run_hand_steps(cold)
-    for weights in warm_weights[:3]:  # the weights of steps 1, 2 and 3
-        assert numpy.array_equal(weights, numpy.array(INITIAL))
-    assert numpy.array_equal(warm_weights[3], cold_weights[3])
+@pytest.mark.filterwarnings("error")
+def test_odm_smoothed_mean_matches_hand_computed_updates():
+    mixer = odm(update="smoothed-mean", smoothing=0.5)
+    warm_up(mixer)
+    exp = math.exp
+
+    # Iteration 4: R_i <- 0.5 R_i + 0.5 exp(L_i) from R = 0; maths, never sampled, keeps R = 0 and so
+    # gets exactly e_4. The mixture followed plays no part.
+    mixer.observe(signals(3, [2.0, 3.0, math.nan], [2, 2, 0], followed=[0.5, 0.25, 0.25]))
+    r = [0.5 * exp(2.0), 0.5 * exp(3.0), 0.0]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E4) * ri / sum(r) + E4 for ri in r], rtol=1e-12, atol=0)
+    assert mixer.weights()[2] == pytest.approx(E4, rel=1e-15)
+
+    # Iteration 5: every domain sampled.
+    mixer.observe(signals(4, [1.0, 2.0, 1.0], [1, 1, 2], followed=[0.3, 0.3, 0.4]))
+    r = [0.5 * r[0] + 0.5 * exp(1.0), 0.5 * r[1] + 0.5 * exp(2.0), 0.5 * 0.0 + 0.5 * exp(1.0)]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E5) * ri / sum(r) + E5 for ri in r], rtol=1e-12, atol=0)
+
+    # Iteration 6: code not sampled, its R stays.
+    mixer.observe(signals(5, [0.5, math.nan, 2.5], [2, 0, 2], followed=[0.3, 0.3, 0.4]))
+    r = [0.5 * r[0] + 0.5 * exp(0.5), r[1], 0.5 * r[2] + 0.5 * exp(2.5)]
+    assert numpy.allclose(mixer.weights(), [(1 - 3 * E6) * ri / sum(r) + E6 for ri in r], rtol=1e-12, atol=0)
 
 
 def test_odm_survives_losses_that_would_overflow_exp():
-    for importance_weighting in (False, True):
-        mixer = ODMMixer(NAMES, INITIAL, importance_weighting=importance_weighting)
+    for update in UPDATES:
+        mixer = ODMMixer(NAMES, INITIAL, total_steps=30, warmup_fraction=0.0, update=update)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             for step in range(10):
-                mixer.observe(signals(step, [1000.0, 0.0, 30.0], [1, 1, 1]))
+                mixer.observe(signals(step, [1000.0, 0.0, 30.0], [1, 1, 1], followed=mixer.weights()))
         weights = mixer.weights()
         assert numpy.all(numpy.isfinite(weights)) and abs(weights.sum() - 1) <= 1e-12
         assert weights.argmax() == 0 and weights.min() > 0
@@ -131,14 +170,36 @@ def test_temperature_interpolates_from_token_share_to_uniform():
         build_mixer("temperature", names=NAMES, initial_weights=INITIAL, domain_tokens=None, args=mixer_args("--mixer", "temperature"))
 
 
-def test_an_odm_state_of_the_other_reward_is_refused():
-    state = ODMMixer(NAMES, INITIAL).state_dict()
-    with pytest.raises(ValueError, match="importance-weighting"):
-        ODMMixer(NAMES, INITIAL, importance_weighting=True).load_state_dict(state)
+def test_an_odm_state_goes_through_a_checkpoint_and_decides_as_before():
+    original = odm(update="smoothed-mean")
+    warm_up(original)
+    for step in range(3, 5):  # maths never sampled: its log R is still -inf
+        original.observe(signals(step, [2.0, 3.0, math.nan], [2, 2, 0], followed=original.weights()))
+    restored = odm(update="smoothed-mean")
+    restored.load_state_dict(through_checkpoint(original.state_dict()))
+    assert restored.rewards[2] == -math.inf
+    assert_decides_alike(original, restored, range(5, 8), lambda step, weights: signals(step, [1.0, 2.0, 1.5], [1, 1, 2], followed=weights))
+
+
+def test_an_odm_state_of_the_other_update_or_of_the_old_format_is_refused():
+    state = through_checkpoint(odm().state_dict())
+    with pytest.raises(UserError) as refused:
+        odm(update="smoothed-mean").load_state_dict(state)
+    assert str(refused.value) == (
+        "the ODM state was saved with --odm-update exp3-smoothed, this run has smoothed-mean; resume with --odm-update exp3-smoothed"
+    )
+    # What the earlier ODM saved: its rewards were a smoothed exp(L) from 1, or a smoothed L / pi.
+    old = {"mixer": "ODMMixer", "names": NAMES, "scores": [0.1, 0.2, 0.3], "updates": 4, "importance_weighting": False}
+    with pytest.raises(UserError) as refused:
+        odm().load_state_dict(old)
+    assert str(refused.value) == (
+        "the ODM state was saved by an older ODM whose rewards mean something else; start the run anew, "
+        "or resume it with the version that wrote it"
+    )
 
 
 def test_non_finite_loss_keeps_the_last_weights_and_warns_once():
-    mixer, reference = ODMMixer(NAMES, INITIAL), ODMMixer(NAMES, INITIAL)
+    mixer, reference = (ODMMixer(NAMES, INITIAL, total_steps=30, warmup_fraction=0.0) for _ in range(2))
     for step in range(5):
         mixer.observe(signals(step, [1.0, 2.0, 3.0], [1, 1, 1]))
         reference.observe(signals(step, [1.0, 2.0, 3.0], [1, 1, 1]))
@@ -152,14 +213,21 @@ def test_non_finite_loss_keeps_the_last_weights_and_warns_once():
     assert len(caught) == 1 and "non-finite" in str(caught[0].message) and "prose" in str(caught[0].message)
     # the bad steps left no trace: the next good step lands where a mixer that never saw them does
     mixer.observe(signals(7, [2.0, 1.0, 0.5], [1, 1, 1]))
-    reference.observe(signals(5, [2.0, 1.0, 0.5], [1, 1, 1]))
+    reference.observe(signals(7, [2.0, 1.0, 0.5], [1, 1, 1]))
     assert numpy.array_equal(mixer.weights(), reference.weights())
 
 
 def test_the_registry_builds_a_mixer_with_its_options_from_the_command_line():
     assert ODMMixer.needs == {DOMAIN_LOSSES} and StaticMixer.needs == frozenset()
-    odm = build_mixer("odm", names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=mixer_args("--mixer", "odm", "--odm-smoothing", "0.9"))
-    assert type(odm) is ODMMixer and (odm.smoothing, odm.warmup_steps, odm.importance_weighting) == (0.9, 0, False)
+    published = build_mixer("odm", names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=mixer_args("--mixer", "odm"))
+    # the paper's defaults: EXP3 on the smoothed importance-weighted loss (a = 0.9), a warm-up of 2% of
+    # --train-iters (200), from the token distribution
+    assert type(published) is ODMMixer and (published.update, published.smoothing, published.warmup_steps) == ("exp3-smoothed", 0.9, 4)
+    assert numpy.allclose(published.weights(), [1 / 14, 4 / 14, 9 / 14], rtol=1e-14, atol=0)
+    smoothed = build_mixer("odm", names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS,
+                           args=mixer_args("--mixer", "odm", "--odm-update", "smoothed-mean", "--odm-smoothing", "0.5",
+                                           "--odm-warmup-fraction", "0.1"))
+    assert (smoothed.update, smoothed.smoothing, smoothed.warmup_steps) == ("smoothed-mean", 0.5, 20)
     assert mixer_args().mixer == "static"
 
 

@@ -8,24 +8,25 @@ import torch
 
 from megatron_acodm.data import DynamicBlender, open_corpus, parse_data_path
 from megatron_acodm.training.batches import data_parallel_slice, micro_batches
+from megatron_acodm.training.evaluation import part_means, part_standard_errors
 from megatron_acodm.training.loss import domain_loss_func, per_domain_sums
 
 
 def test_per_domain_sums_equal_a_direct_computation_on_mixed_micro_batches():
     generator = torch.Generator().manual_seed(0)
-    num_domains, expected = 4, numpy.zeros((4, 2))
-    total = torch.zeros(4, 2)
+    num_domains, expected = 4, numpy.zeros((4, 6))
+    total = torch.zeros(4, 6, dtype=torch.float64)
     for _ in range(5):  # micro-batches mixing the domains differently
         token_losses = torch.rand(6, 9, generator=generator) * 5
         loss_mask = (torch.rand(6, 9, generator=generator) > 0.3).float()
         domain_ids = torch.randint(0, num_domains, (6,), generator=generator)
         total += per_domain_sums(token_losses, loss_mask, domain_ids, num_domains)
         for row in range(6):
-            for position in range(9):
-                if loss_mask[row, position]:
-                    expected[domain_ids[row], 0] += float(token_losses[row, position])
-                    expected[domain_ids[row], 1] += 1
-    assert numpy.allclose(total.numpy(), expected, rtol=1e-5)
+            loss = sum(float(token_losses[row, position]) for position in range(9) if loss_mask[row, position])
+            tokens = float(loss_mask[row].sum())
+            # loss, tokens, then the sequence's count (if it has tokens) and its moments s^2, s n, n^2
+            expected[domain_ids[row]] += [loss, tokens, float(tokens > 0), loss * loss, loss * tokens, tokens * tokens]
+    assert numpy.allclose(total.numpy(), expected, rtol=1e-6)
 
 
 def test_loss_function_keeps_megatrons_contract():
@@ -33,9 +34,22 @@ def test_loss_function_keeps_megatrons_contract():
     loss_mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
     loss, tokens, reduced = domain_loss_func(loss_mask, torch.tensor([1, 0]), 3, token_losses)
     assert float(loss) == pytest.approx(1 + 2 + 5 + 6) and int(tokens) == 4
-    assert reduced["domain_sums"].tolist() == [[11.0, 2.0], [3.0, 2.0], [0.0, 0.0]]
+    # domain 0: one sequence, s = 11 over n = 2 tokens; domain 1: s = 3, n = 2 (columns: s, n, count, s^2, s n, n^2)
+    assert reduced["domain_sums"].tolist() == [[11.0, 2.0, 1.0, 121.0, 22.0, 4.0], [3.0, 2.0, 1.0, 9.0, 6.0, 4.0], [0.0] * 6]
     loss /= 4  # the schedule divides in place: the reported sums must not change
     assert reduced["domain_sums"][0, 0] == 11.0
+
+
+def test_an_evaluations_standard_error_is_the_ratio_estimators_over_its_sequences():
+    # Part 0: sequences with loss sums 2, 4, 9 over 1, 2, 3 tokens; part 1: one sequence; part 2: none.
+    token_losses = torch.tensor([[2.0, 0.0, 0.0], [1.0, 3.0, 0.0], [2.0, 3.0, 4.0], [5.0, 5.0, 0.0]])
+    loss_mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    sums = per_domain_sums(token_losses, loss_mask, torch.tensor([0, 0, 0, 1]), 3).numpy()
+    # mean r = 15 / 6 = 2.5; residuals s - r n: -0.5, -1, 1.5, squares 3.5 in all;
+    # variance 3 / (3 - 1) * 3.5 / 6^2 = 0.1458333...
+    assert part_means(sums) == [2.5, 5.0, None]
+    errors = part_standard_errors(sums)
+    assert errors[0] == pytest.approx((1.5 * 3.5 / 36) ** 0.5, rel=1e-12) and errors[1:] == [None, None]
 
 
 def test_data_parallel_slices_partition_the_global_batch():

@@ -2,25 +2,30 @@
 
 The action is not the actor's output itself: `action_map(states, outputs)` turns the actor's
 per-domain outputs into the next weights (AC-ODM's bounded mirror step, see `mixer.py`), and the
-critic judges those weights. Each update samples a batch of transitions (s, a, R, s') and
-- regresses the critic on y = R + gamma Q'(s', a'(s')) (primes: the target networks);
-- when the actor trains, raises Q(s, action_map(s, mu(s))): the actor's loss, stepped by the
-  ACTOR's optimizer (the published code steps the critic's there, so its actor never learns);
+critic judges those weights. The reward R is a number, or with `--acodm-reward published` a vector
+of one value per domain, as the reference's; the critic then has as many outputs. Each update
+samples a batch of transitions (s, a, R, s') and
+- regresses the critic on y = R + gamma Q'(s', a'(s')) (primes: the target networks; per domain for
+  a vector reward), by the mean squared error over the batch (and the domains);
+- when the actor trains, raises the mean of Q(s, action_map(s, mu(s))) (over the domains too): the
+  actor's loss, stepped by the ACTOR's optimizer (the published code steps the critic's there, so
+  its actor never learns);
 - moves the target networks towards the online ones by tau.
 Both optimizers are Adam with a linear learning-rate warm-up over the first updates. All
 randomness (initialisation, exploration noise, replay sampling) comes from one torch.Generator.
 
 Whether the critic fits is measured, not assumed: before a transition enters the buffer, the
 critic's squared error on its target (a transition it has not trained on) and that of a constant
-predictor (the moving mean of the targets) are averaged; `critic_fit` = 1 - their ratio, above 0
-when the critic predicts better than a constant.
+predictor (the moving mean of the targets) are averaged (a vector's over its components);
+`critic_fit` = 1 - their ratio, above 0 when the critic predicts better than a constant.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import numpy
 import torch
@@ -30,6 +35,7 @@ from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.acodm.networks import Actor, Critic, NetworkConfig
 
 ActionMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (states, actor outputs) -> weights
+Reward = Union[float, numpy.ndarray]  # a number, or one value per domain (`--acodm-reward published`)
 _FIT_DECAY = 0.98  # moving average of the held-out errors: about the last 50 transitions
 
 
@@ -61,27 +67,27 @@ class DDPGConfig:
 class Transitions(NamedTuple):
     states: torch.Tensor  # [B, S]
     actions: torch.Tensor  # [B, K]
-    rewards: torch.Tensor  # [B]
+    rewards: torch.Tensor  # [B, *reward_shape]
     next_states: torch.Tensor  # [B, S]
 
 
 class ReplayBuffer:
     """A ring of the last `capacity` transitions, sampled uniformly with replacement."""
 
-    def __init__(self, capacity: int, state_dim: int, num_domains: int):
+    def __init__(self, capacity: int, state_dim: int, num_domains: int, reward_shape: tuple[int, ...] = ()):
         self.capacity = capacity
         self.states = torch.zeros(capacity, state_dim)
         self.actions = torch.zeros(capacity, num_domains)
-        self.rewards = torch.zeros(capacity)
+        self.rewards = torch.zeros(capacity, *reward_shape)
         self.next_states = torch.zeros(capacity, state_dim)
         self.size = 0
         self.position = 0  # where the next transition goes
 
-    def add(self, state: numpy.ndarray, action: numpy.ndarray, reward: float, next_state: numpy.ndarray) -> None:
+    def add(self, state: numpy.ndarray, action: numpy.ndarray, reward: Reward, next_state: numpy.ndarray) -> None:
         row = self.position
         self.states[row] = torch.from_numpy(state)
         self.actions[row] = torch.from_numpy(action)
-        self.rewards[row] = reward
+        self.rewards[row] = torch.as_tensor(reward)
         self.next_states[row] = torch.from_numpy(next_state)
         self.position = (row + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
@@ -120,20 +126,28 @@ def _soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 class DDPGAgent:
     """Actor, critic, their target networks and optimizers, the replay buffer, and the critic's fit."""
 
-    def __init__(self, network: NetworkConfig, config: DDPGConfig, generator: torch.Generator, action_map: ActionMap):
+    def __init__(
+        self,
+        network: NetworkConfig,
+        config: DDPGConfig,
+        generator: torch.Generator,
+        action_map: ActionMap,
+        reward_shape: tuple[int, ...] = (),
+    ):
         self.config = config
         self.generator = generator
         self.action_map = action_map
         self.actor = Actor(network, generator)
-        self.critic = Critic(network, generator)
+        self.critic = Critic(network, generator, reward_shape)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        self.buffer = ReplayBuffer(config.buffer_size, network.state_dim, network.num_domains)
+        self.buffer = ReplayBuffer(config.buffer_size, network.state_dim, network.num_domains, reward_shape)
         self.updates = 0
         # moving averages: the critic's and a constant's squared error on unseen targets, the targets' mean
-        self.fit = torch.zeros(4, dtype=torch.float64)  # critic error, constant error, target mean, weight
+        # (one entry per reward component), and the averages' weight
+        self.fit = torch.zeros(3 + math.prod(reward_shape), dtype=torch.float64)
 
     def act(self, state: numpy.ndarray, explore: bool) -> numpy.ndarray:
         """The next weights for `state`, float64 [K]; with `explore`, Gaussian noise on the actor's outputs first."""
@@ -144,19 +158,23 @@ class DDPGAgent:
                 outputs = outputs + self.config.noise * torch.randn(outputs.shape, generator=self.generator, dtype=torch.float64)
             return self.action_map(state_tensor, outputs).numpy()
 
-    def remember(self, state: numpy.ndarray, action: numpy.ndarray, reward: float, next_state: numpy.ndarray) -> None:
+    def remember(self, state: numpy.ndarray, action: numpy.ndarray, reward: Reward, next_state: numpy.ndarray) -> None:
         """Score the critic on the transition it has not seen, then store it."""
         with torch.no_grad():
-            target = float(self._targets(torch.tensor([reward]), torch.from_numpy(next_state).float()[None])[0])
-            predicted = float(self.critic(torch.from_numpy(state)[None].float(), torch.from_numpy(action)[None].float())[0])
-        critic_error, constant_error, target_mean, weight = self.fit.tolist()
+            rewards = torch.as_tensor(reward, dtype=torch.float32)[None]
+            target = self._targets(rewards, torch.from_numpy(next_state).float()[None])[0].double().reshape(-1)
+            predicted = self.critic(torch.from_numpy(state)[None].float(), torch.from_numpy(action)[None].float())[0]
+            predicted = predicted.double().reshape(-1)
+        # fit: critic error, constant error, then the targets' mean (one per component), then the weight
+        critic_error, constant_error, weight = self.fit[0], self.fit[1], self.fit[-1]
+        target_mean = self.fit[2:-1]
         if weight > 0:  # the constant predictor is the mean of the targets seen before this one
             constant = target_mean / weight
-            critic_error = _FIT_DECAY * critic_error + (1 - _FIT_DECAY) * (predicted - target) ** 2
-            constant_error = _FIT_DECAY * constant_error + (1 - _FIT_DECAY) * (constant - target) ** 2
+            critic_error = _FIT_DECAY * critic_error + (1 - _FIT_DECAY) * ((predicted - target) ** 2).mean()
+            constant_error = _FIT_DECAY * constant_error + (1 - _FIT_DECAY) * ((constant - target) ** 2).mean()
         target_mean = _FIT_DECAY * target_mean + (1 - _FIT_DECAY) * target
         weight = _FIT_DECAY * weight + (1 - _FIT_DECAY)
-        self.fit = torch.tensor([critic_error, constant_error, target_mean, weight], dtype=torch.float64)
+        self.fit = torch.cat([torch.stack([critic_error, constant_error]), target_mean, weight[None]])
         self.buffer.add(state, action, reward, next_state)
 
     @property

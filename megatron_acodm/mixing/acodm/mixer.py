@@ -14,6 +14,16 @@ The paper's agent, with its action bounded (docs/DESIGN.md, "AC-ODM"). Each glob
    the signal on each domain, never more than `max_step` per step nor outside the KL ball.
 A zero or pure-noise signal gives a zero direction, so the weights stay at the prior.
 
+`--acodm-reward published` takes the reward of the reference code instead: R_t is the vector of
+per-domain rewards `alignment.published_rewards` computes from the step's Gram (the off-diagonal
+row sums, z-scored across the domains), the critic has one output per domain and regresses each on
+its own target, and the actor's loss is the mean of those outputs. It reads no objective. The step
+stays the bounded one, and its direction comes from the same reward: the per-domain reward smoothed
+over the steps each domain was present, less the mixture's mean, in standard errors
+(`AlignmentSignal.direction`), so the direction follows what the reward pays for. (The reward's
+z-score across domains has mean zero whatever the weights, so, as in the reference, the actor's
+objective barely depends on its action: the direction does the work.)
+
 Proxy mode (`--acodm-policy FILE`): an actor another run exported decides the steps, frozen (no
 critic, training or noise); the target still measures its own alignment signal.
 
@@ -34,7 +44,7 @@ import torch
 
 from megatron_acodm.errors import UserError
 from megatron_acodm.output_paths import check_output_file
-from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig
+from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig, Reward
 from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, DEFAULT_STALE_DECAY, FeatureSpec, StateBuilder
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.networks import NetworkConfig
@@ -58,8 +68,10 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-# 2: the actor scales the alignment signal's bounded step; 1 (no "format" key): it chose the weights itself
-STATE_FORMAT = 2
+# 3: --acodm-reward published is the reference's per-domain reward with a critic of K outputs (format 2's
+# published reward was one number; its alignment states are as format 3's and are read); 2: the actor
+# scales the alignment signal's bounded step; 1 (no "format" key): it chose the weights itself
+STATE_FORMAT = 3
 
 
 def _relative_depths(text: str) -> tuple[float, ...]:
@@ -104,10 +116,13 @@ class ACODMMixer(Mixer):
         target_interval: int = 10,
         floor: float = 0.0,
     ):
-        """`prior` (p0) and `objective` (pi) default to uniform. `policy` switches to proxy mode:
-        the network, feature depths and stale decay are then the policy's, `hidden`, `depth` unused.
-        `export_path`: where the actor goes at the end of the run (`end_of_run`)."""
+        """`prior` (p0) and `objective` (pi) default to uniform; `score` "published" takes no
+        objective. `policy` switches to proxy mode: the network, feature depths and stale decay are
+        then the policy's, `hidden`, `depth` unused. `export_path`: where the actor goes at the end
+        of the run (`end_of_run`)."""
         super().__init__(names, initial_weights, floor)
+        if score == "published" and objective is not None:
+            raise UserError("--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective")
         if export_path is not None:
             check_output_file(export_path, "--acodm-export-policy", "policy.pt")
         self.export_path = export_path
@@ -115,7 +130,9 @@ class ACODMMixer(Mixer):
             raise UserError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
         uniform = numpy.full(self.num_domains, 1.0 / self.num_domains)
         self.prior = uniform if prior is None else numpy.asarray(prior, dtype=numpy.float64)
-        self.signal = AlignmentSignal(uniform if objective is None else objective, score_decay, score, num_domains=self.num_domains)
+        objective = uniform if objective is None else objective
+        # The target's |g_target|^2 comes from one pair of halves of a few examples: averaged over passes, as DGA's.
+        self.signal = AlignmentSignal(objective, score_decay, score, num_domains=self.num_domains, smoothed_scale=len(objective) > self.num_domains)
         if self.signal.rows > self.num_domains:  # the objective is the target's row: measure it
             self.needs = type(self).needs | {TARGET_GRADIENT}
         self.target_interval = check_target_interval(target_interval)
@@ -130,8 +147,9 @@ class ACODMMixer(Mixer):
                 DEFAULT_STALE_DECAY if stale_decay is None else stale_decay,
             )
             self.network = NetworkConfig(self.spec.state_dim, self.num_domains, hidden, depth)
+            reward_shape = (self.num_domains,) if score == "published" else ()
             with _one_thread():
-                self.agent: Optional[DDPGAgent] = DDPGAgent(self.network, self.config, self.generator, self.action_map)
+                self.agent: Optional[DDPGAgent] = DDPGAgent(self.network, self.config, self.generator, self.action_map, reward_shape)
             self.warmup_steps = math.ceil(warmup_fraction * total_steps)
         else:
             self._check_policy_fits(policy, layer_depths, stale_decay)
@@ -173,7 +191,8 @@ class ACODMMixer(Mixer):
             choices=SCORES,
             default="alignment",
             help="AC-ODM: the per-domain score behind its step and reward; alignment: <g_k, g_obj> of mean "
-            "gradients with an unbiased diagonal; published: the paper's off-diagonal sum of the count-weighted Gram",
+            "gradients with an unbiased diagonal; published: the reference code's reward, per domain the z-scored "
+            "off-diagonal row sum of the mean gradients' Gram, with a critic of one output per domain (reads no --mixing-objective)",
         )
         add(
             "--acodm-max-step",
@@ -255,13 +274,20 @@ class ACODMMixer(Mixer):
     ) -> Mixer:
         total_steps = run_length(args, "acodm", "the state holds progress t/T, the warm-up is part of T")
         weighting = dict(names=names, data_path_weights=initial_weights, domain_tokens=domain_tokens)
+        has_target = bool(getattr(args, "target_data_path", None))
+        # --mixing-objective at its default (uniform) is no objective given; the published reward reads none
+        objective_given = args.mixing_objective != "uniform"
         return cls(
             names,
             initial_weights,
             total_steps=total_steps,
             seed=args.seed,
             prior=mixing_prior(args, names, initial_weights, domain_tokens),
-            objective=objective_weighting(args.mixing_objective, **weighting, has_target=bool(getattr(args, "target_data_path", None))),
+            objective=(
+                objective_weighting(args.mixing_objective, **weighting, has_target=has_target)
+                if objective_given or args.acodm_reward != "published"
+                else None
+            ),
             config=DDPGConfig(
                 gamma=args.acodm_gamma,
                 tau=args.acodm_tau,
@@ -281,7 +307,7 @@ class ACODMMixer(Mixer):
             pull=args.mixing_prior_pull,
             kl_radius=args.mixing_kl_radius,
             max_step=args.acodm_max_step,
-            policy=load_policy(args.acodm_policy, names) if args.acodm_policy else None,
+            policy=load_policy(args.acodm_policy, names, args.acodm_reward) if args.acodm_policy else None,
             export_path=args.acodm_export_policy,
             target_interval=args.dga_interval,
             floor=args.mixing_floor,
@@ -290,7 +316,7 @@ class ACODMMixer(Mixer):
     def export_policy(self, path: str) -> None:
         """Write the actor with its feature spec to `path` (atomically), for `--acodm-policy` in another run."""
         actor = self.agent.actor if self.agent is not None else self.policy.actor
-        save_policy(path, self.names, self.spec, self.network, actor)
+        save_policy(path, self.names, self.spec, self.network, actor, self.signal.score)
 
     def end_of_run(self, log: Callable[[str], None]) -> None:
         if self.export_path is not None:
@@ -338,13 +364,18 @@ class ACODMMixer(Mixer):
             state = self.features.state(self.memory, used, direction, self.signal.signal_to_noise(), norms, signals.step)
             if self.agent is not None:
                 if self.last_state is not None and step_scores is not None:
-                    self.agent.remember(self.last_state, used, float(used @ step_scores), state)
+                    self.agent.remember(self.last_state, used, self._reward(used, step_scores), state)
                     self.agent.update(train_actor=not self._warming_up())
                 self.next_weights = self.agent.act(state, explore=True)
             else:
                 self.next_weights = self.policy.act(state, self.action_map)
             self.steps_observed += 1
             self.last_state = state
+
+    def _reward(self, used: numpy.ndarray, step_scores: numpy.ndarray) -> Reward:
+        """The step's reward: the published per-domain vector as it is, or the alignment of the
+        training gradient of weights `used` with the objective's, `sum_k w_k r_k`."""
+        return step_scores if self.signal.score == "published" else float(used @ step_scores)
 
     def _state(self) -> dict[str, Any]:
         def tensor(value: Optional[numpy.ndarray]) -> Optional[torch.Tensor]:
@@ -366,11 +397,18 @@ class ACODMMixer(Mixer):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
+        saved_format = state.get("format", 1)
+        if saved_format not in (2, STATE_FORMAT):
             raise UserError(
-                f"the checkpoint's AC-ODM state has format {state.get('format', 1)}, this version reads format "
-                f"{STATE_FORMAT} (its actor scales a bounded step instead of choosing the weights); finish that run "
-                f"with the version that wrote it, or start a new one"
+                f"the checkpoint's AC-ODM state has format {saved_format}, this version reads format {STATE_FORMAT} "
+                f"(and format 2 without --acodm-reward published); finish that run with the version that wrote it, "
+                f"or start a new one"
+            )
+        if saved_format == 2 and state["signal"]["score"] == "published":
+            raise UserError(
+                "the checkpoint's AC-ODM state is of format 2 with --acodm-reward published, whose reward was one "
+                "number; this version's is the reference's, one per domain with a critic of as many outputs: finish "
+                "that run with the version that wrote it, or start a new one"
             )
         mode = "train" if self.policy is None else "proxy"
         if state["mode"] != mode:

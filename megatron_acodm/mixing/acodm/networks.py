@@ -1,5 +1,6 @@
 """AC-ODM's networks: the actor mu(s) (one output per domain: the logit of how far to follow the
-alignment signal on it, see `mixer.py`) and the critic Q(s, a), a the next weights.
+alignment signal on it, see `mixer.py`) and the critic Q(s, a), a the next weights: one value, or
+with `--acodm-reward published` one per domain, as the reference's critic has (its reward is a vector).
 
 Both are MLPs of `depth` hidden layers of width `hidden`, each Linear -> LayerNorm -> ReLU. The
 initialisation draws from a given generator, and from nothing else: every rank builds the same
@@ -70,11 +71,15 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    def __init__(self, config: NetworkConfig, generator: torch.Generator):
+    """Q(s, a) of a reward of shape `reward_shape`: () for a scalar, (K,) for one value per domain."""
+
+    def __init__(self, config: NetworkConfig, generator: torch.Generator, reward_shape: tuple[int, ...] = ()):
         super().__init__()
-        self.network = _mlp(config.state_dim + config.num_domains, 1, config.hidden, config.depth)
+        self.reward_shape = reward_shape
+        self.network = _mlp(config.state_dim + config.num_domains, math.prod(reward_shape), config.hidden, config.depth)
         _initialise(self.network, generator)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q [...]."""
-        return self.network(torch.cat([state, action], dim=-1)).squeeze(-1)
+        """Q [..., *reward_shape]."""
+        values = self.network(torch.cat([state, action], dim=-1))
+        return values.reshape(*values.shape[:-1], *self.reward_shape)

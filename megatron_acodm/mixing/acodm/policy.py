@@ -1,11 +1,12 @@
 """Proxy mode: an AC-ODM actor written to a file by one run and read, frozen, by another.
 
 The file (torch.save of plain values and tensors, read back with `weights_only=True`) holds:
-`format`, `version`, `domains` (names, in order), `feature_spec` (`FeatureSpec.to_dict`: relative
-depths, normalisations, K, L, state dimension), `network` (`NetworkConfig.to_dict`) and `actor`
-(the actor's state dict). Features are scale-free and layers are chosen by relative depth, so a
-target of another depth or width reads its own state with the proxy's spec; only the domains must
-be the same, in the same order.
+`format`, `version`, `domains` (names, in order), `reward` (the `--acodm-reward` it was trained
+with: the state's direction block is that reward's), `feature_spec` (`FeatureSpec.to_dict`:
+relative depths, normalisations, K, L, state dimension), `network` (`NetworkConfig.to_dict`) and
+`actor` (the actor's state dict). Features are scale-free and layers are chosen by relative depth,
+so a target of another depth or width reads its own state with the proxy's spec; the domains must
+be the same, in the same order, and the reward the same.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from megatron_acodm.mixing.acodm.ddpg import ActionMap
 from megatron_acodm.mixing.acodm.networks import Actor, NetworkConfig
 
 POLICY_FORMAT = "megatron-acodm/acodm-policy"
-POLICY_VERSION = 2  # 2: the actor scales the alignment signal's step (1: softmax weights)
+# 3: the file names its reward (2's did not, and its published reward is no longer this program's);
+# 2: the actor scales the alignment signal's step; 1: softmax weights
+POLICY_VERSION = 3
 _EXPORT_FIX = "re-export it with --mixer acodm --acodm-export-policy"
 
 
@@ -47,12 +50,13 @@ class FrozenPolicy:
             return action_map(state_tensor, self.actor(state_tensor.float()).double()).numpy()
 
 
-def save_policy(path: str, names: Sequence[str], spec: FeatureSpec, network: NetworkConfig, actor: Actor) -> None:
+def save_policy(path: str, names: Sequence[str], spec: FeatureSpec, network: NetworkConfig, actor: Actor, reward: str) -> None:
     """Write the policy file atomically: to a temporary file beside `path`, then renamed over it."""
     payload = {
         "format": POLICY_FORMAT,
         "version": POLICY_VERSION,
         "domains": list(names),
+        "reward": reward,
         "feature_spec": spec.to_dict(),
         "network": network.to_dict(),
         "actor": {name: tensor.detach().clone() for name, tensor in actor.state_dict().items()},
@@ -61,8 +65,9 @@ def save_policy(path: str, names: Sequence[str], spec: FeatureSpec, network: Net
         torch.save(payload, stream)
 
 
-def load_policy(path: str, names: Sequence[str]) -> FrozenPolicy:
-    """The policy in `path` for a run on domains `names`; PolicyError says what is wrong and how to fix it."""
+def load_policy(path: str, names: Sequence[str], reward: str) -> FrozenPolicy:
+    """The policy in `path` for a run on domains `names` with `--acodm-reward` `reward`; PolicyError
+    says what is wrong and how to fix it."""
     if not os.path.isfile(path):
         raise PolicyError(
             f"{path}: no such policy file; --acodm-policy takes the file a run wrote with --acodm-export-policy"
@@ -84,6 +89,11 @@ def load_policy(path: str, names: Sequence[str]) -> FrozenPolicy:
         raise PolicyError(
             f"{path}: the policy was trained on domains {payload.get('domains')}, this run has {list(names)}; "
             f"give this run a --data-path with the same domains in the same order, or train its own policy"
+        )
+    if payload.get("reward") != reward:
+        raise PolicyError(
+            f"{path}: the policy was trained with --acodm-reward {payload.get('reward')}, this run has {reward}; "
+            f"give this run --acodm-reward {payload.get('reward')}, or train its own policy"
         )
     return _build(path, payload)
 

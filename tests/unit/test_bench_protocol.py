@@ -1,0 +1,237 @@
+"""The quality benchmarks' protocol (bench/): which code a run's key covers, the git record of a run,
+the paired statistics every report uses, and where a trade-off point lies against another curve.
+
+The bench modules run as scripts with bench/ on their path; here each is loaded from its file and
+registered under its own name for the test's duration (the ones it imports first)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(REPO, "bench")
+
+
+def _load(monkeypatch: pytest.MonkeyPatch, *names: str):
+    """The bench modules `names`, in order (each may import the ones before it); returns the last."""
+    module = None
+    for name in names:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def code_version(monkeypatch):
+    return _load(monkeypatch, "code_version")
+
+
+@pytest.fixture
+def significance(monkeypatch):
+    return _load(monkeypatch, "significance")
+
+
+def _write(root, files: dict[str, str]) -> None:
+    for path, text in files.items():
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "w", encoding="utf-8") as stream:
+            stream.write(text)
+
+
+# A package in miniature: the registry imports both mixers; mixer `a` imports a shared module by a
+# `from package import name` and another inside a function; mixer `b` imports relatively, a
+# subpackage among them; `unused` is imported by nothing.
+TOY = {
+    "run.py": "import megatron_acodm.training.loop\n",
+    "megatron_acodm/__init__.py": "",
+    "megatron_acodm/training/__init__.py": "",
+    "megatron_acodm/training/loop.py": "from megatron_acodm.mixing import MIXERS\n",
+    "megatron_acodm/mixing/__init__.py": "from megatron_acodm.mixing.registry import MIXERS\n",
+    "megatron_acodm/mixing/registry.py": "from megatron_acodm.mixing.a import A\nfrom megatron_acodm.mixing.b import B\nMIXERS = [A, B]\n",
+    "megatron_acodm/mixing/base.py": "class Mixer: pass\n",
+    "megatron_acodm/mixing/a.py": ("from megatron_acodm.mixing.base import Mixer\nfrom megatron_acodm.mixing import shared\n"
+                                   "class A(Mixer):\n    def later(self):\n        import megatron_acodm.mixing.lazy\n"),
+    "megatron_acodm/mixing/shared.py": "import math\n",
+    "megatron_acodm/mixing/lazy.py": "",
+    "megatron_acodm/mixing/b.py": "from .base import Mixer\nfrom .pkg import thing\nclass B(Mixer): pass\n",
+    "megatron_acodm/mixing/pkg/__init__.py": "from .inner import thing\n",
+    "megatron_acodm/mixing/pkg/inner.py": "thing = 1\n",
+    "megatron_acodm/mixing/unused.py": "",
+}
+EVERY_RUN = ["megatron_acodm/__init__.py", "megatron_acodm/mixing/__init__.py", "megatron_acodm/mixing/base.py",
+             "megatron_acodm/mixing/registry.py", "megatron_acodm/training/__init__.py", "megatron_acodm/training/loop.py", "run.py"]
+
+
+def test_a_run_counts_its_mixers_imports_and_no_other_mixers_modules(code_version, tmp_path):
+    _write(tmp_path, TOY)
+    files_a = code_version.run_files(str(tmp_path), ["run.py"], "megatron_acodm.mixing.a")
+    files_b = code_version.run_files(str(tmp_path), ["run.py"], "megatron_acodm.mixing.b")
+    assert files_a == sorted(EVERY_RUN + ["megatron_acodm/mixing/a.py", "megatron_acodm/mixing/lazy.py", "megatron_acodm/mixing/shared.py"])
+    assert files_b == sorted(EVERY_RUN + ["megatron_acodm/mixing/b.py", "megatron_acodm/mixing/pkg/__init__.py",
+                                          "megatron_acodm/mixing/pkg/inner.py"])
+
+
+def test_bytecode_is_not_code(code_version, tmp_path):
+    _write(tmp_path, {**TOY, "megatron_acodm/mixing/__pycache__/a.cpython-311.pyc": "x", "megatron_acodm/stale.pyc": "x"})
+    before = code_version.code_hash(str(tmp_path), ["run.py"], "megatron_acodm.mixing.a")
+    _write(tmp_path, {"megatron_acodm/mixing/__pycache__/a.cpython-311.pyc": "y", "megatron_acodm/stale.pyc": "y"})
+    assert code_version.code_hash(str(tmp_path), ["run.py"], "megatron_acodm.mixing.a") == before
+
+
+MIXER_MODULES = {"uniform": "megatron_acodm.mixing.static", "odm": "megatron_acodm.mixing.odm", "ado": "megatron_acodm.mixing.ado"}
+# A file changed -> the runs whose key changes.
+CHANGES = {
+    "megatron_acodm/mixing/ado.py": {"ado"},  # another mixer's module: the others keep their key
+    "megatron_acodm/mixing/odm.py": {"odm"},  # the run's own mixer
+    "megatron_acodm/training/loop.py": {"uniform", "odm", "ado"},  # outside mixing/: every run
+    "megatron_acodm/mixing/registry.py": {"uniform", "odm", "ado"},  # it imports every mixer: every run
+    "pretrain_acodm.py": {"uniform", "odm", "ado"},  # the entry point
+}
+
+
+def test_a_changed_file_changes_the_keys_of_the_runs_that_import_it(code_version, tmp_path):
+    # This repository's package and entry point, copied: the copy's files change.
+    shutil.copytree(os.path.join(REPO, "megatron_acodm"), tmp_path / "megatron_acodm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "pretrain_acodm.py"), tmp_path / "pretrain_acodm.py")
+    hashes = lambda: {mixer: code_version.code_hash(str(tmp_path), ["pretrain_acodm.py"], module) for mixer, module in MIXER_MODULES.items()}
+    before = hashes()
+    for changed, rerun in CHANGES.items():
+        original = (tmp_path / changed).read_text(encoding="utf-8")
+        (tmp_path / changed).write_text(original + "\n# changed\n", encoding="utf-8")
+        after = hashes()
+        assert {mixer for mixer in MIXER_MODULES if after[mixer] != before[mixer]} == rerun, changed
+        (tmp_path / changed).write_text(original, encoding="utf-8")
+    assert hashes() == before
+
+
+def test_the_key_holds_paths_relative_to_where_they_live(code_version):
+    places = (("/a/root/uniform-seed1", "<run>"), ("/a/root", "<root>"), ("/a/repo", "<repo>"))
+    moved = (("/b/root/uniform-seed1", "<run>"), ("/b/root", "<root>"), ("/elsewhere/repo", "<repo>"))
+    words = ["--metrics-path", "/a/root/uniform-seed1/metrics.jsonl", "--acodm-policy", "/a/root/proxy-seed1/policy.pt",
+             "--data-path", "/a/repo/data/demo/indexed/domains.json", "--seed", "1", "--tokenizer-model", "/opt/tok.model"]
+    moved_words = [word.replace("/a/root", "/b/root").replace("/a/repo", "/elsewhere/repo") for word in words]
+    expected = ["--metrics-path", "<run>/metrics.jsonl", "--acodm-policy", "<root>/proxy-seed1/policy.pt",
+                "--data-path", "<repo>/data/demo/indexed/domains.json", "--seed", "1", "--tokenizer-model", "/opt/tok.model"]
+    assert [code_version.portable(word, places) for word in words] == expected
+    assert [code_version.portable(word, moved) for word in moved_words] == expected
+    assert code_version.portable("/a/rootless/x", places) == "/a/rootless/x"  # a prefix is not a folder
+
+
+def test_the_git_record_names_the_commit_and_a_changed_package(code_version, tmp_path):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    git = lambda *arguments: subprocess.run(["git", "-c", "commit.gpgsign=false", "-C", str(tmp_path), *arguments], check=True, capture_output=True, text=True, env=env).stdout
+    _write(tmp_path, {"megatron_acodm/x.py": "a = 1\n", "notes.txt": "n\n"})
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    head = git("rev-parse", "HEAD").strip()
+    assert code_version.git_commit(str(tmp_path)) == {"commit": head, "package_modified": False}
+    _write(tmp_path, {"notes.txt": "other\n"})  # outside the package: not the run's code
+    assert code_version.git_commit(str(tmp_path)) == {"commit": head, "package_modified": False}
+    _write(tmp_path, {"megatron_acodm/x.py": "a = 2\n"})
+    assert code_version.git_commit(str(tmp_path)) == {"commit": head, "package_modified": True}
+    git("checkout", "-q", "--", "megatron_acodm/x.py")
+    _write(tmp_path, {"megatron_acodm/new.py": ""})  # a new, untracked module
+    assert code_version.git_commit(str(tmp_path)) == {"commit": head, "package_modified": True}
+    assert code_version.git_commit(str(tmp_path / "missing")) == {"commit": None, "package_modified": None}
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+# Student's t with 2 degrees of freedom has closed forms: CDF F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so
+# the two-sided p of |t| is 1 - |t| / sqrt(2 + t^2), and the quantile of p is (2p - 1) / sqrt(2 p (1 - p)).
+T_975_DF2 = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)  # 4.3027
+T_975_DF4 = 2.7764451051977987  # tables of Student's t: 97.5th percentile, 4 degrees of freedom
+
+
+def test_a_paired_comparison_over_three_seeds_matches_the_closed_form(significance):
+    values = {1: 5.50, 2: 5.65, 3: 5.70}
+    reference = {1: 5.80, 2: 5.90, 3: 6.00, 4: 7.0}  # seed 4 has no partner: left out
+    # differences -0.30, -0.25, -0.30: mean -0.28333, deviations -1/60, +2/60, -1/60 -> variance (6/3600)/2
+    mean, std = -0.85 / 3, math.sqrt((6 / 3600) / 2)
+    se = std / math.sqrt(3)
+    t = mean / se
+    result = significance.compare(values, reference)
+    assert result["seeds"] == [1, 2, 3]
+    assert result["differences"] == pytest.approx([-0.30, -0.25, -0.30])
+    assert (result["n"], result["mean"], result["std"], result["se"]) == (3, pytest.approx(mean), pytest.approx(std), pytest.approx(se))
+    assert result["low"] == pytest.approx(mean - T_975_DF2 * se)
+    assert result["high"] == pytest.approx(mean + T_975_DF2 * se)
+    assert result["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t))
+    assert result["verdict"] == "better"
+    assert significance.seeds_lower(result) == 3
+
+
+def test_an_interval_that_holds_zero_is_no_detectable_difference(significance):
+    # differences -0.1, +0.1, -0.2, 0.0, +0.2: mean 0, variance 0.1 / 4
+    result = significance.compare({s: 5.0 + d for s, d in zip(range(1, 6), (-0.1, 0.1, -0.2, 0.0, 0.2))}, {s: 5.0 for s in range(1, 6)})
+    half = T_975_DF4 * math.sqrt(0.1 / 4) / math.sqrt(5)
+    assert (result["low"], result["high"]) == (pytest.approx(-half), pytest.approx(half))
+    assert result["p"] == pytest.approx(1.0)
+    assert result["verdict"] == "no detectable difference"
+
+
+def test_worse_needs_the_whole_interval_above_zero(significance):
+    worse = significance.compare({1: 1.2, 2: 1.3, 3: 1.25}, {1: 1.0, 2: 1.0, 3: 1.0})
+    assert worse["low"] > 0 and worse["verdict"] == "worse"
+    single = significance.compare({1: 1.2}, {1: 1.0})
+    assert (single["mean"], single["low"], single["p"], single["verdict"]) == (pytest.approx(0.2), None, None, "too few seeds")
+    assert significance.interval_text(single) == "+0.2000"
+    assert significance.interval_text(significance.compare({}, {})) == "-"
+
+
+def test_differences_that_do_not_vary_have_a_point_interval_and_no_p(significance):
+    result = significance.compare({1: 2.0, 2: 3.0}, {1: 1.5, 2: 2.5})
+    assert (result["low"], result["high"], result["p"], result["verdict"]) == (pytest.approx(0.5), pytest.approx(0.5), None, "worse")
+
+
+def test_the_error_of_a_mean_over_domains(significance):
+    # uniform mean of three domains with standard errors 0.3, 0.4, 1.2: sqrt(0.09 + 0.16 + 1.44) / 3
+    assert significance.combined_error([0.3, 0.4, 1.2], [1 / 3] * 3) == pytest.approx(math.sqrt(1.69) / 3)
+    assert significance.combined_error([0.3, None], [0.5, 0.5]) is None
+
+
+# ------------------------------------------------------------------------------------------ the trade-off
+
+
+def _point(name: str, general: dict[int, float], target: dict[int, float]) -> dict:
+    return {"row": {"name": name}, "general_loss": {"final": {"mean": sum(general.values()) / len(general)}},
+            "target_loss": {"final_per_seed": target}}
+
+
+def test_a_point_is_compared_with_the_other_curve_interpolated_at_its_general_loss(monkeypatch):
+    analysis = _load(monkeypatch, "significance", "mixing_quality_analysis", "target_quality_analysis")
+    other = [_point("far", {1: 5.4, 2: 5.5, 3: 5.6}, {1: 5.6, 2: 5.7, 3: 5.8}),  # general mean 5.5
+             _point("uniform", {1: 5.0, 2: 5.1, 3: 5.2}, {1: 6.0, 2: 6.1, 3: 6.2})]  # general mean 5.1
+    # general mean 5.3: halfway, so the other curve's target there is {5.8, 5.9, 6.0}; differences
+    # -0.30, -0.25, -0.30 as in the three-seed test above: the whole interval below zero
+    point = _point("p", {1: 5.2, 2: 5.3, 3: 5.4}, {1: 5.50, 2: 5.65, 3: 5.70})
+    found = analysis.against_curve(point, other)
+    assert (found["position"], found["between"], found["weight"]) == ("below", ["uniform", "far"], pytest.approx(0.5))
+    assert found["paired"]["differences"] == pytest.approx([-0.30, -0.25, -0.30])
+
+
+
+def test_beyond_the_other_curve_only_dominance_decides(monkeypatch):
+    analysis = _load(monkeypatch, "significance", "mixing_quality_analysis", "target_quality_analysis")
+    other = [_point("uniform", {1: 5.0, 2: 5.1, 3: 5.2}, {1: 6.0, 2: 6.1, 3: 6.2}),  # general mean 5.1
+             _point("far", {1: 5.4, 2: 5.5, 3: 5.6}, {1: 5.6, 2: 5.7, 3: 5.8})]  # general mean 5.5
+    cheaper = {1: 4.9, 2: 5.0, 3: 5.1}  # general mean 5.0, below the curve's cheapest
+    dearer = {1: 5.7, 2: 5.8, 3: 5.9}  # general mean 5.8, above its dearest
+    lower = lambda start: {1: start - 0.30, 2: start - 0.15, 3: start - 0.20}  # differences -0.30, -0.25, -0.30 from {start, start+0.1, start+0.2}
+    higher = lambda start: {1: start + 0.30, 2: start + 0.35, 3: start + 0.50}  # +0.30, +0.25, +0.30
+    cases = [(cheaper, lower(6.0), "below", "uniform"), (cheaper, higher(6.0), "outside its range", "uniform"),
+             (dearer, higher(5.6), "above", "far"), (dearer, lower(5.6), "outside its range", "far")]
+    for general, target, position, end in cases:
+        found = analysis.against_curve(_point("q", general, target), other)
+        assert (found["position"], found["between"]) == (position, [end])
