@@ -33,11 +33,11 @@ def compare(values: Mapping[Any, float], reference: Mapping[Any, float], level: 
         result["mean"] = statistics.fmean(differences)
     if len(differences) >= 2:
         std = statistics.stdev(differences)
-        se = std / math.sqrt(len(differences))
-        half = float(stats.t.ppf(0.5 + level / 2, len(differences) - 1)) * se
-        result.update(std=std, se=se, low=result["mean"] - half, high=result["mean"] + half)
-        if std > 0:
-            result["p"] = float(stats.ttest_rel([values[seed] for seed in seeds], [reference[seed] for seed in seeds]).pvalue)
+        result.update(std=std, se=std / math.sqrt(len(differences)), low=result["mean"], high=result["mean"])
+        if std > 0:  # scipy's paired t-test: its p and its interval of the mean difference
+            test = stats.ttest_rel([values[seed] for seed in seeds], [reference[seed] for seed in seeds])
+            interval = test.confidence_interval(level)
+            result.update(low=float(interval.low), high=float(interval.high), p=float(test.pvalue))
     result["verdict"] = verdict(result)
     return result
 

@@ -57,8 +57,6 @@ MIN_POINTS = 3  # a law has three parameters
 MAX_EXPONENT = 0.8  # the paper's bound on alpha
 HUBER_DELTA = 1e-3  # the paper's, on log-loss residuals
 EPSILON_GRID = 64  # candidate irreducible losses, evenly over [0, min L)
-# The state's layout and meaning; a state of another format is refused, never read.
-STATE_FORMAT = 2
 
 
 def fit_power_law(samples: numpy.ndarray, losses: numpy.ndarray) -> tuple[float, float, float]:
@@ -86,6 +84,8 @@ class ADOMixer(Mixer):
 
     needs = frozenset({DOMAIN_LOSSES})
     reads = frozenset({"mixing_prior"})
+    state_format = 2
+    state_change = "its credit follows the realised counts and a fitted point's n its steps"
 
     def __init__(
         self,
@@ -266,7 +266,6 @@ class ADOMixer(Mixer):
 
     def _state(self) -> dict[str, Any]:
         return {
-            "format": STATE_FORMAT,
             "steps": self.steps,
             "samples": self.samples,
             "credit": self.credit.tolist(),
@@ -281,11 +280,6 @@ class ADOMixer(Mixer):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise UserError(
-                "the ADO state was saved by an older ADO whose credit and fitted points mean something else; "
-                "start the run anew, or resume it with the version that wrote it"
-            )
         self.steps, self.samples, self.block_steps = int(state["steps"]), int(state["samples"]), int(state["block_steps"])
         for field in ("credit", "average", "mixture", "block_loss", "block_tokens", "block_samples"):
             setattr(self, field, numpy.array(state[field], dtype=numpy.float64))

@@ -92,6 +92,12 @@ class Mixer(abc.ABC):
     # The options shared between mixers that this one reads (`registry.SHARED_OPTIONS`, or another
     # mixer's own, e.g. --dga-interval): any other mixer's option given to this one is refused.
     reads: frozenset[str] = frozenset()
+    # The layout and meaning of what `_state` saves: a checkpoint whose mixer state has another
+    # format (none saved: 1) is refused, never misread. A mixer whose state changes meaning raises
+    # it and says what changed (`state_change`); `older_state_formats` lists those it still reads.
+    state_format: int = 1
+    state_change: str = ""
+    older_state_formats: tuple[int, ...] = ()
 
     @classmethod
     @abc.abstractmethod
@@ -188,7 +194,7 @@ class Mixer(abc.ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values (and torch tensors, for mixers with networks: see the module's docstring)."""
-        return {"mixer": type(self).__name__, "names": list(self.names), **self._state()}
+        return {"mixer": type(self).__name__, "names": list(self.names), "format": self.state_format, **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         names = state.get("names")
@@ -198,6 +204,13 @@ class Mixer(abc.ABC):
             )
         if state.get("mixer") != type(self).__name__:
             raise UserError(f"the mixer state is from {state.get('mixer')}, this run uses {type(self).__name__}")
+        saved = state.get("format", 1)
+        if saved != self.state_format and saved not in self.older_state_formats:
+            change = f" ({self.state_change})" if self.state_change else ""
+            raise UserError(
+                f"the checkpoint's {type(self).__name__} state has format {saved}, this version reads "
+                f"format {self.state_format}{change}; finish that run with the version that wrote it, or start a new one"
+            )
         self._load_state(state)
 
     @abc.abstractmethod
@@ -211,4 +224,4 @@ class Mixer(abc.ABC):
         return {}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        """Restore what `_state` saved; `state` is already checked to be for these domains."""
+        """Restore what `_state` saved; `state` is already checked to be for these domains, of a format read."""

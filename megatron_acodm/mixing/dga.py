@@ -49,9 +49,6 @@ from megatron_acodm.mixing.base import GRADIENT_GRAM, TARGET_GRADIENT, Mixer, St
 from megatron_acodm.mixing.weighting import mixing_prior
 from megatron_acodm.sketch import sketch_rows
 
-# 2: D is a moving average over the passes and skipped passes are counted; 1 (no "format" key): each pass's own
-STATE_FORMAT = 2
-
 
 def check_target_interval(interval: int) -> int:
     """--dga-interval, as DGA and AC-ODM's target objective read it."""
@@ -72,6 +69,8 @@ class DGAMixer(Mixer):
 
     needs = frozenset({GRADIENT_GRAM, TARGET_GRADIENT})
     reads = frozenset({"mixing_prior", "mixing_score_ema", "sketch_layers", "sketch_dim"})
+    state_format = 2
+    state_change = "its alignment divides by a moving average of the target's norm over the passes"
 
     def __init__(
         self,
@@ -172,7 +171,6 @@ class DGAMixer(Mixer):
 
     def _state(self) -> dict[str, Any]:
         return {
-            "format": STATE_FORMAT,
             "mixture": torch.from_numpy(self.mixture.copy()),
             "updates": self.updates,
             "skipped_passes": self.skipped_passes,
@@ -180,12 +178,6 @@ class DGAMixer(Mixer):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state.get("format", 1) != STATE_FORMAT:
-            raise UserError(
-                f"the checkpoint's DGA state has format {state.get('format', 1)}, this version reads format {STATE_FORMAT} "
-                f"(its alignment divides by a moving average of the target's norm over the passes); finish that run "
-                f"with the version that wrote it, or start a new one"
-            )
         self.signal.load_state_dict(state["signal"])
         self.mixture = state["mixture"].numpy().copy()
         self.updates = int(state["updates"])

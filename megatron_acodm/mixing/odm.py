@@ -47,8 +47,6 @@ SMOOTHED = ("exp3-smoothed", "smoothed-mean")  # the updates that read --odm-smo
 EXPONENTIAL = ("exp3-smoothed", "exp3")  # the updates whose mixture is EXP3's exponential weights
 REWARD_SCALE = 10.0  # exp3: each loss is divided by this before it is importance-weighted
 DEFAULT_SMOOTHING = 0.9
-# The state's layout and meaning; a state of another format is refused, never read.
-STATE_FORMAT = 2
 
 
 def exploration(num_domains: int, iteration: int) -> float:
@@ -61,6 +59,8 @@ class ODMMixer(Mixer):
 
     needs = frozenset({DOMAIN_LOSSES})
     reads = frozenset({"mixing_prior"})
+    state_format = 2
+    state_change = "its rewards are the paper's and the reference code's, no longer a smoothed exp(L) or L / pi"
 
     def __init__(
         self,
@@ -162,7 +162,6 @@ class ODMMixer(Mixer):
 
     def _state(self) -> dict[str, Any]:
         return {
-            "format": STATE_FORMAT,
             "update": self.update,
             "rewards": self.rewards.tolist(),
             "exploration": self.exploration,
@@ -170,11 +169,6 @@ class ODMMixer(Mixer):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise UserError(
-                "the ODM state was saved by an older ODM whose rewards mean something else; start the run anew, "
-                "or resume it with the version that wrote it"
-            )
         if state["update"] != self.update:
             raise UserError(
                 f"the ODM state was saved with --odm-update {state['update']}, this run has {self.update}; "

@@ -18,6 +18,7 @@ import torch
 from megatron_acodm.data import Corpus, DynamicBlender, Tokenizer, open_corpus, parse_data_path
 from megatron_acodm.data.targets import TargetSets, open_target_sets
 from megatron_acodm.errors import UserError
+from megatron_acodm.metrics.weights_and_biases import check_wandb
 from megatron_acodm.model import pad_vocab_size
 from megatron_acodm.output_paths import check_output_file, check_output_folder
 
@@ -51,11 +52,12 @@ def open_inputs(args: Namespace) -> RunInputs:
 
 
 def check_output_paths(args: Namespace) -> None:
-    """Every place the run writes to, and --load, before the run starts."""
+    """Every place the run writes to (W&B's package and folder too), and --load, before the run starts."""
     for option, folder in (("--save", args.save), ("--data-cache-path", args.data_cache_path), ("--tensorboard-dir", args.tensorboard_dir)):
         if folder is not None:
             check_output_folder(folder, option)
     check_output_file(args.metrics_path, "--metrics-path", "metrics.jsonl")
+    check_wandb(args)
     if args.load is not None and args.load != args.save and os.path.exists(args.load) and not os.path.isdir(args.load):
         raise UserError(f"--load {args.load}: is a file; give the --save folder of an earlier run")
 

@@ -19,12 +19,11 @@ from megatron_acodm.sketch import GradientSketcher, gram, half_segments, sketch_
 from megatron_acodm.training.batches import rank_micro_batches
 from megatron_acodm.training.checkpoint import TRACKER, initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means, part_standard_errors
-from megatron_acodm.training.loss import COLUMNS, LOSS, TOKENS
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.inputs import build_blender, build_targets, check_output_paths, open_inputs
 from megatron_acodm.metrics import EvalRecord, TrainRecord, run_logger
 from megatron_acodm.metrics.memory import cuda_memory_mib
-from megatron_acodm.metrics.weights_and_biases import check_wandb
+from megatron_acodm.training.loss import COLUMNS, LOSS, TOKENS
 from megatron_acodm.training.resume import check_resumable, check_same_model_shape, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
 from megatron_acodm.training.step import StepOutcome, run_step
@@ -125,7 +124,6 @@ def pretrain(args: Namespace) -> None:
     inputs = open_inputs(args)
     mixer = build_mixer(args.mixer, names=inputs.corpus.names, initial_weights=inputs.corpus.initial_weights, domain_tokens=inputs.corpus.tokens, args=args)
     check_output_paths(args)
-    check_wandb(args)
     initialize(args)
     rank = torch.distributed.get_rank()
     log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda message: None)

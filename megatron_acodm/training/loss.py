@@ -21,7 +21,7 @@ def per_domain_sums(token_losses: torch.Tensor, loss_mask: torch.Tensor, domain_
     over its sequences with tokens: their count and the sums of s_i^2, s_i n_i and n_i^2."""
     mask = loss_mask.double()  # float64: the squared sums must survive the variance's subtraction
     loss, tokens = (token_losses.double() * mask).sum(dim=1), mask.sum(dim=1)
-    per_sequence = torch.stack([loss, tokens, (tokens > 0).float(), loss * loss, loss * tokens, tokens * tokens], dim=1)
+    per_sequence = torch.stack([loss, tokens, (tokens > 0).double(), loss * loss, loss * tokens, tokens * tokens], dim=1)
     packed = torch.zeros(num_domains, COLUMNS, dtype=torch.float64, device=token_losses.device)
     return packed.index_add_(0, domain_ids.to(token_losses.device), per_sequence)
 

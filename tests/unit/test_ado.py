@@ -158,8 +158,8 @@ def test_a_state_of_the_earlier_format_is_refused():
     with pytest.raises(UserError) as refused:
         build().load_state_dict(dict(old, point_samples=[40, 80, 120], point_losses=[[3.0, 2.0, 1.0]] * 3))
     assert str(refused.value) == (
-        "the ADO state was saved by an older ADO whose credit and fitted points mean something else; "
-        "start the run anew, or resume it with the version that wrote it"
+        "the checkpoint's ADOMixer state has format 1, this version reads format 2 (its credit follows the realised counts "
+        "and a fitted point's n its steps); finish that run with the version that wrote it, or start a new one"
     )
 
 

@@ -93,7 +93,7 @@ def test_dga_measures_only_the_pass_steps_and_a_state_of_the_earlier_format_is_r
     assert mixer.skipped_passes == 0  # a step without the pass is no skipped pass
     state = mixer.state_dict()
     del state["format"]
-    with pytest.raises(UserError, match="the checkpoint's DGA state has format 1, this version reads format 2 .*start a new one"):
+    with pytest.raises(UserError, match="the checkpoint's DGAMixer state has format 1, this version reads format 2 .*start a new one"):
         DGAMixer(NAMES, [1 / 3] * 3, interval=2).load_state_dict(state)
 
 

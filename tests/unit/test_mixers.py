@@ -193,8 +193,8 @@ def test_an_odm_state_of_the_other_update_or_of_the_old_format_is_refused():
     with pytest.raises(UserError) as refused:
         odm().load_state_dict(old)
     assert str(refused.value) == (
-        "the ODM state was saved by an older ODM whose rewards mean something else; start the run anew, "
-        "or resume it with the version that wrote it"
+        "the checkpoint's ODMMixer state has format 1, this version reads format 2 (its rewards are the paper's and the "
+        "reference code's, no longer a smoothed exp(L) or L / pi); finish that run with the version that wrote it, or start a new one"
     )
 
 

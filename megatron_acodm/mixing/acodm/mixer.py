@@ -68,12 +68,6 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-# 3: --acodm-reward published is the reference's per-domain reward with a critic of K outputs (format 2's
-# published reward was one number; its alignment states are as format 3's and are read); 2: the actor
-# scales the alignment signal's bounded step; 1 (no "format" key): it chose the weights itself
-STATE_FORMAT = 3
-
-
 def _relative_depths(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(depth) for depth in text.split(","))
@@ -90,6 +84,12 @@ class ACODMMixer(Mixer):
         "mixing_prior", "mixing_objective", "mixing_prior_pull", "mixing_kl_radius", "mixing_score_ema",
         "sketch_layers", "sketch_dim", "dga_interval",  # the target pass's interval, with --mixing-objective target
     })
+    # 3: --acodm-reward published is the reference's per-domain reward with a critic of K outputs;
+    # 2: the actor scales the alignment signal's bounded step (read: its states are as format 3's,
+    # but for the published reward, which was one number); 1: the actor chose the weights itself.
+    state_format = 3
+    state_change = "its actor scales the alignment signal's bounded step"
+    older_state_formats = (2,)
 
     def __init__(
         self,
@@ -382,7 +382,6 @@ class ACODMMixer(Mixer):
             return None if value is None else torch.from_numpy(value.copy())
 
         return {
-            "format": STATE_FORMAT,
             "mode": "train" if self.policy is None else "proxy",
             "feature_spec": self.spec.to_dict(),
             "network": self.network.to_dict(),
@@ -397,14 +396,7 @@ class ACODMMixer(Mixer):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        saved_format = state.get("format", 1)
-        if saved_format not in (2, STATE_FORMAT):
-            raise UserError(
-                f"the checkpoint's AC-ODM state has format {saved_format}, this version reads format {STATE_FORMAT} "
-                f"(and format 2 without --acodm-reward published); finish that run with the version that wrote it, "
-                f"or start a new one"
-            )
-        if saved_format == 2 and state["signal"]["score"] == "published":
+        if state["format"] == 2 and state["signal"]["score"] == "published":
             raise UserError(
                 "the checkpoint's AC-ODM state is of format 2 with --acodm-reward published, whose reward was one "
                 "number; this version's is the reference's, one per domain with a critic of as many outputs: finish "
