@@ -2,11 +2,12 @@
 """Mixing quality: does online mixing beat static blends on real text? Side by side, several seeds.
 
     python bench/mixing_quality.py [--quick] [--corpus demo|noisy] [--data-path domains.json --tokenizer-model M]
-        [--target-data-path T] [--seeds 1,2,3,4,5] [--steps N] [--mixers uniform,temperature,odm,ado,aioli,acodm,acodm_proxy]
-        [--final-eval-iters 128] [--work-dir data/mixing_quality] [--output-dir bench/results] [--fresh]
+        [--target-data-path T] [--seeds 1,2,3,4,5] [--steps N] [--mixers uniform,temperature,odm,ado,aioli,acodm,acodm_proxy,...]
+        [--final-eval-iters 128] [--jobs 1] [--work-dir data/mixing_quality] [--output-dir bench/results] [--fresh]
 
 Trains the same small GPT on CPU under each mixer, with identical seeds, data, steps and optimiser
-settings, one `python pretrain_acodm.py` subprocess at a time:
+settings, one `python pretrain_acodm.py` subprocess per run, `--jobs` of them at a time (a proxy
+and the transfers that read it in one thread, in order):
 
 - `uniform` (the static reference), `temperature` (T = 2 on corpus tokens), the published online
   baselines `odm`, `ado` and `aioli` (each at its defaults; Aioli's sweeps of perturbed mixtures are
@@ -15,6 +16,12 @@ settings, one `python pretrain_acodm.py` subprocess at a time:
   AC-ODM with `--acodm-export-policy`, and its frozen actor drives the target (`--acodm-policy`); the proxy's
   steps are part of that mixer's cost and reported beside it. `static` (tokens-proportional) can be
   added with `--mixers`.
+- Is a learned policy worth more than replaying what it did (`transfers.py`)? `acodm_proxy_replay`
+  replays the AC-ODM proxy run's mixture on the target as a schedule of 10 phases, `acodm_proxy_mean`
+  trains on its mean mixture as a static blend; `ado_proxy_replay` and `ado_proxy_mean` do the same
+  with ADO trained on the same proxy model (`proxy_ado`). A section of the report compares each
+  transfer, paired by seed, with its family's learned policy on the target (AC-ODM's frozen actor;
+  for ADO, `ado` run online on the target).
 - `--seed` changes the model's initialisation, the data order and the held-out samples; each seed
   (1 to 5 by default) runs every mixer, so differences are paired by seed.
 - Each run's final checkpoint is evaluated once more on `--final-eval-iters` global batches of
@@ -76,10 +83,11 @@ from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
 from result_files import save_results
 from runs import PRESETS, SPLIT, Run, add_run_options, code_versions, execute_runs, wall_s
+from transfers import PROXIES, TRANSFERS
 
-ALL_MIXERS = ("static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", "acodm_proxy")
-DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "ado", "aioli", "acodm", "acodm_proxy"),
-                  "noisy": ("uniform", "static", "odm", "ado", "aioli", "acodm", "acodm_proxy")}
+ALL_MIXERS = ("static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", *TRANSFERS)
+DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "ado", "aioli", "acodm", *TRANSFERS),
+                  "noisy": ("uniform", "static", "odm", "ado", "aioli", "acodm", *TRANSFERS)}
 OUTPUT_STEMS = {"demo": "mixing_quality", "noisy": "mixing_quality_noisy"}
 
 
@@ -109,8 +117,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--seq-length", type=int, default=None)
     add("--global-batch", type=int, default=None)
     add("--micro-batch", type=int, default=None)
-    add("--proxy-layers", type=int, default=None, help="the AC-ODM proxy model's layers")
-    add("--proxy-hidden", type=int, default=None, help="the AC-ODM proxy model's hidden size")
+    add("--proxy-layers", type=int, default=None, help="the proxy model's layers (the AC-ODM and ADO proxies)")
+    add("--proxy-hidden", type=int, default=None, help="the proxy model's hidden size")
     add("--evaluations", type=int, default=None, help="validation points per run (every steps/N)")
     add("--eval-iters", type=int, default=None, help="global batches of held-out samples per periodic validation")
     add("--final-eval-iters", type=int, default=None,
@@ -119,7 +127,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--lr", type=float, default=1e-3)
     add("--min-lr", type=float, default=1e-4)
     add("--temperature", type=float, default=2.0, help="the temperature mixer's T")
-    add_run_options(parser, "data/mixing_quality", jobs=False)  # a proxy's target run reads its policy
+    add_run_options(parser, "data/mixing_quality")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     for key, value in preset.items():
@@ -179,14 +187,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root = os.path.join(args.work_dir, f"{mode}-{digest}")
     os.makedirs(root, exist_ok=True)
     write_json(os.path.join(root, "settings.json"), config)
+    proxies = [proxy for proxy in PROXIES if any(TRANSFERS[mixer].proxy == proxy for mixer in args.mixers if mixer in TRANSFERS)]
     runs: list[Run] = []
-    for seed in args.seeds:
-        if "acodm_proxy" in args.mixers:
-            runs.append(Run(root, "proxy", seed, args))
+    for seed in args.seeds:  # a seed's proxies before the transfers that read them
+        runs += [Run(root, proxy, seed, args) for proxy in proxies]
         runs += [Run(root, mixer, seed, args) for mixer in args.mixers]
     say(f"mixing quality ({mode}): {len(runs)} runs of {args.steps} steps in {root}")
     started = time.perf_counter()
-    results = execute_runs(runs, args.fresh)
+    results = execute_runs(runs, args.fresh, jobs=args.jobs)
     wall = time.perf_counter() - started
     run_wall = sum(wall_s(result) for result in results.values())
 

@@ -18,6 +18,7 @@ import statistics
 from typing import Any, Optional, Sequence
 
 from significance import compare
+from transfers import FAMILY_REFERENCE, PROXIES, TRANSFERS
 
 REFERENCE = "uniform"  # a static blend: the reference of time and memory, and the first of the losses'
 # The references of the losses, per corpus: with noise also `static`, the tokens-proportional blend a
@@ -28,7 +29,7 @@ METRIC_TITLES = {"lm_loss_uniform": "uniform mean over domains", "lm_loss": "cor
 # What of a document holding `analyse`'s result is a value per evaluation or log record: the results'
 # side file holds it (`result_files.save_results`), the summary JSON the rest.
 CURVES = ("iterations", "runs/*/valid", "runs/*/train", *(f"summary/*/{metric}/mean_curve" for metric in METRICS),
-          "summary/*/mixture", "proxy/mixture")
+          "summary/*/mixture", "proxies/*/mixture")
 
 
 def eval_interval(args: argparse.Namespace) -> int:
@@ -129,7 +130,8 @@ def final_evaluation(args: argparse.Namespace, runs: list[dict], names: list[str
 
 def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str, dict], names: list[str]) -> dict[str, Any]:
     """Every run's result and curves (`curves` holds the finished runs'), each mixer's summary against
-    every reference (`args.references`), and the proxy's, from the runs' `results` and `curves` by run name."""
+    every reference (`args.references`), each proxy's (`proxy_summary`) and each transfer against
+    its family's learned policy (`transfer_comparisons`), from the runs' `results` and `curves` by run name."""
     per_run = {name: {**result, **curves[name]} if name in curves else {**result, "failed": True}
                for name, result in results.items()}
     mixers = [mixer for mixer in args.mixers]
@@ -184,29 +186,52 @@ def analyse(args: argparse.Namespace, results: dict[str, dict], curves: dict[str
         entry["step_time_ratio"] = entry["median_step_ms"]["mean"] / reference["median_step_ms"]["mean"]
         entry["peak_rss_ratio"] = entry["peak_rss_mib"]["mean"] / reference["peak_rss_mib"]["mean"]
 
-    proxy_runs = [per_run[f"proxy-seed{seed}"] for seed in args.seeds if f"proxy-seed{seed}" in per_run and not per_run[f"proxy-seed{seed}"].get("failed")]
-    proxy = None
-    if proxy_runs:
-        proxy_ms = statistics.mean(run["median_step_ms"] for run in proxy_runs)
-        proxy = {
-            "layers": args.proxy_layers, "hidden": args.proxy_hidden, "steps_per_policy": args.steps,
-            "median_step_ms": spread([run["median_step_ms"] for run in proxy_runs]),
-            "peak_rss_mib": spread([run["peak_rss_mib"] for run in proxy_runs]),
-            "wall_s": spread([run["wall_s"] for run in proxy_runs]),
-            "parameters": parameter_count(args.proxy_layers, args.proxy_hidden, args),
-            "target_step_equivalents": args.steps * proxy_ms / reference["median_step_ms"]["mean"],
-            # its own periodic evaluation: a proxy has no final one
-            "last_valid_lm_loss_uniform": spread([run["valid"]["lm_loss_uniform"][-1] for run in proxy_runs]),
-            "mixture": {
-                "iteration": proxy_runs[0]["train"]["iteration"],
-                "share_mean": {name: mean_lists([run["train"]["share"][name] for run in proxy_runs]) for name in names},
-            },
-        }
+    proxies = {}
+    for proxy in PROXIES:
+        proxy_runs = [per_run[f"{proxy}-seed{seed}"] for seed in args.seeds
+                      if f"{proxy}-seed{seed}" in per_run and not per_run[f"{proxy}-seed{seed}"].get("failed")]
+        if proxy_runs:
+            proxies[proxy] = proxy_summary(args, proxy, proxy_runs, reference, names)
     corpus_tokens = dict(zip(names, reference_runs[REFERENCE][0]["corpus_tokens"]))
     finished = [run for mixer in mixers for run in ok(mixer)]
     return {"names": names, "evaluated": args.evaluated, "corpus_tokens": corpus_tokens, "targets": targets,
             "final_evaluation": final_evaluation(args, finished, names),
-            "iterations": iterations, "summary": summary, "proxy": proxy, "runs": per_run}
+            "iterations": iterations, "summary": summary, "proxies": proxies,
+            "transfers": transfer_comparisons(args, summary), "runs": per_run}
+
+
+def proxy_summary(args: argparse.Namespace, proxy: str, proxy_runs: list[dict], reference: dict, names: list[str]) -> dict[str, Any]:
+    """A proxy's model, its cost (also in the target's step times: what a transfer pays once per seed),
+    its own last periodic loss (a proxy has no final evaluation) and the mixture it drew."""
+    proxy_ms = statistics.mean(run["median_step_ms"] for run in proxy_runs)
+    return {
+        "mixer": PROXIES[proxy], "layers": args.proxy_layers, "hidden": args.proxy_hidden, "steps": args.steps,
+        "median_step_ms": spread([run["median_step_ms"] for run in proxy_runs]),
+        "peak_rss_mib": spread([run["peak_rss_mib"] for run in proxy_runs]),
+        "wall_s": spread([run["wall_s"] for run in proxy_runs]),
+        "parameters": parameter_count(args.proxy_layers, args.proxy_hidden, args),
+        "target_step_equivalents": args.steps * proxy_ms / reference["median_step_ms"]["mean"],
+        "last_valid_lm_loss_uniform": spread([run["valid"]["lm_loss_uniform"][-1] for run in proxy_runs]),
+        "mixture": {
+            "iteration": proxy_runs[0]["train"]["iteration"],
+            "share_mean": {name: mean_lists([run["train"]["share"][name] for run in proxy_runs]) for name in names},
+        },
+    }
+
+
+def transfer_comparisons(args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any]:
+    """Per proxy family present: its reference (`transfers.FAMILY_REFERENCE`, the learned policy on the
+    target) and each of its other transfers' final losses minus the reference's, paired by seed."""
+    families: dict[str, Any] = {}
+    for proxy, reference in FAMILY_REFERENCE.items():
+        members = [mixer for mixer in args.mixers if TRANSFERS.get(mixer, (None,))[0] == proxy and mixer != reference]
+        if not members or not summary.get(reference, {}).get("seeds_ok"):
+            continue
+        families[proxy] = {"reference": reference, "against": {
+            mixer: {metric: compare(summary[mixer][metric]["final_per_seed"], summary[reference][metric]["final_per_seed"])
+                    for metric in METRICS}
+            for mixer in members if summary[mixer].get("seeds_ok")}}
+    return families
 
 
 def excluded(analysis: dict[str, Any]) -> list[str]:

@@ -9,7 +9,9 @@ from common import save_figure
 from mixing_quality_analysis import METRIC_TITLES, METRICS, excluded, log_interval, noise_first
 
 COLOURS = {"static": "tab:gray", "uniform": "black", "temperature": "tab:blue", "odm": "tab:orange",
-           "ado": "tab:green", "aioli": "tab:brown", "acodm": "tab:red", "acodm_proxy": "tab:purple"}
+           "ado": "tab:green", "aioli": "tab:brown", "acodm": "tab:red", "acodm_proxy": "tab:purple",
+           "acodm_proxy_replay": "tab:pink", "acodm_proxy_mean": "tab:olive", "ado_proxy_replay": "tab:cyan",
+           "ado_proxy_mean": "darkgreen"}
 
 
 def plot_curves(args: argparse.Namespace, analysis: dict, path: str, mode: str) -> None:
@@ -68,12 +70,11 @@ def plot_weights(args: argparse.Namespace, analysis: dict, path: str, mode: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, proxy = analysis["summary"], analysis["proxy"]
+    summary = analysis["summary"]
     # the noise at the bottom of the stack, in black (tab10 has a grey): its share reads off the axis
     names = noise_first(analysis)
     panels = [(mixer, summary[mixer]["mixture"]) for mixer in args.mixers if summary.get(mixer, {}).get("seeds_ok")]
-    if proxy:
-        panels.append((f"proxy {proxy['layers']}x{proxy['hidden']} (AC-ODM training)", proxy["mixture"]))
+    panels += [(f"proxy {proxy['layers']}x{proxy['hidden']} ({proxy['mixer']})", proxy["mixture"]) for proxy in analysis["proxies"].values()]
     columns = 3
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)

@@ -22,6 +22,7 @@ from mixing_quality_analysis import (
 )
 from runs import SPLIT
 from significance import BETTER, LEVEL, interval_text, p_text, seeds_lower
+from transfers import REPLAY_PHASES, TRANSFERS
 
 DESCRIPTIONS = {"uniform": "a static blend", "static": "tokens-proportional, the blend a user would pick"}
 OBJECTIVE_MARK = "†"  # after the name of a mixer that was given --mixing-objective
@@ -149,8 +150,20 @@ def _header(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) 
     ]
 
 
+def _proxy_label(proxy: dict) -> str:
+    return f"proxy {proxy['layers']}x{proxy['hidden']} ({proxy['mixer']})"
+
+
+def _proxy_cost(analysis: dict, mixer: str) -> str:
+    """What a transfer pays before its target run: its proxy's steps, in target-step times."""
+    proxy = analysis["proxies"].get(TRANSFERS[mixer].proxy) if mixer in TRANSFERS else None
+    if not proxy:
+        return "-"
+    return f"{proxy['steps']} on {_proxy_label(proxy)} (~{proxy['target_step_equivalents']:.0f} target-step times)"
+
+
 def _steps_section(args: argparse.Namespace, analysis: dict, mixers: list[str], reference: str) -> list[str]:
-    summary, proxy = analysis["summary"], analysis["proxy"]
+    summary = analysis["summary"]
     lines = [
         "",
         f"## Steps to reach {reference}'s last periodic validation loss",
@@ -165,12 +178,8 @@ def _steps_section(args: argparse.Namespace, analysis: dict, mixers: list[str], 
     ]
     for mixer in mixers:
         entry = summary[mixer]
-        extra = "-"
-        if mixer == "acodm_proxy" and proxy:
-            extra = (f"{proxy['steps_per_policy']} on {proxy['layers']}x{proxy['hidden']} "
-                     f"(~{proxy['target_step_equivalents']:.0f} target-step times)")
         lines.append(f"| {_name(analysis, mixer)} | {_steps_cell(entry['lm_loss_uniform']['against'][reference])} | "
-                     f"{_steps_cell(entry['lm_loss']['against'][reference])} | {extra} |")
+                     f"{_steps_cell(entry['lm_loss']['against'][reference])} | {_proxy_cost(analysis, mixer)} |")
     return lines
 
 
@@ -206,12 +215,9 @@ def _final_section(args: argparse.Namespace, analysis: dict, mixers: list[str]) 
 
 
 def _mixture_rows(analysis: dict, mixers: list[str]) -> list[tuple[str, dict]]:
-    """(label, mixture) of every mixer, then of the AC-ODM proxy when there is one."""
-    proxy = analysis["proxy"]
+    """(label, mixture) of every mixer, then of each proxy run."""
     rows = [(_name(analysis, mixer), analysis["summary"][mixer]["mixture"]) for mixer in mixers]
-    if proxy:
-        rows.append((f"proxy ({proxy['layers']}x{proxy['hidden']}, AC-ODM training)", proxy["mixture"]))
-    return rows
+    return rows + [(_proxy_label(proxy), proxy["mixture"]) for proxy in analysis["proxies"].values()]
 
 
 def _mixture_section(args: argparse.Namespace, analysis: dict, mixers: list[str]) -> list[str]:
@@ -249,7 +255,7 @@ def _mixture_section(args: argparse.Namespace, analysis: dict, mixers: list[str]
 
 
 def _cost_section(analysis: dict, mixers: list[str]) -> list[str]:
-    summary, proxy = analysis["summary"], analysis["proxy"]
+    summary = analysis["summary"]
     lines = [
         "",
         "## Cost against the static reference (uniform)",
@@ -265,16 +271,16 @@ def _cost_section(analysis: dict, mixers: list[str]) -> list[str]:
         entry = summary[mixer]
         lines.append(f"| {_name(analysis, mixer)} | {_mean_std(entry['median_step_ms'], '.0f')} | {entry['step_time_ratio']:.2f} | "
                      f"{_mean_std(entry['peak_rss_mib'], '.0f')} | {entry['peak_rss_ratio']:.2f} | {_mean_std(entry['wall_s'], '.0f')} |")
-    if proxy:
+    for proxy in analysis["proxies"].values():
         reference = summary[REFERENCE]
-        lines.append(f"| proxy {proxy['layers']}x{proxy['hidden']} (AC-ODM, per policy) | {_mean_std(proxy['median_step_ms'], '.0f')} | "
+        lines.append(f"| {_proxy_label(proxy)}, once per seed | {_mean_std(proxy['median_step_ms'], '.0f')} | "
                      f"{proxy['median_step_ms']['mean'] / reference['median_step_ms']['mean']:.2f} | {_mean_std(proxy['peak_rss_mib'], '.0f')} | "
                      f"{proxy['peak_rss_mib']['mean'] / reference['peak_rss_mib']['mean']:.2f} | {_mean_std(proxy['wall_s'], '.0f')} |")
     return lines
 
 
 def _verdict_section(args: argparse.Namespace, analysis: dict, mixers: list[str]) -> list[str]:
-    names, summary, proxy = analysis["names"], analysis["summary"], analysis["proxy"]
+    names, summary = analysis["names"], analysis["summary"]
     lines = ["", "## Verdict", ""]
     for mixer in mixers:
         clauses = [_verdict_clause(summary[mixer], reference) for reference in args.references if reference != mixer]
@@ -286,10 +292,12 @@ def _verdict_section(args: argparse.Namespace, analysis: dict, mixers: list[str]
         clauses[-1] += (f"; its last third of the run drew {', '.join(f'{name} {last[name]:.2f}' for name in top)} of the samples "
                         f"({effective_domains(list(last.values())):.1f} effective domains of {len(names)})")
         lines.append(f"- `{_name(analysis, mixer)}` " + ". It ".join(clauses) + ".")
-    if proxy and "acodm_proxy" in mixers:
-        lines.append(f"- `acodm_proxy`'s cost includes {proxy['steps_per_policy']} proxy steps per policy "
-                     f"({proxy['layers']}x{proxy['hidden']}, {proxy['parameters'] / 1e6:.2f}M parameters), "
-                     f"about {proxy['target_step_equivalents']:.0f} target steps of wall time.")
+    for label, proxy in analysis["proxies"].items():
+        users = [f"`{mixer}`" for mixer in mixers if TRANSFERS.get(mixer, (None,))[0] == label]
+        if users:
+            lines.append(f"- The cost of {', '.join(users)} includes the {_proxy_label(proxy)} run: {proxy['steps']} steps "
+                         f"of {proxy['parameters'] / 1e6:.2f}M parameters per seed, about {proxy['target_step_equivalents']:.0f} "
+                         f"target steps of wall time.")
     lines += [
         f"- Verdicts compare the final losses paired by seed: 'better' or 'worse' only where the {LEVEL:.0%} t interval of "
         f"the mean difference over the {len(args.seeds)} seeds excludes zero; 'no detectable difference' says this many "
@@ -308,6 +316,33 @@ def _verdict_section(args: argparse.Namespace, analysis: dict, mixers: list[str]
     return lines
 
 
+def _transfer_section(analysis: dict) -> list[str]:
+    """Each transfer of a proxy's mixture against its family's learned policy on the target, paired by seed."""
+    families = analysis["transfers"]
+    if not families:
+        return []
+    heading = " | ".join(f"{METRIC_TITLES[metric]}: Δ [{LEVEL:.0%} interval] | p | verdict" for metric in METRICS)
+    lines = [
+        "",
+        "## A learned policy, or the mixture it followed?",
+        "",
+        f"Each transfer's final loss minus its family's learned policy on the target, paired by seed (negative: the "
+        f"transfer is better). Replay: the proxy run's mixture (its logged weights) as a schedule of {REPLAY_PHASES} "
+        f"phases, each the mean over its steps; mean: its mean mixture as a static blend. AC-ODM's reference is its "
+        f"proxy's frozen actor driving the target (`acodm_proxy`); ADO has no policy to freeze, so its reference is "
+        f"ADO itself run online on the target (`ado`). Each transfer's cost beside uniform: the steps table above.",
+        "",
+        f"| transfer | against | {heading} |",
+        "|---|---|" + "---|---|---|" * len(METRICS),
+    ]
+    for family in families.values():
+        for mixer, per_metric in family["against"].items():
+            cells = [f"{interval_text(per_metric[metric])} | {p_text(per_metric[metric])} | {per_metric[metric]['verdict']}"
+                     for metric in METRICS]
+            lines.append(f"| {_name(analysis, mixer)} | {family['reference']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str) -> str:
     mixers = [mixer for mixer in args.mixers if analysis["summary"].get(mixer, {}).get("seeds_ok")]
     lines = _header(args, analysis, wall_s, mode)
@@ -315,6 +350,7 @@ def markdown(args: argparse.Namespace, analysis: dict, wall_s: float, mode: str)
         lines += _steps_section(args, analysis, mixers, reference)
     lines += _final_section(args, analysis, mixers)
     lines += _mixture_section(args, analysis, mixers)
+    lines += _transfer_section(analysis)
     lines += _cost_section(analysis, mixers)
     lines += _verdict_section(args, analysis, mixers)
     return "\n".join(lines) + "\n"

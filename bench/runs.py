@@ -51,6 +51,7 @@ from megatron_acodm.mixing import MIXERS
 from megatron_acodm.training.checkpoint import open_checkpoint
 from mixing_quality_analysis import clock, eval_interval, log_interval
 from significance import combined_error
+from transfers import POLICY, PROXIES, TRANSFERS, proxy_products, transfer_arguments, write_exports
 
 ENTRY_POINT = "pretrain_acodm.py"
 SPLIT = "969,30,1"  # train, validation (periodic and final evaluations), test: shares of each domain's documents
@@ -105,7 +106,7 @@ def _without(arguments: Sequence[str], flags: Sequence[str]) -> list[str]:
 
 
 class Run:
-    """One training subprocess (a mixer, or the AC-ODM proxy, at one seed) and its final evaluation.
+    """One training subprocess (a mixer, or a proxy: `transfers.PROXIES`, at one seed) and its final evaluation.
 
     `label` (default: the mixer) names the run's folder, for a mixer run in several settings;
     `options` are extra mixer options (e.g. `["--dga-step-size", "3"]`); `split` is its `--split`."""
@@ -114,7 +115,9 @@ class Run:
                  options: Sequence[str] = (), split: str = SPLIT):
         self.mixer, self.seed, self.options, self.split = mixer, seed, list(options), split
         self.label = label or mixer
-        self.is_proxy = mixer == "proxy"
+        self.is_proxy = mixer in PROXIES
+        # the proxy run a transfer reads (`transfers.TRANSFERS`): its products are this run's inputs
+        self.reads = f"{TRANSFERS[mixer].proxy}-seed{seed}" if mixer in TRANSFERS else None
         self.root = os.path.abspath(root)
         self.name = f"{self.label}-seed{seed}"
         self.folder = os.path.join(self.root, self.name)
@@ -123,10 +126,9 @@ class Run:
         self.checkpoint = os.path.join(self.folder, "checkpoint")
         self.training_path = os.path.join(self.folder, "training.json")
         self.result_path = os.path.join(self.folder, "result.json")
-        self.policy = os.path.join(self.root, f"proxy-seed{seed}", "policy.pt")
         self.args = args
         self.steps = args.steps
-        self.final_evaluation = not self.is_proxy  # the proxy's product is its policy, not its loss
+        self.final_evaluation = not self.is_proxy  # a proxy's products are what its transfers read, not its loss
 
     @property
     def last_step(self) -> int:
@@ -148,7 +150,7 @@ class Run:
         args = self.args
         layers, hidden = (args.proxy_layers, args.proxy_hidden) if self.is_proxy else (args.layers, args.hidden)
         arguments = [
-            "--data-path", os.path.abspath(args.data_path), "--split", self.split,
+            "--data-path", os.path.abspath(self.data_path()), "--split", self.split,
             "--data-cache-path", os.path.abspath(os.path.join(args.work_dir, "cache")),
             "--tokenizer-type", args.tokenizer_type, "--tokenizer-model", os.path.abspath(args.tokenizer_model),
             "--num-layers", str(layers), "--hidden-size", str(hidden), "--num-attention-heads", str(args.heads),
@@ -164,6 +166,11 @@ class Run:
             arguments += ["--save", self.checkpoint, "--save-interval", str(self.last_step)]
         return arguments
 
+    def data_path(self) -> str:
+        """The corpus, or for a transfer of a proxy's mean mixture the blend of it the proxy wrote."""
+        blend = transfer_arguments(self.mixer, os.path.join(self.root, self.reads))[1] if self.reads else None
+        return blend or self.args.data_path
+
     def mixer_arguments(self) -> list[str]:
         """The mixer and its options."""
         args = self.args
@@ -171,9 +178,11 @@ class Run:
         if self.mixer == "temperature":
             arguments += ["--mixer", "temperature", "--mixing-temperature", str(args.temperature)]
         elif self.is_proxy:
-            arguments += ["--mixer", "acodm", "--acodm-export-policy", self.policy]
-        elif self.mixer == "acodm_proxy":
-            arguments += ["--mixer", "acodm", "--acodm-policy", self.policy]
+            arguments += ["--mixer", PROXIES[self.mixer]]
+            if PROXIES[self.mixer] == "acodm":
+                arguments += ["--acodm-export-policy", os.path.join(self.folder, POLICY)]
+        elif self.reads:
+            arguments += transfer_arguments(self.mixer, os.path.join(self.root, self.reads))[0]
         elif self.mixer == "aioli" and args.quick:  # 40 steps hold no default round (5 of them, 2 sweeps each)
             arguments += ["--mixer", "aioli", "--aioli-rounds", "1", "--aioli-sweeps", "1", "--aioli-segment-steps", "1"]
         else:
@@ -242,12 +251,12 @@ class Run:
         return ends and (not train_too or (bool(train) and train[-1]["iteration"] == self.last_step))
 
     def _trained(self, key: str) -> bool:
-        """The training finished under `key`: its record, its metrics to the last step, its checkpoint (or policy)."""
+        """The training finished under `key`: its record, its metrics to the last step, its checkpoint (a proxy: its products)."""
         record = read_json(self.training_path)
         if record is None or record.get("key") != key or not self._reaches_end(self.metrics, train_too=True):
             return False
         if self.is_proxy:
-            return os.path.exists(self.policy)
+            return all(os.path.exists(path) for path in proxy_products(self.mixer, self.folder))
         return not self.saves_checkpoint or self.checkpoint_at_last_step()
 
     def checkpoint_at_last_step(self) -> bool:
@@ -344,8 +353,9 @@ class Run:
     # ---------------------------------------------------------------- running it
 
     def _start_over(self) -> None:
-        """Remove what an earlier run in this folder left (its policy too, for a proxy)."""
-        for leftover in (self.metrics, self.final_metrics, self.training_path, self.result_path, *([self.policy] if self.is_proxy else [])):
+        """Remove what an earlier run in this folder left (its products too, for a proxy)."""
+        for leftover in (self.metrics, self.final_metrics, self.training_path, self.result_path,
+                         *(proxy_products(self.mixer, self.folder) if self.is_proxy else [])):
             if os.path.exists(leftover):
                 os.remove(leftover)
         if os.path.isdir(self.checkpoint):
@@ -367,6 +377,8 @@ class Run:
             training.update(child, command=["python", ENTRY_POINT, *self.arguments()])
             if child["returncode"] != 0:
                 return {**training, "stderr_tail": tail(error_log)}
+            if self.is_proxy:  # what its transfers read
+                write_exports(self.metrics, self.folder)
             write_json(self.training_path, training)
         result = {**training, "final_key": keys["final_key"]}
         if self.final_evaluation:
@@ -390,45 +402,59 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_run_options(parser: argparse.ArgumentParser, work_dir: str, jobs: bool = True) -> None:
-    """The options every quality benchmark's runs take: threads, parallel runs (`jobs`: where no run
-    reads another's output), scratch and output folders, and --fresh."""
+def add_run_options(parser: argparse.ArgumentParser, work_dir: str) -> None:
+    """The options every quality benchmark's runs take: threads, parallel runs, scratch and output
+    folders, and --fresh."""
     add = parser.add_argument
     add("--threads", type=positive_int, default=1,
         help="OMP_NUM_THREADS of each run (1 by default: the cores are shared, and a second thread "
              "that waits on a busy core slows a step by 10x)")
-    if jobs:
-        add("--jobs", type=positive_int, default=1, help="runs at a time (one core each at --threads 1)")
+    add("--jobs", type=positive_int, default=1, help="runs at a time (one core each at --threads 1)")
     add("--work-dir", default=work_dir, help="scratch folder of the runs")
     add("--output-dir", default="bench/results")
     add("--fresh", action="store_true", help="rerun every run, even complete ones")
 
 
+def shards(runs: list[Run], jobs: int) -> list[list[Run]]:
+    """`runs` split over `jobs` threads: a proxy and the transfers that read it in one shard, in
+    their order (a transfer waits for its proxy), the rest dealt out so each shard gets about the
+    same number of steps; each shard keeps the order of `runs`."""
+    groups: dict[str, list[int]] = {}
+    for index, run in enumerate(runs):
+        groups.setdefault(run.reads or run.name, []).append(index)
+    loads, assigned = [0] * jobs, [[] for _ in range(jobs)]
+    for members in groups.values():  # in the order of their first run: seed by seed
+        lightest = loads.index(min(loads))
+        assigned[lightest] += members
+        loads[lightest] += sum(runs[index].last_step for index in members)
+    return [[runs[index] for index in sorted(indices)] for indices in assigned if indices]
+
+
 def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing quality", jobs: int = 1) -> dict[str, dict[str, Any]]:
     """The runs in order (seed by seed, so partial results cover every mixer), with a progress bar
     over the steps still to run; a complete run is not run again unless `fresh`. With `jobs` > 1,
-    each of `jobs` threads takes every jobs-th run (for runs that do not depend on one another,
-    i.e. no proxy and its target; each child does its own work). A run's completeness is checked
-    again when its turn comes: a run it reads from (a proxy's policy) may have run meanwhile."""
+    `jobs` threads each take a shard (`shards`: a transfer in its proxy's); each child does its own
+    work. A run's completeness is checked again when its turn comes: the proxy it reads from may
+    have run meanwhile."""
     if jobs > 1:
         with ThreadPoolExecutor(jobs) as pool:
-            shards = pool.map(lambda shard: execute_runs(shard, fresh, description), [runs[job::jobs] for job in range(jobs)])
-            return {name: result for shard in shards for name, result in shard.items()}
+            done = pool.map(lambda shard: execute_runs(shard, fresh, description), shards(runs, jobs))
+            return {name: result for shard in done for name, result in shard.items()}
     if fresh:
         for run in runs:
             if os.path.exists(run.result_path):
                 os.remove(run.result_path)
             if os.path.exists(run.training_path):
                 os.remove(run.training_path)
-    proxies_to_run = {run.seed for run in runs if run.is_proxy and not run.complete()}
-    pending = {run.name for run in runs if not run.complete() or (run.mixer == "acodm_proxy" and run.seed in proxies_to_run)}
+    proxies_to_run = {run.name for run in runs if run.is_proxy and not run.complete()}
+    pending = {run.name for run in runs if not run.complete() or run.reads in proxies_to_run}
     results: dict[str, dict[str, Any]] = {}
     with progress(sum(run.last_step for run in runs if run.name in pending), description, "step") as bar:
         for index, run in enumerate(runs):
             label = f"[{index + 1}/{len(runs)}] {run.name}"
             planned = run.name in pending
-            if run.mixer == "acodm_proxy" and results.get(f"proxy-seed{run.seed}", {}).get("returncode", 0) != 0:
-                say(f"{label}: skipped, its proxy run failed")
+            if run.reads and results.get(run.reads, {}).get("returncode", 0) != 0:
+                say(f"{label}: skipped, its proxy run {run.reads} failed")
                 results[run.name] = {"name": run.name, "mixer": run.mixer, "seed": run.seed, "returncode": None,
                                      "error": "the proxy run failed"}
                 if planned:

@@ -6,6 +6,7 @@ registered under its own name for the test's duration (the ones it imports first
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import os
@@ -146,6 +147,71 @@ def test_the_git_record_names_the_commit_and_a_changed_package(code_version, tmp
     assert code_version.git_commit(str(tmp_path / "missing")) == {"commit": None, "package_modified": None}
 
 
+# ------------------------------------------------------------------------------------------ proxies and transfers
+
+
+def _option(arguments: list[str], flag: str) -> str:
+    return arguments[arguments.index(flag) + 1]
+
+
+@pytest.fixture
+def quick_runs(monkeypatch, tmp_path):
+    """(runs.py, a Run factory `run(mixer, seed=3)` of the quick preset under tmp_path/root, the corpus path)."""
+    runs = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis", "runs")
+    corpus = tmp_path / "domains.json"
+    corpus.write_text("{}", encoding="utf-8")
+    args = argparse.Namespace(**runs.PRESETS["quick"], data_path=str(corpus), tokenizer_type="SentencePieceTokenizer",
+                              tokenizer_model=str(tmp_path / "tok.model"), work_dir=str(tmp_path), threads=1,
+                              lr=1e-3, min_lr=1e-4, temperature=2.0, mixing_objective=None, quick=True)
+    return runs, lambda mixer, seed=3: runs.Run(str(tmp_path / "root"), mixer, seed, args), corpus
+
+
+def test_each_transfer_reads_its_proxys_products_and_its_key_follows_them(quick_runs, tmp_path):
+    _, run, corpus = quick_runs
+    root = tmp_path / "root"
+    ado_proxy, acodm_proxy = run("proxy_ado").arguments(), run("proxy").arguments()
+    for proxy in (ado_proxy, acodm_proxy):  # the proxy model, trained for the target's steps, no checkpoint
+        assert (_option(proxy, "--num-layers"), _option(proxy, "--hidden-size")) == ("1", "32")
+        assert _option(proxy, "--train-iters") == "40" and "--save" not in proxy
+    assert _option(ado_proxy, "--mixer") == "ado" and "--acodm-export-policy" not in ado_proxy
+    assert _option(acodm_proxy, "--acodm-export-policy") == str(root / "proxy-seed3" / "policy.pt")
+
+    replay, mean, policy = run("ado_proxy_replay").arguments(), run("ado_proxy_mean").arguments(), run("acodm_proxy").arguments()
+    assert (_option(replay, "--mixer"), _option(replay, "--mixing-schedule")) == ("schedule", str(root / "proxy_ado-seed3" / "schedule.json"))
+    assert _option(replay, "--data-path") == str(corpus)
+    assert (_option(mean, "--mixer"), _option(mean, "--data-path")) == ("static", str(root / "proxy_ado-seed3" / "mean_blend.json"))
+    assert _option(policy, "--acodm-policy") == str(root / "proxy-seed3" / "policy.pt")
+    assert _option(run("acodm_proxy_replay").arguments(), "--mixing-schedule") == str(root / "proxy-seed3" / "schedule.json")
+    assert (_option(mean, "--num-layers"), "--save" in mean) == ("2", True)  # the target model, evaluated at its end
+
+    # A transfer's key holds its proxy's product: another schedule is another run.
+    (root / "proxy_ado-seed3").mkdir(parents=True)
+    schedule = root / "proxy_ado-seed3" / "schedule.json"
+    keys = []
+    for text in ('{"points": [1]}', '{"points": [2]}', '{"points": [1]}'):
+        schedule.write_text(text, encoding="utf-8")
+        keys.append(run("ado_proxy_replay").keys()["key"])
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert run("ado_proxy_replay").identity()["inputs"]["<root>/proxy_ado-seed3/schedule.json"] is not None
+
+
+def test_parallel_runs_keep_each_proxy_with_its_transfers_and_share_the_steps(quick_runs):
+    runs, run, _ = quick_runs
+    mixers = ["uniform", "ado", "acodm", "acodm_proxy", "acodm_proxy_replay", "acodm_proxy_mean", "ado_proxy_replay", "ado_proxy_mean"]
+    planned = [run(name, seed) for seed in (1, 2, 3) for name in ["proxy", "proxy_ado", *mixers]]  # as mixing_quality.py orders them
+    for jobs in (2, 3):
+        split = runs.shards(planned, jobs)
+        assert sorted(r.name for shard in split for r in shard) == sorted(r.name for r in planned)
+        for shard in split:
+            order = [planned.index(r) for r in shard]
+            assert order == sorted(order)  # seed by seed, a proxy before its transfers
+            names = [r.name for r in shard]
+            assert all(r.reads in names for r in shard if r.reads)
+        # each seed: the AC-ODM proxy's group of 4 runs, ADO's of 3 and 3 runs alone, each of 40 steps
+        steps = sorted(sum(r.last_step for r in shard) for shard in split)
+        assert sum(steps) == 3 * 10 * 40 and steps[-1] - steps[0] <= 4 * 40  # apart by at most the largest group
+
+
 # ------------------------------------------------------------------------------------------ statistics
 
 # Student's t with 2 degrees of freedom has closed forms: CDF F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so
@@ -210,7 +276,7 @@ def _point(name: str, general: dict[int, float], target: dict[int, float]) -> di
 
 
 def test_a_point_is_compared_with_the_other_curve_interpolated_at_its_general_loss(monkeypatch):
-    analysis = _load(monkeypatch, "significance", "mixing_quality_analysis", "target_quality_analysis")
+    analysis = _load(monkeypatch, "significance", "transfers", "mixing_quality_analysis", "target_quality_analysis")
     other = [_point("far", {1: 5.4, 2: 5.5, 3: 5.6}, {1: 5.6, 2: 5.7, 3: 5.8}),  # general mean 5.5
              _point("uniform", {1: 5.0, 2: 5.1, 3: 5.2}, {1: 6.0, 2: 6.1, 3: 6.2})]  # general mean 5.1
     # general mean 5.3: halfway, so the other curve's target there is {5.8, 5.9, 6.0}; differences
@@ -223,7 +289,7 @@ def test_a_point_is_compared_with_the_other_curve_interpolated_at_its_general_lo
 
 
 def test_beyond_the_other_curve_only_dominance_decides(monkeypatch):
-    analysis = _load(monkeypatch, "significance", "mixing_quality_analysis", "target_quality_analysis")
+    analysis = _load(monkeypatch, "significance", "transfers", "mixing_quality_analysis", "target_quality_analysis")
     other = [_point("uniform", {1: 5.0, 2: 5.1, 3: 5.2}, {1: 6.0, 2: 6.1, 3: 6.2}),  # general mean 5.1
              _point("far", {1: 5.4, 2: 5.5, 3: 5.6}, {1: 5.6, 2: 5.7, 3: 5.8})]  # general mean 5.5
     cheaper = {1: 4.9, 2: 5.0, 3: 5.1}  # general mean 5.0, below the curve's cheapest
