@@ -24,6 +24,9 @@ declared before it ran and is the same for every mixer with free constants:
 
 Writes `<output-dir>/tuning.json` (every setting's runs and means, the choice per mixer, each
 run's commit) and `tuning.md`. Runs are cached per run (`runs.py`), so an interrupted search resumes.
+A search of some mixers (`--mixers`) keeps the other mixers' results of an earlier search in the same
+file, and their runs' commits, where that search had the same seeds, budget and ranges: a mixer whose
+code changed is searched again alone.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 from typing import Any, Optional, Sequence
@@ -38,6 +42,7 @@ from typing import Any, Optional, Sequence
 import numpy
 
 from common import REPO, describe_machine, say, write_json, write_text
+from runs import read_json
 from megatron_acodm.data.manifest import load_manifest
 from megatron_acodm.mixing import MIXERS
 from mixing_quality_analysis import clock
@@ -139,14 +144,15 @@ def summarise(args: argparse.Namespace, runs: list[TuningRun], results: dict[str
 
 
 def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float) -> str:
-    """The search as a page: per mixer, every setting's mean criterion, the chosen one marked."""
+    """The search as a page (`summary`: the results document): per mixer, the commit its runs ran
+    at and every setting's mean criterion, the chosen one marked."""
     uniform = [final["lm_loss_uniform"] for final in summary["uniform"].values() if final]
     lines = [
         "# Tuning the mixers' free constants",
         "",
         f"`python bench/tune_mixers.py{' --quick' if args.quick else ''}`: {CONFIGURATIONS} settings x {len(args.seeds)} "
         f"seeds ({', '.join(map(str, args.seeds))}) per mixer, {args.steps} steps each, on the tuning corpus "
-        f"({', '.join(DOMAINS)} and noise; target set {TARGET}), {clock(run_wall)} of runs. The criterion: the "
+        f"({', '.join(DOMAINS)} and noise; target set {TARGET}); this invocation ran {clock(run_wall)} of runs. The criterion: the "
         "final validation loss, uniform mean over the real domains (DGA: plus the target's held-out loss), mean over "
         "the seeds; lower is better. The first setting of each mixer is its default before the search.",
         "",
@@ -154,7 +160,8 @@ def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float)
         "",
     ]
     for mixer, entry in summary["mixers"].items():
-        lines += [f"## {mixer}", "", "| setting | criterion | " + " | ".join(f"seed {seed}" for seed in args.seeds) + " |",
+        commits = sorted(commit for commit, names in summary["code"]["commits"].items() if any(_mixer_of(name) == mixer for name in names))
+        lines += [f"## {mixer}", "", f"Runs at commit {', '.join(commit[:12] for commit in commits) or '-'}.", "", "| setting | criterion | " + " | ".join(f"seed {seed}" for seed in args.seeds) + " |",
                   "|---|---|" + "---|" * len(args.seeds)]
         for setting in entry["settings"]:
             mark = " **(chosen)**" if setting["setting"] == entry["chosen"] else ""
@@ -164,6 +171,31 @@ def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float)
             lines.append(f"| {text}{mark} | {criterion_text} | {values} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _mixer_of(run_name: str) -> Optional[str]:
+    """The mixer of a searched setting's run (`TuningRun`: <mixer>-c<index>-seed<seed>); None for uniform's."""
+    match = re.fullmatch(r"(.+)-c\d+-seed\d+", run_name)
+    return match and match.group(1)
+
+
+def keep_earlier(document: dict[str, Any], earlier: Optional[dict[str, Any]]) -> list[str]:
+    """Add to `document` the mixers that `earlier` (the file this search replaces) searched and this
+    one did not, with their runs' commits, where both searches had the same seeds and budget and that
+    mixer the same ranges. Returns the mixers kept."""
+    if not earlier or any(earlier.get(key) != document[key] for key in ("mode", "seeds", "configurations", "draw_seed")):
+        return []
+    kept = [mixer for mixer, entry in earlier.get("mixers", {}).items()
+            if mixer not in document["mixers"] and earlier["search"].get(mixer) == document["search"].get(mixer)]
+    commits = document["code"]["commits"]
+    for commit, names in earlier.get("code", {}).get("commits", {}).items():
+        names = [name for name in names if _mixer_of(name) in kept]
+        if names:
+            commits[commit] = sorted(set(commits.get(commit, [])) | set(names))
+    for mixer in kept:
+        document["mixers"][mixer] = earlier["mixers"][mixer]
+    document["mixers"] = {mixer: document["mixers"][mixer] for mixer in SEARCH if mixer in document["mixers"]}
+    return kept
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -189,8 +221,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     os.makedirs(args.output_dir, exist_ok=True)
     stem = os.path.join(args.output_dir, "tuning" if mode == "full" else "tuning_quick")
+    kept = keep_earlier(document, read_json(f"{stem}.json"))
+    if kept:
+        say(f"kept the earlier search's results of {', '.join(kept)} (their runs' commits are in the file)")
     write_json(f"{stem}.json", document)
-    report = markdown(args, summary, run_wall)
+    report = markdown(args, document, run_wall)
     write_text(f"{stem}.md", report)
     print(report)
     say(f"wrote {stem}.{{json,md}} (runs: {root})")

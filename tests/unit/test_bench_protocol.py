@@ -212,6 +212,31 @@ def test_parallel_runs_keep_each_proxy_with_its_transfers_and_share_the_steps(qu
         assert sum(steps) == 3 * 10 * 40 and steps[-1] - steps[0] <= 4 * 40  # apart by at most the largest group
 
 
+def test_a_search_of_some_mixers_keeps_the_others_results_from_the_same_protocol(monkeypatch):
+    tune = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis", "runs",
+                 "corpora", "tuning_corpus", "tune_mixers")
+    protocol = {"mode": "full", "seeds": [101, 102], "configurations": 5, "draw_seed": tune.DRAW_SEED, "search": dict(tune.SEARCH)}
+    earlier = {**protocol, "mixers": {"dga": {"chosen": "d"}, "ado": {"chosen": "a-old"}, "aioli": {"chosen": "i"}},
+               "code": {"commits": {"old": ["uniform-seed101", "dga-c0-seed101", "ado-c1-seed102", "aioli-c4-seed101"]}}}
+    document = lambda: {**protocol, "mixers": {"ado": {"chosen": "a-new"}}, "code": {"commits": {"new": ["uniform-seed101", "ado-c0-seed101"]}}}
+
+    merged = document()
+    assert tune.keep_earlier(merged, earlier) == ["dga", "aioli"]
+    assert list(merged["mixers"]) == ["dga", "ado", "aioli"]  # the search's order
+    assert merged["mixers"]["ado"] == {"chosen": "a-new"} and merged["mixers"]["dga"] == {"chosen": "d"}
+    # the kept mixers' runs keep their commit; the earlier uniform and the searched mixer's earlier runs do not
+    assert merged["code"]["commits"] == {"new": ["uniform-seed101", "ado-c0-seed101"], "old": ["aioli-c4-seed101", "dga-c0-seed101"]}
+
+    other_ranges = document()
+    other_ranges["search"] = {**tune.SEARCH, "dga": {"--dga-step-size": (1.0, 0.1, 3.0)}}
+    assert tune.keep_earlier(other_ranges, earlier) == ["aioli"]
+    for key, value in (("seeds", [1, 2]), ("configurations", 3), ("mode", "quick")):
+        changed = document()
+        changed[key] = value
+        assert tune.keep_earlier(changed, earlier) == [] and list(changed["mixers"]) == ["ado"]
+    assert tune.keep_earlier(document(), None) == []
+
+
 # ------------------------------------------------------------------------------------------ statistics
 
 # Student's t with 2 degrees of freedom has closed forms: CDF F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so
