@@ -18,16 +18,17 @@ INTERRUPTED = (
 
 
 def main(argv=None) -> int:
-    from megatron_acodm.errors import run_reporting_errors
+    from megatron_acodm.errors import interrupts_held, run_reporting_errors
 
     def train() -> None:
-        # Imported here, so that a Ctrl-C during the imports is reported like any other.
-        from megatron_acodm.compat.megatron_versions import check_supported
+        # Imported here, so that a Ctrl-C during the imports is reported like any other (held to
+        # their end: a library's bare `except:` around an optional import would swallow it).
+        with interrupts_held():
+            from megatron_acodm.compat.megatron_versions import check_supported
 
-        check_supported()  # before megatron.core loads: another release is refused in one line
-        from megatron_acodm.arguments import parse_args
-        from megatron_acodm.training.loop import pretrain
-
+            check_supported()  # before megatron.core loads: another release is refused in one line
+            from megatron_acodm.arguments import parse_args
+            from megatron_acodm.training.loop import pretrain
         pretrain(parse_args(argv))
 
     return run_reporting_errors(train, INTERRUPTED)

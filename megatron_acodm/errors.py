@@ -7,12 +7,15 @@ writes the line to the error file torchrun gives it (`TORCHELASTIC_ERROR_FILE`, 
 `@record` writes), so torchrun's failure summary names the line rather than a documentation link.
 """
 
+import contextlib
 import datetime
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 EXIT_STATUS = 2  # argparse's status for a usage error
 INTERRUPTED_STATUS = 130  # 128 + SIGINT
@@ -80,6 +83,27 @@ def report_error(line: str, rank_local: bool = False) -> int:
     _leave_for_torchrun(line)
     _print_once(line, rank_local)
     return EXIT_STATUS
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) back until the block ends, then raise it. For a block of imports:
+    megatron.core, among others, wraps its optional imports in a bare `except:`, which swallows a
+    KeyboardInterrupt that strikes inside one, and the run would go on as if no Ctrl-C had come.
+    A SIGINT the process ignores (a job started in the background) stays ignored; off the main
+    thread, where no handler can be set, nothing is held."""
+    received: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def run_reporting_errors(body: Callable[[], Optional[int]], interrupted: str) -> int:

@@ -365,8 +365,10 @@ def test_two_ranks_print_one_error_line(tmp_path, preprocessed_corpus, tokenizer
 def test_ctrl_c_while_starting_is_one_line_and_status_130(tmp_path, preprocessed_corpus, tokenizer_model):
     # As when tools/mergemix.py's Ctrl-C reaches an expert that is still importing megatron.core.
     arguments = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "run"), "--train-iters", "3")
+    # SIGINT as a terminal leaves it, even where the suite itself was started with it ignored (in the background)
     process = subprocess.Popen(command(runs.ENTRY, arguments), cwd=str(tmp_path), env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
