@@ -83,7 +83,7 @@ from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
 from result_files import save_results
 from runs import PRESETS, SPLIT, Run, add_run_options, code_versions, execute_runs, wall_s
-from transfers import PROXIES, TRANSFERS
+from transfers import PROXIES, TRANSFERS, transfers_of
 
 ALL_MIXERS = ("static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", *TRANSFERS)
 DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "ado", "aioli", "acodm", *TRANSFERS),
@@ -187,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root = os.path.join(args.work_dir, f"{mode}-{digest}")
     os.makedirs(root, exist_ok=True)
     write_json(os.path.join(root, "settings.json"), config)
-    proxies = [proxy for proxy in PROXIES if any(TRANSFERS[mixer].proxy == proxy for mixer in args.mixers if mixer in TRANSFERS)]
+    proxies = [proxy for proxy in PROXIES if transfers_of(proxy, args.mixers)]
     runs: list[Run] = []
     for seed in args.seeds:  # a seed's proxies before the transfers that read them
         runs += [Run(root, proxy, seed, args) for proxy in proxies]

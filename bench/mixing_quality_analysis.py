@@ -18,7 +18,7 @@ import statistics
 from typing import Any, Optional, Sequence
 
 from significance import compare
-from transfers import FAMILY_REFERENCE, PROXIES, TRANSFERS
+from transfers import FAMILY_REFERENCE, PROXIES, transfers_of
 
 REFERENCE = "uniform"  # a static blend: the reference of time and memory, and the first of the losses'
 # The references of the losses, per corpus: with noise also `static`, the tokens-proportional blend a
@@ -224,7 +224,7 @@ def transfer_comparisons(args: argparse.Namespace, summary: dict[str, Any]) -> d
     target) and each of its other transfers' final losses minus the reference's, paired by seed."""
     families: dict[str, Any] = {}
     for proxy, reference in FAMILY_REFERENCE.items():
-        members = [mixer for mixer in args.mixers if TRANSFERS.get(mixer, (None,))[0] == proxy and mixer != reference]
+        members = [mixer for mixer in transfers_of(proxy, args.mixers) if mixer != reference]
         if not members or not summary.get(reference, {}).get("seeds_ok"):
             continue
         families[proxy] = {"reference": reference, "against": {

@@ -22,7 +22,7 @@ from mixing_quality_analysis import (
 )
 from runs import SPLIT
 from significance import BETTER, LEVEL, interval_text, p_text, seeds_lower
-from transfers import REPLAY_PHASES, TRANSFERS
+from transfers import REPLAY_PHASES, TRANSFERS, transfers_of
 
 DESCRIPTIONS = {"uniform": "a static blend", "static": "tokens-proportional, the blend a user would pick"}
 OBJECTIVE_MARK = "†"  # after the name of a mixer that was given --mixing-objective
@@ -293,7 +293,7 @@ def _verdict_section(args: argparse.Namespace, analysis: dict, mixers: list[str]
                         f"({effective_domains(list(last.values())):.1f} effective domains of {len(names)})")
         lines.append(f"- `{_name(analysis, mixer)}` " + ". It ".join(clauses) + ".")
     for label, proxy in analysis["proxies"].items():
-        users = [f"`{mixer}`" for mixer in mixers if TRANSFERS.get(mixer, (None,))[0] == label]
+        users = [f"`{mixer}`" for mixer in transfers_of(label, mixers)]
         if users:
             lines.append(f"- The cost of {', '.join(users)} includes the {_proxy_label(proxy)} run: {proxy['steps']} steps "
                          f"of {proxy['parameters'] / 1e6:.2f}M parameters per seed, about {proxy['target_step_equivalents']:.0f} "

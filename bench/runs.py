@@ -51,7 +51,7 @@ from megatron_acodm.mixing import MIXERS
 from megatron_acodm.training.checkpoint import open_checkpoint
 from mixing_quality_analysis import clock, eval_interval, log_interval
 from significance import combined_error
-from transfers import POLICY, PROXIES, TRANSFERS, proxy_products, transfer_arguments, write_exports
+from transfers import POLICY, PROXIES, TRANSFERS, proxy_products, transfer_arguments, transfer_corpus, write_exports
 
 ENTRY_POINT = "pretrain_acodm.py"
 SPLIT = "969,30,1"  # train, validation (periodic and final evaluations), test: shares of each domain's documents
@@ -168,7 +168,7 @@ class Run:
 
     def data_path(self) -> str:
         """The corpus, or for a transfer of a proxy's mean mixture the blend of it the proxy wrote."""
-        blend = transfer_arguments(self.mixer, os.path.join(self.root, self.reads))[1] if self.reads else None
+        blend = transfer_corpus(self.mixer, os.path.join(self.root, self.reads)) if self.reads else None
         return blend or self.args.data_path
 
     def mixer_arguments(self) -> list[str]:
@@ -182,7 +182,7 @@ class Run:
             if PROXIES[self.mixer] == "acodm":
                 arguments += ["--acodm-export-policy", os.path.join(self.folder, POLICY)]
         elif self.reads:
-            arguments += transfer_arguments(self.mixer, os.path.join(self.root, self.reads))[0]
+            arguments += transfer_arguments(self.mixer, os.path.join(self.root, self.reads))
         elif self.mixer == "aioli" and args.quick:  # 40 steps hold no default round (5 of them, 2 sweeps each)
             arguments += ["--mixer", "aioli", "--aioli-rounds", "1", "--aioli-sweeps", "1", "--aioli-segment-steps", "1"]
         else:

@@ -60,11 +60,21 @@ def write_exports(metrics_path: str, folder: str) -> None:
     blend_manifest(metrics_path, "weights").save(os.path.join(folder, BLEND))
 
 
-def transfer_arguments(mixer: str, proxy_folder: str) -> tuple[list[str], str | None]:
-    """(mixer options, the --data-path replacing the corpus or None) of a target run that reads its proxy."""
+def transfers_of(proxy: str, mixers: list[str]) -> list[str]:
+    """The mixers among `mixers` that read the proxy run `proxy`, in their order."""
+    return [mixer for mixer in mixers if mixer in TRANSFERS and TRANSFERS[mixer].proxy == proxy]
+
+
+def transfer_arguments(mixer: str, proxy_folder: str) -> list[str]:
+    """The mixer options of a target run that reads its proxy (the mean blend: `transfer_corpus` too)."""
     kind = TRANSFERS[mixer].kind
     if kind == "policy":
-        return ["--mixer", "acodm", "--acodm-policy", os.path.join(proxy_folder, POLICY)], None
+        return ["--mixer", "acodm", "--acodm-policy", os.path.join(proxy_folder, POLICY)]
     if kind == "replay":
-        return ["--mixer", "schedule", "--mixing-schedule", os.path.join(proxy_folder, SCHEDULE)], None
-    return ["--mixer", "static"], os.path.join(proxy_folder, BLEND)
+        return ["--mixer", "schedule", "--mixing-schedule", os.path.join(proxy_folder, SCHEDULE)]
+    return ["--mixer", "static"]
+
+
+def transfer_corpus(mixer: str, proxy_folder: str) -> str | None:
+    """The --data-path that replaces the corpus for a transfer of the proxy's mean blend; None for the others."""
+    return os.path.join(proxy_folder, BLEND) if TRANSFERS[mixer].kind == "mean" else None
