@@ -9,13 +9,15 @@ Trains the same small GPT on CPU under each mixer, with identical seeds, data, s
 settings, one `python pretrain_acodm.py` subprocess per run, `--jobs` of them at a time (a proxy
 and the transfers that read it in one thread, in order):
 
-- `uniform` (the static reference), `temperature` (T = 2 on corpus tokens), the published online
+- `uniform` (the static reference), `temperature` (T = 5.59 on corpus tokens, chosen on the
+  tuning corpus), the published online
   baselines `odm`, `ado` and `aioli` (each at its defaults; Aioli's sweeps of perturbed mixtures are
   steps of its run; `--quick` shrinks its schedule to one round with a one-step-per-domain sweep),
-  `acodm` (non-proxy, the agent learns online), and `acodm_proxy`: a smaller proxy model trains
-  AC-ODM with `--acodm-export-policy`, and its frozen actor drives the target (`--acodm-policy`); the proxy's
-  steps are part of that mixer's cost and reported beside it. `static` (tokens-proportional) can be
-  added with `--mixers`.
+  `acodm` (non-proxy, the reference code's method at its defaults), our variant `acodm_bounded`
+  (`runs.VARIANTS`: the actor trains and scales the alignment signal's bounded step), and
+  `acodm_proxy`: a smaller proxy model trains AC-ODM with `--acodm-export-policy`, and its frozen
+  actor drives the target (`--acodm-policy`); the proxy's steps are part of that mixer's cost and
+  reported beside it. `static` (tokens-proportional) can be added with `--mixers`.
 - Is a learned policy worth more than replaying what it did (`transfers.py`)? `acodm_proxy_replay`
   replays the AC-ODM proxy run's mixture on the target as a schedule of 10 phases, `acodm_proxy_mean`
   trains on its mean mixture as a static blend; `ado_proxy_replay` and `ado_proxy_mean` do the same
@@ -55,7 +57,7 @@ a `domains.json` listing the demo's domains and `noise` are written once to `<wo
 none and are given none, and the tables mark which were. Every mean, steps-to-reach and ratio is
 over the real domains only (noise's own loss is shown beside them); the references are `uniform`
 and `static` (tokens-proportional, the blend a user would pick: it gives the noise its 40%); the
-default mixers are uniform, static, odm, ado, aioli, acodm and acodm_proxy; the mixture table shows
+default mixers are uniform, static, odm, ado, aioli, acodm, acodm_bounded and the transfers; the mixture table shows
 the noise's share first. Writes `mixing_quality_noisy.{json,curves.json.gz,md}`,
 `mixing_quality_noisy_curves.png` and `mixing_quality_noisy_weights.png`.
 
@@ -82,12 +84,12 @@ from mixing_quality_analysis import CURVES, REFERENCE, REFERENCES, analyse, cloc
 from mixing_quality_plots import plot_curves, plot_weights
 from mixing_quality_report import markdown
 from result_files import save_results
-from runs import PRESETS, SPLIT, Run, add_run_options, code_versions, execute_runs, wall_s
+from runs import PRESETS, SPLIT, TUNED_TEMPERATURE, VARIANTS, Run, add_run_options, code_versions, execute_runs, wall_s
 from transfers import PROXIES, TRANSFERS, transfers_of
 
-ALL_MIXERS = ("static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", *TRANSFERS)
-DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "ado", "aioli", "acodm", *TRANSFERS),
-                  "noisy": ("uniform", "static", "odm", "ado", "aioli", "acodm", *TRANSFERS)}
+ALL_MIXERS = ("static", "uniform", "temperature", "odm", "ado", "aioli", "acodm", *VARIANTS, *TRANSFERS)
+DEFAULT_MIXERS = {"demo": ("uniform", "temperature", "odm", "ado", "aioli", "acodm", *VARIANTS, *TRANSFERS),
+                  "noisy": ("uniform", "static", "odm", "ado", "aioli", "acodm", *VARIANTS, *TRANSFERS)}
 OUTPUT_STEMS = {"demo": "mixing_quality", "noisy": "mixing_quality_noisy"}
 
 
@@ -126,7 +128,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--log-points", type=int, default=None, help="train records per run (the mixture's time resolution)")
     add("--lr", type=float, default=1e-3)
     add("--min-lr", type=float, default=1e-4)
-    add("--temperature", type=float, default=2.0, help="the temperature mixer's T")
+    add("--temperature", type=float, default=TUNED_TEMPERATURE, help="the temperature mixer's T (chosen on the tuning corpus)")
     add_run_options(parser, "data/mixing_quality")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]

@@ -9,9 +9,9 @@ from common import save_figure
 from mixing_quality_analysis import METRIC_TITLES, METRICS, excluded, log_interval, noise_first
 
 COLOURS = {"static": "tab:gray", "uniform": "black", "temperature": "tab:blue", "odm": "tab:orange",
-           "ado": "tab:green", "aioli": "tab:brown", "acodm": "tab:red", "acodm_proxy": "tab:purple",
-           "acodm_proxy_replay": "tab:pink", "acodm_proxy_mean": "tab:olive", "ado_proxy_replay": "tab:cyan",
-           "ado_proxy_mean": "darkgreen"}
+           "ado": "tab:green", "aioli": "tab:brown", "acodm": "tab:red", "acodm_bounded": "darkred",
+           "acodm_proxy": "tab:purple", "acodm_proxy_replay": "tab:pink", "acodm_proxy_mean": "tab:olive",
+           "ado_proxy_replay": "tab:cyan", "ado_proxy_mean": "darkgreen"}
 
 
 def plot_curves(args: argparse.Namespace, analysis: dict, path: str, mode: str) -> None:

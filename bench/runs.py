@@ -56,6 +56,11 @@ from transfers import POLICY, PROXIES, TRANSFERS, proxy_products, transfer_argum
 ENTRY_POINT = "pretrain_acodm.py"
 SPLIT = "969,30,1"  # train, validation (periodic and final evaluations), test: shares of each domain's documents
 SELECTION_SPLIT = "953,16,31"  # its validation documents (95.3%-96.9%) are what a search may select on
+TUNED_TEMPERATURE = 5.59  # the temperature mixer's T the benchmarks run, chosen by bench/tune_mixers.py
+# Our variants of a published method, each under its own name beside the method (which runs at its defaults).
+VARIANTS = {
+    "acodm_bounded": ["--mixer", "acodm", "--acodm-action", "bounded", "--acodm-reward", "alignment", "--acodm-train-actor"],
+}
 
 # The runs' sizes and schedule, (full, quick): every benchmark's defaults, so that they train the same GPT.
 # `final_eval_iters`: global batches of the final evaluation; the full preset's 128 x 16 sequences read
@@ -103,6 +108,15 @@ def _without(arguments: Sequence[str], flags: Sequence[str]) -> list[str]:
         else:
             kept.append(word)
     return kept
+
+
+def reads_objective(mixer_arguments: Sequence[str]) -> bool:
+    """Whether the mixer of these options reads `--mixing-objective` (the trainer refuses it to the
+    others): AC-ODM's published reward reads none, its alignment reward does."""
+    mixer = _option_value(mixer_arguments, "--mixer")
+    if mixer == "acodm" and _option_value(mixer_arguments, "--acodm-reward") in (None, "published"):
+        return False
+    return "mixing_objective" in MIXERS[mixer].reads
 
 
 class Run:
@@ -186,9 +200,8 @@ class Run:
         elif self.mixer == "aioli" and args.quick:  # 40 steps hold no default round (5 of them, 2 sweeps each)
             arguments += ["--mixer", "aioli", "--aioli-rounds", "1", "--aioli-sweeps", "1", "--aioli-segment-steps", "1"]
         else:
-            arguments += ["--mixer", self.mixer]
-        # Only the mixers that read an objective are given one (the trainer refuses it to the others).
-        if args.mixing_objective and "mixing_objective" in MIXERS[arguments[1]].reads:
+            arguments += VARIANTS.get(self.mixer, ["--mixer", self.mixer])
+        if args.mixing_objective and reads_objective(arguments):
             arguments += ["--mixing-objective", ",".join(args.mixing_objective)]
         return arguments + self.options
 

@@ -3,7 +3,7 @@
 and what does the specialisation cost?
 
     python bench/target_quality.py [--quick] [--targets quiz,gsm8k,humaneval] [--seeds 1,2,3,4,5] [--jobs 1]
-        [--mixers uniform,static,importance,dga,acodm_target] [--dga-step-sizes 0.3,1,3]
+        [--mixers uniform,static,importance,dga,acodm_target] [--dga-step-sizes 1,3,30]
         [--importance-shares 0.25,0.5,1] [--work-dir data/target_quality] [--output-dir bench/results] [--fresh]
 
 Trains the GPT of `bench/mixing_quality.py` (same presets, data, optimiser, seeds and final
@@ -14,7 +14,8 @@ into steering and held-out examples by `--target-split`'s default):
 - `uniform` and `static` (tokens-proportional) read no target: one run per seed evaluates every
   target set, and serves as the reference of each;
 - per target set: `importance` (static weights from the steering examples' n-gram posterior),
-  `dga`, and `acodm_target` (AC-ODM with `--mixing-objective target`), each at its defaults;
+  `dga` at its defaults, and `acodm_target` (our bounded AC-ODM, `runs.VARIANTS`, with `--mixing-objective
+  target`: the published reward reads no objective);
 - the trade-off, per target set: DGA at each `--dga-step-sizes` value (the default step size is the
   `dga` run itself), and the importance weights blended with uniform, `a * importance + (1 - a) *
   uniform` for each `--importance-shares` value a, trained as a static blend (`--mixer static` on a
@@ -52,7 +53,7 @@ from megatron_acodm.mixing.importance import importance_weights, steering_exampl
 from megatron_acodm.mixing.registry import MIXERS, own_options
 from mixing_quality_analysis import clock, eval_interval, log_interval, parameter_count
 from result_files import save_results
-from runs import PRESETS, SPLIT, Run, add_run_options, code_versions, execute_runs, wall_s, write_blend
+from runs import PRESETS, SPLIT, TUNED_TEMPERATURE, VARIANTS, Run, add_run_options, code_versions, execute_runs, wall_s, write_blend
 from target_quality_analysis import CURVES, Row, analyse
 from target_quality_plots import plot_curves, plot_tradeoff, plot_weights
 from target_quality_report import markdown
@@ -61,7 +62,7 @@ TARGETS_DIR = f"{DEMO_DIR}/targets"
 TARGETS_DATA = f"{DEMO_DIR}/targets-indexed/domains.json"
 SHARED = ("uniform", "static")  # read no target: one run evaluates every target set
 PER_TARGET = ("importance", "dga", "acodm_target")
-MIXER_FLAGS = {"acodm_target": ["--mixer", "acodm", "--mixing-objective", "target"]}
+MIXER_FLAGS = {"acodm_target": [*VARIANTS["acodm_bounded"], "--mixing-objective", "target"]}
 DGA_STEP_SIZE = own_options(MIXERS["dga"])["dga_step_size"]  # DGA's default: the `dga` row
 DGA_CURVE, BLEND_CURVE = "dga", "importance blend"
 
@@ -79,7 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--quick", action="store_true", help="a minutes-long smoke run: tiny model, 2 seeds, 40 steps")
     add("--targets", default="quiz,gsm8k,humaneval", help="comma-separated target sets of the demo corpus")
     add("--mixers", default=",".join(SHARED + PER_TARGET), help=f"comma-separated, from {','.join(SHARED + PER_TARGET)}")
-    add("--dga-step-sizes", default="0.3,1,3",
+    add("--dga-step-sizes", default="1,3,30",
         help=f"DGA's step sizes on the trade-off curve (with dga in --mixers; {DGA_STEP_SIZE:g}, the default, is the dga run)")
     add("--importance-shares", default="0.25,0.5,1",
         help="shares a of the blends a * importance + (1 - a) * uniform on the trade-off curve, in (0, 1] "
@@ -106,7 +107,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--importance-shares must be in (0, 1]")
     # What the runs (`runs.Run`) read besides the presets.
     args.tokenizer_type, args.tokenizer_model, args.data_path = "SentencePieceTokenizer", None, None
-    args.lr, args.min_lr, args.temperature, args.mixing_objective = 1e-3, 1e-4, 2.0, None
+    args.lr, args.min_lr, args.temperature, args.mixing_objective = 1e-3, 1e-4, TUNED_TEMPERATURE, None
     return args
 
 

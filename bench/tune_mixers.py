@@ -15,12 +15,13 @@ declared before it ran and is the same for every mixer with free constants:
   uniform mean over the real domains; the noise is left out, and the mixers that read an objective
   are given the real domains) or, for DGA, of the held-out target loss plus that validation loss
   (a task's loss must not be bought at any general cost);
-- what is searched (log-uniform ranges): AC-ODM's largest step, KL radius and pull towards the
-  prior; DGA's step size; ADO's fit interval and warm-up (its other constants are the paper's);
-  Aioli's rounds and steps per sweep segment (its other constants are the paper's); the
-  temperature mixer's T. ODM runs at the paper's constants, uniform and static have none. The
-  alignment signal's thresholds (no step within one standard error, the full step at four) are
-  part of how it reads noise, the same for AC-ODM and DGA, and are not searched.
+- what is searched (log-uniform ranges): our bounded AC-ODM's (`acodm_bounded`, `runs.VARIANTS`)
+  largest step, KL radius and pull towards the prior; DGA's step size; ADO's fit interval and
+  warm-up (its other constants are the paper's); Aioli's rounds and steps per sweep segment (its
+  other constants are the paper's); the temperature mixer's T. ODM and AC-ODM run at their
+  reference code's constants, uniform and static have none. The alignment signal's thresholds (no
+  step within one standard error, the full step at four) are part of how it reads noise, the same
+  for our AC-ODM and DGA, and are not searched.
 
 Writes `<output-dir>/tuning.json` (every setting's runs and means, the choice per mixer, each
 run's commit) and `tuning.md`. Runs are cached per run (`runs.py`), so an interrupted search resumes.
@@ -44,9 +45,8 @@ import numpy
 from common import REPO, describe_machine, say, write_json, write_text
 from runs import read_json
 from megatron_acodm.data.manifest import load_manifest
-from megatron_acodm.mixing import MIXERS
 from mixing_quality_analysis import clock
-from runs import PRESETS, Run, add_run_options, code_versions, execute_runs, wall_s
+from runs import PRESETS, VARIANTS, Run, add_run_options, code_versions, execute_runs, reads_objective, wall_s
 from tuning_corpus import DOMAINS, TARGET, ensure_tuning_corpus
 
 CONFIGURATIONS = 5
@@ -54,7 +54,7 @@ SEEDS = (101, 102)  # not the evaluations' seeds either
 DRAW_SEED = 20261206
 # Per mixer: each constant's option, its current default and its log-uniform range; integers are rounded.
 SEARCH = {
-    "acodm": {"--acodm-max-step": (0.1, 0.02, 0.5), "--mixing-kl-radius": (0.25, 0.05, 1.0), "--mixing-prior-pull": (0.02, 0.002, 0.1)},
+    "acodm_bounded": {"--acodm-max-step": (0.1, 0.02, 0.5), "--mixing-kl-radius": (0.25, 0.05, 1.0), "--mixing-prior-pull": (0.02, 0.002, 0.1)},
     "dga": {"--dga-step-size": (1.0, 0.1, 10.0)},
     "ado": {"--ado-fit-interval": (10, 3, 30), "--ado-warmup-fraction": (0.1, 0.03, 0.3)},
     "aioli": {"--aioli-rounds": (5, 2, 12), "--aioli-segment-steps": (2, 1, 4)},
@@ -87,9 +87,10 @@ class TuningRun(Run):
         self.setting = setting or {}
 
     def mixer_arguments(self) -> list[str]:
-        arguments = ["--mixer", self.mixer, *(word for option, value in self.setting.items() for word in (option, str(value)))]
+        arguments = VARIANTS.get(self.mixer, ["--mixer", self.mixer])
+        arguments = [*arguments, *(word for option, value in self.setting.items() for word in (option, str(value)))]
         arguments += ["--target-data-path", self.args.target_prefix]
-        if "mixing_objective" in MIXERS[self.mixer].reads:  # they lower the real domains' loss, not the noise's
+        if reads_objective(arguments):  # they lower the real domains' loss, not the noise's
             arguments += ["--mixing-objective", ",".join(DOMAINS)]
         return arguments
 
@@ -152,7 +153,7 @@ def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float)
         "",
         f"`python bench/tune_mixers.py{' --quick' if args.quick else ''}`: {CONFIGURATIONS} settings x {len(args.seeds)} "
         f"seeds ({', '.join(map(str, args.seeds))}) per mixer, {args.steps} steps each, on the tuning corpus "
-        f"({', '.join(DOMAINS)} and noise; target set {TARGET}); this invocation ran {clock(run_wall)} of runs. The criterion: the "
+        f"({', '.join(DOMAINS)} and noise; target set {TARGET}); the runs of this search took {clock(run_wall)} in all. The criterion: the "
         "final validation loss, uniform mean over the real domains (DGA: plus the target's held-out loss), mean over "
         "the seeds; lower is better. The first setting of each mixer is its default before the search.",
         "",

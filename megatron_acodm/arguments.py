@@ -107,8 +107,10 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="steering,held-out shares of each target set's documents (split once, by a fixed seed)",
     )
     group.add_argument(
-        "--min-samples-per-domain", type=int, default=0,
-        help="samples every domain gets in every global batch, whatever its weight; the rest follows the weights",
+        "--min-samples-per-domain", type=int, default=None,
+        help="samples every domain gets in every global batch, whatever its weight; the rest follows the weights; "
+        "default: what the mixer's published method trains on, one micro-batch for acodm (no more than half the "
+        "global batch in all), none for the others",
     )
     group.add_argument("--data-cache-path", default=None)
     group.add_argument("--tokenizer-type", default="SentencePieceTokenizer")
@@ -252,7 +254,7 @@ def _contradictions(args: argparse.Namespace) -> Optional[str]:
         (args.save_interval is not None and args.save is None, "--save-interval needs --save"),
         (args.save_interval is not None and args.save_interval < 1, "--save-interval must be >= 1"),
         (args.eval_interval < 1 or args.log_interval < 1, "--eval-interval and --log-interval must be >= 1"),
-        (args.min_samples_per_domain < 0, f"--min-samples-per-domain ({args.min_samples_per_domain}) must be >= 0"),
+        (args.min_samples_per_domain is not None and args.min_samples_per_domain < 0, f"--min-samples-per-domain ({args.min_samples_per_domain}) must be >= 0"),
         (args.eval_iters < 0, f"--eval-iters ({args.eval_iters}) must be >= 0 (0 turns evaluation off)"),
         (args.skip_train and args.eval_iters == 0, "--skip-train only evaluates: give --eval-iters > 0"),
         (args.exit_signal_handler and args.save is None, "--exit-signal-handler needs --save (where the checkpoint goes)"),

@@ -3,7 +3,7 @@
 from megatron_acodm.mixing.acodm import ACODMMixer, layers_at_depths
 from megatron_acodm.mixing.ado import ADOMixer
 from megatron_acodm.mixing.aioli import AioliMixer
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals
+from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_DRIFTS, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals
 from megatron_acodm.mixing.odm import ODMMixer
 from megatron_acodm.mixing.registry import MIXERS, add_mixer_arguments, build_mixer
 from megatron_acodm.mixing.static import StaticMixer, TemperatureMixer, UniformMixer
@@ -14,6 +14,7 @@ __all__ = [
     "AioliMixer",
     "DOMAIN_LOSSES",
     "GRADIENT_GRAM",
+    "LAYER_DRIFTS",
     "LAYER_NORMS",
     "MIXERS",
     "Mixer",

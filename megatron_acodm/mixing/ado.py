@@ -19,7 +19,7 @@ code does. After each step t (1-based), with mu the prior (`--mixing-prior`):
 What differs from the paper and its code, and why (docs/DESIGN.md, "ADO"):
 - Points: the paper fits per-step training losses smoothed by a Savitzky-Golay filter and subsampled
   every 10 steps, refitting every 1000 of 60,000 steps. Here one point is a domain's token-weighted
-  mean loss over `fit_interval` steps (default 10): the step losses, measured on samples the model has
+  mean loss over `fit_interval` steps (default 7): the step losses, measured on samples the model has
   not trained on yet, are an unbiased estimate of the held-out loss, and their mean over the block
   is the smoothing. The point's n is the same token-weighted mean of each step's n, so that n and L
   are taken at the same steps. The laws are refitted at every point: a domain's fit costs about
@@ -34,7 +34,8 @@ What differs from the paper and its code, and why (docs/DESIGN.md, "ADO"):
   0.05 under alpha in the forecast) are left out: they suit the Pile's losses, not every corpus.
 
 Defaults: the paper's g1 = g2 = 0.1, s = 0.5, d_min = 0.01, and its prior, the corpus' natural
-(token) distribution (`--mixing-prior` when given).
+(token) distribution (`--mixing-prior` when given); the fit interval (7) and warm-up (0.0322), which
+the paper sets for 60,000 steps, were chosen on the tuning corpus (bench/tune_mixers.py).
 
 A resumed run may change any ADO option: each part of the state means the same under all of them.
 A state of an earlier format (before the credit followed the realised counts and a point's n its
@@ -57,6 +58,9 @@ MIN_POINTS = 3  # a law has three parameters
 MAX_EXPONENT = 0.8  # the paper's bound on alpha
 HUBER_DELTA = 1e-3  # the paper's, on log-loss residuals
 EPSILON_GRID = 64  # candidate irreducible losses, evenly over [0, min L)
+# Chosen on the tuning corpus (bench/tune_mixers.py, bench/results/tuning.md).
+DEFAULT_FIT_INTERVAL = 7
+DEFAULT_WARMUP_FRACTION = 0.0322
 
 
 def fit_power_law(samples: numpy.ndarray, losses: numpy.ndarray) -> tuple[float, float, float]:
@@ -94,8 +98,8 @@ class ADOMixer(Mixer):
         *,
         total_steps: int,
         prior: Optional[Sequence[float]] = None,
-        warmup_fraction: float = 0.1,
-        fit_interval: int = 10,
+        warmup_fraction: float = DEFAULT_WARMUP_FRACTION,
+        fit_interval: int = DEFAULT_FIT_INTERVAL,
         credit_smoothing: float = 0.1,
         credit_exponent: float = 0.5,
         policy_smoothing: float = 0.1,
@@ -146,14 +150,14 @@ class ADOMixer(Mixer):
         group.add_argument(
             "--ado-warmup-fraction",
             type=float,
-            default=0.1,
+            default=DEFAULT_WARMUP_FRACTION,
             help="ADO: the first fraction of --train-iters, the loss's first drop, is left out of the power-law "
             "fits; in [0, 1)",
         )
         group.add_argument(
             "--ado-fit-interval",
             type=int,
-            default=10,
+            default=DEFAULT_FIT_INTERVAL,
             help="ADO: steps per fitted point (each domain's mean loss over them); the laws are refitted at each point",
         )
         group.add_argument(

@@ -50,6 +50,11 @@ from megatron_acodm.errors import UserError
 from megatron_acodm.mixing.base import DOMAIN_LOSSES, Mixer, StepSignals, run_length
 from megatron_acodm.mixing.weighting import domain_weighting, mixing_prior
 
+# Chosen on the tuning corpus (bench/tune_mixers.py, bench/results/tuning.md); the paper's
+# schedules are set for far longer runs.
+DEFAULT_ROUNDS = 4
+DEFAULT_SEGMENT_STEPS = 1
+
 
 def fit_interactions(loss_sum: numpy.ndarray, tokens: numpy.ndarray, shares: numpy.ndarray) -> numpy.ndarray:
     """A [K, K] from the sweep's steps and the step after it ([S + 1, K] each; `shares` are the
@@ -96,9 +101,9 @@ class AioliMixer(Mixer):
         seed: int = 0,
         prior: Optional[Sequence[float]] = None,
         objective: Optional[Sequence[float]] = None,
-        rounds: int = 5,
+        rounds: int = DEFAULT_ROUNDS,
         sweeps: int = 2,
-        segment_steps: int = 2,
+        segment_steps: int = DEFAULT_SEGMENT_STEPS,
         one_hot_factor: float = 0.75,
         eta: float = 1.0,
         smoothing: float = 0.1,
@@ -145,7 +150,7 @@ class AioliMixer(Mixer):
         group.add_argument(
             "--aioli-rounds",
             type=int,
-            default=5,
+            default=DEFAULT_ROUNDS,
             help="Aioli: rounds in --train-iters; each opens with a sweep of perturbed mixtures that re-estimates A",
         )
         group.add_argument(
@@ -157,7 +162,7 @@ class AioliMixer(Mixer):
         group.add_argument(
             "--aioli-segment-steps",
             type=int,
-            default=2,
+            default=DEFAULT_SEGMENT_STEPS,
             help="Aioli: steps on each domain's perturbed mixture in a pass (a sweep: sweeps x K x these steps)",
         )
         group.add_argument(

@@ -33,6 +33,7 @@ GRADIENT_GRAM = "gradient_gram"  # StepSignals.half_gram and half_tokens
 # `sketch.segments`): measured on the steps whose `signals_wanted` names it (the target pass).
 TARGET_GRADIENT = "target_gradient"
 LAYER_NORMS = "layer_weight_norms"  # StepSignals.layer_weight_norms, at the mixer's `norm_layer_depths`
+LAYER_DRIFTS = "layer_weight_drifts"  # StepSignals.layer_weight_drifts, at the same depths
 
 
 @dataclass
@@ -52,6 +53,8 @@ class StepSignals:
     half_gram: Optional[numpy.ndarray] = None
     half_tokens: Optional[numpy.ndarray] = None  # [2K] (or [2K + 2]) loss-mask tokens of each half
     layer_weight_norms: Optional[numpy.ndarray] = None  # [L] linear_fc2 weight norms at the mixer's depths
+    # [L] ||W - W_0|| of the same weights, W_0 as the run's first step found them (kept in the checkpoint)
+    layer_weight_drifts: Optional[numpy.ndarray] = None
 
     def __post_init__(self) -> None:
         self.domain_loss_sum = numpy.asarray(self.domain_loss_sum, dtype=numpy.float64)
@@ -84,8 +87,8 @@ class Mixer(abc.ABC):
     """
 
     needs: frozenset[str] = frozenset()
-    # The relative depths (in (0, 1]) of the layers whose `linear_fc2` weight norms a mixer that
-    # needs LAYER_NORMS reads, in this order (`megatron_acodm.model.layers_at_depths` maps them).
+    # The relative depths (in (0, 1]) of the layers whose `linear_fc2` weight norms (and drifts) a
+    # mixer that needs LAYER_NORMS (LAYER_DRIFTS) reads, in this order (`megatron_acodm.model.layers_at_depths` maps them).
     norm_layer_depths: tuple[float, ...] = ()
     # For a mixer that needs TARGET_GRADIENT: the target pass runs on the steps divisible by this.
     target_interval: Optional[int] = None
@@ -114,6 +117,12 @@ class Mixer(abc.ABC):
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         """Add this mixer's own command-line options; most mixers have none."""
+
+    @classmethod
+    def samples_per_domain(cls, args: argparse.Namespace) -> int:
+        """The samples every domain gets in every global batch when --min-samples-per-domain is not
+        given: what the mixer's published method trains on (most: none)."""
+        return 0
 
     def __init__(self, names: Sequence[str], initial_weights: Sequence[float], floor: float = 0.0):
         self.names = list(names)
@@ -169,7 +178,7 @@ class Mixer(abc.ABC):
             non_finite = (signals.domain_tokens > 0) & ~numpy.isfinite(signals.domain_loss)
             if non_finite.any():
                 bad.append(f"loss for {[name for name, is_bad in zip(self.names, non_finite) if is_bad]}")
-        for need, field in ((GRADIENT_GRAM, "half_gram"), (LAYER_NORMS, "layer_weight_norms")):
+        for need, field in ((GRADIENT_GRAM, "half_gram"), (LAYER_NORMS, "layer_weight_norms"), (LAYER_DRIFTS, "layer_weight_drifts")):
             value = getattr(signals, field)
             if need in self.needs and value is not None and not numpy.all(numpy.isfinite(value)):
                 bad.append(field)

@@ -49,6 +49,10 @@ from megatron_acodm.mixing.base import GRADIENT_GRAM, TARGET_GRADIENT, Mixer, St
 from megatron_acodm.mixing.weighting import mixing_prior
 from megatron_acodm.sketch import sketch_rows
 
+# Chosen on the tuning corpus (bench/tune_mixers.py, bench/results/tuning.md): the largest of the
+# range searched, 0.1 to 10, so a larger one may do better still.
+DEFAULT_STEP_SIZE = 9.9
+
 
 def check_target_interval(interval: int) -> int:
     """--dga-interval, as DGA and AC-ODM's target objective read it."""
@@ -77,7 +81,7 @@ class DGAMixer(Mixer):
         names: Sequence[str],
         prior: Sequence[float],
         *,
-        step_size: float = 1.0,
+        step_size: float = DEFAULT_STEP_SIZE,
         ema: float = 0.1,
         score_decay: float = 0.9,
         interval: int = 10,
@@ -108,7 +112,7 @@ class DGAMixer(Mixer):
         group.add_argument(
             "--dga-step-size",
             type=float,
-            default=1.0,
+            default=DEFAULT_STEP_SIZE,
             help="DGA: eta of the exponentiated-gradient step w_hat = softmax(log w + eta a), a the alignment "
             "<g_k, g_target> / |g_target|^2 (1: a domain whose gradient is the target's)",
         )

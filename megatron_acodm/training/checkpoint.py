@@ -4,7 +4,9 @@ Layout: `<save>/iter_0000100/` (written as `iter_0000100.tmp/` and renamed when 
 finished) and `<save>/latest_checkpointed_iteration.txt` (replaced atomically afterwards), so a
 reader never takes a half-written checkpoint for the latest. The model is stored as sharded
 tensors, which megatron.core reshards on load: a checkpoint written at one TP/PP layout loads at
-another. The run state (iteration, LR schedule, mixer, blender, arguments) is common to all ranks;
+another. A run whose mixer reads layer drifts also stores W_0 of those layers
+(`training.signals.WeightDrift`) as sharded tensors that mirror the weights' own, so they reshard
+alike. The run state (iteration, LR schedule, mixer, blender, arguments) is common to all ranks;
 RNG states are per rank and restored only at the layout they were saved at.
 """
 
@@ -14,7 +16,8 @@ import os
 import random
 import re
 import shutil
-from typing import Optional
+from dataclasses import replace
+from typing import Optional, Sequence
 
 import numpy
 import torch
@@ -26,6 +29,8 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron_acodm.atomic_files import write_text_atomically
 from megatron_acodm.compat.megatron_versions import COMMON_STATE_ITEM_SINCE, SUPPORTED, installed_version, reads_common_state_item
 from megatron_acodm.errors import UserError
+from megatron_acodm.model import mlp_output_projections, unwrap
+from megatron_acodm.training.signals import WeightDrift
 
 TRACKER = "latest_checkpointed_iteration.txt"
 COMMON_STATE = "common.pt"  # where megatron-core 0.16 to 0.18 keep the state every rank shares
@@ -35,6 +40,8 @@ DIST_CHECKPOINT_CONFIG = "metadata.json"  # dist_checkpointing's record of the c
 # no comment, ends with the 22-byte end-of-central-directory record.
 _ZIP_START, _ZIP_END, _ZIP_END_RECORD = b"PK\x03\x04", b"PK\x05\x06", 22
 _ITERATION_FOLDER = re.compile(r"iter_(\d{7})")
+RUN_START = "run_start"  # the key prefix of the stored W_0 (`WeightDrift.start`)
+RUN_START_LAYERS = "run_start_layers"  # the run state's list of the layers whose W_0 the checkpoint holds
 
 
 def checkpoint_path(root: str, iteration: int) -> str:
@@ -171,14 +178,47 @@ def _layout() -> dict:
     }
 
 
-def _sharded_state(model, optimizer, is_loading: bool, distributed_optimizer: bool) -> dict:
+def saved_run_start_layers(run_state: dict) -> list[int]:
+    """The layers whose W_0 the checkpoint of `run_state` holds (none where its mixer read no drifts)."""
+    return run_state.get(RUN_START_LAYERS, [])
+
+
+def _run_start_state(model, model_state: dict, drift: WeightDrift, layers: Sequence[int], is_loading: bool) -> dict:
+    """{layer: W_0 on this rank} of `layers` as sharded tensors that mirror the layer's own weight
+    in `model_state` (its shard's offsets, its replica id), so they reshard across layouts as the
+    weights do. megatron stacks every layer's weight into one tensor, whose saved shards must cover
+    it whole; only some layers are kept here, so the layer axis moves into the key."""
+    names = {module: name for name, module in unwrap(model[0]).named_modules()}
+    shards = {}
+    for index, fc2 in mlp_output_projections(model).items():
+        if index in layers:
+            weight = model_state[f"{names[fc2]}.weight"]
+            stacked = weight.prepend_axis_num  # the layer axis of the stacked weights, absent from the shard
+            shards[index] = replace(
+                weight,
+                key=f"{RUN_START}.decoder.layers.{index}.mlp.linear_fc2.weight",
+                data=torch.empty_like(fc2.weight, requires_grad=False) if is_loading else drift.start[index],
+                global_shape=weight.global_shape[stacked:],
+                global_offset=weight.global_offset[stacked:],
+                axis_fragmentations=weight.axis_fragmentations[stacked:],
+                prepend_axis_num=0,
+            )
+    return shards
+
+
+def _sharded_state(
+    model, optimizer, is_loading: bool, distributed_optimizer: bool, drift: Optional[WeightDrift] = None, run_start_layers: Sequence[int] = ()
+) -> dict:
     # With megatron's DDP the module's own sharded_state_dict carries the right keys.
     model_state = model[0].module.sharded_state_dict()
+    # W_0 is not the optimizer's: its state is built from the model's alone.
+    run_start = {} if drift is None else {RUN_START: _run_start_state(model, model_state, drift, run_start_layers, is_loading)}
     # The distributed optimizer resumes exactly only with its dp_reshardable layout.
     metadata = {"distrib_optim_sharding_type": "dp_reshardable"} if distributed_optimizer else None
     return {
         "model": model_state,
         "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata),
+        **run_start,
     }
 
 
@@ -203,8 +243,10 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(root: str, iteration: int, model, optimizer, run_state: dict, distributed_optimizer: bool) -> str:
-    """Write the checkpoint of `iteration` on every rank; return its folder."""
+def save_checkpoint(
+    root: str, iteration: int, model, optimizer, run_state: dict, distributed_optimizer: bool, drift: Optional[WeightDrift] = None
+) -> str:
+    """Write the checkpoint of `iteration` on every rank, with `drift`'s W_0 where given; return its folder."""
     rank = torch.distributed.get_rank()
     final = checkpoint_path(root, iteration)
     staging = f"{final}.tmp"
@@ -212,8 +254,10 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, run_state: dict
         shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
         os.makedirs(staging)
     torch.distributed.barrier()
-    state = _sharded_state(model, optimizer, is_loading=False, distributed_optimizer=distributed_optimizer)
+    run_start_layers = [] if drift is None else sorted(set(drift.layer_indices))
+    state = _sharded_state(model, optimizer, False, distributed_optimizer, drift, run_start_layers)
     state["run"] = dict(run_state, layout=_layout(), adam_steps=_torch_adam_steps(optimizer))
+    state["run"][RUN_START_LAYERS] = run_start_layers
     dist_checkpointing.save(state, staging)
     os.makedirs(os.path.join(staging, "rng"), exist_ok=True)
     torch.save(_rng_state(), os.path.join(staging, "rng", f"rank_{rank:05d}.pt"))
@@ -274,8 +318,11 @@ def initialize_from_pretrained(path: str, model, optimizer) -> None:
     optimizer.reload_model_params()
 
 
-def load_checkpoint(path: str, run_state: dict, model, optimizer, distributed_optimizer: bool) -> None:
-    """Load model, optimizer and (at the saved layout) RNG states from the checkpoint at `path`."""
+def load_checkpoint(
+    path: str, run_state: dict, model, optimizer, distributed_optimizer: bool, drift: Optional[WeightDrift] = None
+) -> None:
+    """Load model, optimizer and (at the saved layout) RNG states from the checkpoint at `path`, and
+    into `drift` the W_0 it holds of the drift's layers (those of `saved_run_start_layers`)."""
     saved, current = run_state["layout"], _layout()
     same_layout = saved == current
     same_model_layout = all(saved[key] == current[key] for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"))
@@ -288,10 +335,9 @@ def load_checkpoint(path: str, run_state: dict, model, optimizer, distributed_op
         )
     if distributed_optimizer:
         _prepare_distributed_optimizer_load(optimizer)
+    run_start_layers = [] if drift is None else sorted(set(drift.layer_indices) & set(saved_run_start_layers(run_state)))
     try:
-        state = dist_checkpointing.load(
-            _sharded_state(model, optimizer, is_loading=True, distributed_optimizer=distributed_optimizer), path
-        )
+        state = dist_checkpointing.load(_sharded_state(model, optimizer, True, distributed_optimizer, drift, run_start_layers), path)
     except CheckpointException as error:  # a tensor file damaged where the checks before loading cannot see
         # Each rank's failure comes as (exception, stack): name its kind; torch's own text runs long.
         kinds = sorted({type(failure[0] if isinstance(failure, tuple) else failure).__name__ for failure in error.failures.values()})
@@ -303,6 +349,8 @@ def load_checkpoint(path: str, run_state: dict, model, optimizer, distributed_op
         optimizer.load_state_dict(state["optimizer"])
     if distributed_optimizer:
         _restore_torch_adam_steps(optimizer, run_state["adam_steps"])
+    if drift is not None:
+        drift.start.update(state.get(RUN_START, {}))  # dist_checkpointing leaves out an empty dict (none of the layers here)
     rng_file = os.path.join(path, "rng", f"rank_{torch.distributed.get_rank():05d}.pt")
     if same_layout and os.path.isfile(rng_file):
         _set_rng_state(torch.load(rng_file, weights_only=False))

@@ -19,6 +19,7 @@ from megatron_acodm.data import Corpus, DynamicBlender, Tokenizer, open_corpus, 
 from megatron_acodm.data.targets import TargetSets, open_target_sets
 from megatron_acodm.errors import UserError
 from megatron_acodm.metrics.weights_and_biases import check_wandb
+from megatron_acodm.mixing import MIXERS
 from megatron_acodm.model import pad_vocab_size
 from megatron_acodm.output_paths import check_output_file, check_output_folder
 
@@ -69,6 +70,14 @@ def _rank_zero_first(build):
     return built if built is not None else build()
 
 
+def min_samples_per_domain(args: Namespace, num_domains: int) -> int:
+    """--min-samples-per-domain, or the mixer's own (`Mixer.samples_per_domain`), taking no more than
+    half the global batch in all: the mixer's weights still decide the other half."""
+    if args.min_samples_per_domain is not None:
+        return args.min_samples_per_domain
+    return min(MIXERS[args.mixer].samples_per_domain(args), args.global_batch_size // (2 * num_domains))
+
+
 def build_blender(args: Namespace, corpus: Corpus) -> DynamicBlender:
     """The blender on every rank."""
     return _rank_zero_first(
@@ -78,7 +87,7 @@ def build_blender(args: Namespace, corpus: Corpus) -> DynamicBlender:
             global_batch_size=args.global_batch_size,
             seed=args.seed,
             split=args.split,
-            min_samples_per_domain=args.min_samples_per_domain,
+            min_samples_per_domain=min_samples_per_domain(args, len(corpus.manifest.names)),
             data_cache_path=args.data_cache_path,
             reset_position_ids=args.reset_position_ids,
             reset_attention_mask=args.reset_attention_mask,

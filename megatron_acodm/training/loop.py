@@ -13,11 +13,13 @@ from megatron.core import parallel_state
 
 from megatron_acodm.data import StepPlan
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, StepSignals, build_mixer
+from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_DRIFTS, LAYER_NORMS, TARGET_GRADIENT, StepSignals, build_mixer
 from megatron_acodm.model import layers_at_depths
 from megatron_acodm.sketch import GradientSketcher, gram, half_segments, sketch_rows
 from megatron_acodm.training.batches import rank_micro_batches
-from megatron_acodm.training.checkpoint import TRACKER, initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint
+from megatron_acodm.training.checkpoint import (
+    TRACKER, initialize_from_pretrained, load_checkpoint, open_checkpoint, save_checkpoint, saved_run_start_layers,
+)
 from megatron_acodm.training.evaluation import domain_evaluation_sizes, evaluate, evaluation_batches, part_means, part_standard_errors
 from megatron_acodm.training.exit_signal import ExitSignalHandler
 from megatron_acodm.training.inputs import build_blender, build_targets, check_output_paths, open_inputs
@@ -26,6 +28,7 @@ from megatron_acodm.metrics.memory import cuda_memory_mib
 from megatron_acodm.training.loss import COLUMNS, LOSS, TOKENS
 from megatron_acodm.training.resume import check_resumable, check_same_model_shape, restore, run_state
 from megatron_acodm.training.setup import build_model, build_optimizer, device, initialize
+from megatron_acodm.training.signals import WeightDrift
 from megatron_acodm.training.step import StepOutcome, run_step
 from megatron_acodm.training.target_pass import check_target_pass_supported, steering_batch_size, target_micro_batches
 
@@ -94,6 +97,7 @@ def _signals(iteration: int, outcome: StepOutcome, plan: StepPlan) -> StepSignal
         half_gram=None if outcome.sketch is None else gram(outcome.sketch).double().cpu().numpy(),
         half_tokens=outcome.segment_tokens,
         layer_weight_norms=outcome.layer_norms,
+        layer_weight_drifts=outcome.layer_drifts,
     )
 
 
@@ -132,15 +136,21 @@ def pretrain(args: Namespace) -> None:
     targets = build_targets(args, inputs.targets, blender)
     model = build_model(args)
     optimizer, scheduler = build_optimizer(args, model)
+    # Only a mixer that reads the drifts has W_0 kept (and checkpointed).
+    drift = WeightDrift(layers_at_depths(mixer.norm_layer_depths, args.num_layers)) if LAYER_DRIFTS in mixer.needs else None
 
     start = 0
     checkpoint = open_checkpoint(args.load) if args.load else None
     if checkpoint is not None:
         path, state = checkpoint
         check_resumable(path, state, args, scheduler, blender)
-        load_checkpoint(path, state, model, optimizer, args.use_distributed_optimizer)
+        load_checkpoint(path, state, model, optimizer, args.use_distributed_optimizer, drift)
         start = restore(state, args, scheduler, mixer, blender, log)
         log(f"resumed from {path} at iteration {start}")
+        unsaved = [] if drift is None else sorted(set(drift.layer_indices) - set(saved_run_start_layers(state)))
+        if unsaved:
+            log(f"{path} holds no starting weights of layers {unsaved} (its run's mixer read no layer drifts): "
+                f"their drifts are measured from the weights of iteration {start}")
     elif args.load:
         log(f"--load {args.load}: no checkpoint there (no {TRACKER}); training from iteration 0")
     if checkpoint is None and args.pretrained_checkpoint:
@@ -169,6 +179,10 @@ def pretrain(args: Namespace) -> None:
         rows = sketch_rows(blender.num_domains, with_target=reads_target)
         sketcher = GradientSketcher(model, rows, layers=args.sketch_layers, dim=args.sketch_dim, seed=args.seed)
     norm_layers = layers_at_depths(mixer.norm_layer_depths, args.num_layers) if LAYER_NORMS in mixer.needs else None
+    if drift is not None:
+        # W_0 is what this run's first step finds, even for a mixer that wants the drifts of later
+        # steps only; the layers whose W_0 a resumed checkpoint held keep theirs.
+        drift.take_start(model)
     interval = _Interval(blender.num_domains)
     exit_signals = ExitSignalHandler(run_device) if args.exit_signal_handler else None
     run_started = time.perf_counter()
@@ -190,7 +204,8 @@ def pretrain(args: Namespace) -> None:
             )
         outcome = run_step(
             model, batch, blender.num_domains, run_device, optimizer, scheduler,
-            sketcher if sketching else None, norm_layers if LAYER_NORMS in wanted else None, target_batches,
+            sketcher if sketching else None, norm_layers if LAYER_NORMS in wanted else None,
+            drift if LAYER_DRIFTS in wanted else None, target_batches,
         )
         mixer.observe(_signals(iteration, outcome, plan))
         interval.add(outcome, plan.counts, time.perf_counter() - step_started)
@@ -206,7 +221,9 @@ def pretrain(args: Namespace) -> None:
         signalled = exit_signals is not None and exit_signals.any_rank_received()
         exiting = signalled or (args.exit_interval is not None and done % args.exit_interval == 0)
         if args.save and ((args.save_interval and done % args.save_interval == 0) or exiting or done == args.train_iters):
-            path = save_checkpoint(args.save, done, model, optimizer, run_state(done, args, scheduler, mixer, blender), args.use_distributed_optimizer)
+            path = save_checkpoint(
+                args.save, done, model, optimizer, run_state(done, args, scheduler, mixer, blender), args.use_distributed_optimizer, drift
+            )
             log(f"saved checkpoint {path}")
         if exiting:
             reason = "a signal to exit (--exit-signal-handler)" if signalled else f"--exit-interval {args.exit_interval}"

@@ -1,10 +1,10 @@
 """One global step: Megatron's schedule over this rank's micro-batches, one all-reduce, the update.
 
 The loss function returns each micro-batch's per-domain sums (`loss.COLUMNS`); the last pipeline stage adds
-them up. With the gradient sketch and the layer norms a mixer may ask for, they travel in a single
-all-reduce over the whole world, where every rank adds only its own part (the losses: the last
-stage's first tensor-parallel rank), so every rank gets the same global signals and its mixer
-decides the same weights.
+them up. With the gradient sketch, the layer norms and the layer drifts (`training.signals`) a mixer
+may ask for, they travel in a single all-reduce over the whole world, where every rank adds only its
+own part (the losses: the last stage's first tensor-parallel rank), so every rank gets the same
+global signals and its mixer decides the same weights.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_acodm.training.loss import COLUMNS, domain_loss_func
-from megatron_acodm.training.signals import layer_weight_norm_squares
+from megatron_acodm.training.signals import WeightDrift, layer_weight_norm_squares
 from megatron_acodm.training.target_pass import sketch_target_gradient
 
 
@@ -32,6 +32,7 @@ class StepOutcome:
     sketch: Optional[torch.Tensor] = None  # [2K, k] gradient sketch of the domains' halves, summed over the world
     segment_tokens: Optional[numpy.ndarray] = None  # [2K] loss-mask tokens of each sketch row, over the global batch
     layer_norms: Optional[numpy.ndarray] = None  # [L] Frobenius norms of the chosen linear_fc2 weights
+    layer_drifts: Optional[numpy.ndarray] = None  # [L] ||W - W_0|| of the drift's linear_fc2 weights
 
 
 def _forward_step(num_domains: int, device: torch.device, sketcher, data_iterator, model):
@@ -81,18 +82,21 @@ def run_step(
     scheduler=None,
     sketcher=None,
     norm_layers: Optional[Sequence[int]] = None,
+    drift: Optional[WeightDrift] = None,
     target_batches: Optional[list[dict]] = None,
 ) -> StepOutcome:
     """Forward (and, with an optimizer, backward and update) over the micro-batches of one global
     step. `sketcher` adds the step's gradient sketch, `norm_layers` the weight norms of those layers,
-    `target_batches` the target's rows of the sketch (`training.target_pass`), measured first."""
+    `drift` the distances of its layers' weights from its W_0, `target_batches` the target's rows of
+    the sketch (`training.target_pass`), measured first."""
     forward_only = optimizer is None
     if not forward_only:
         for chunk in model:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
-    # The norms describe the weights that produced this step's losses: read them before the update.
+    # Norms and drifts describe the weights that produced this step's losses: read them before the update.
     norm_squares = None if norm_layers is None else layer_weight_norm_squares(model, norm_layers, device)
+    drift_squares = None if drift is None else drift.squares(model, device)
     micro_batch_size, seq_length = micro_batch_list[0]["tokens"].shape
     if target_batches:
         sketch_target_gradient(model, target_batches, sketcher, len(micro_batch_list), micro_batch_size, device)
@@ -112,6 +116,8 @@ def run_step(
         parts += [sketcher.step_sketches(), _local_segment_tokens(sketched, sketcher.num_segments, device)]
     if norm_squares is not None:
         parts.append(norm_squares)
+    if drift_squares is not None:
+        parts.append(drift_squares)
     reduced = _sum_over_world(parts)
     outcome = StepOutcome(reduced.pop(0).cpu().numpy())
     if sketcher is not None:
@@ -119,6 +125,8 @@ def run_step(
         outcome.segment_tokens = reduced.pop(0).cpu().numpy()
     if norm_squares is not None:
         outcome.layer_norms = reduced.pop(0).sqrt().cpu().numpy()
+    if drift_squares is not None:
+        outcome.layer_drifts = reduced.pop(0).sqrt().cpu().numpy()
     if not forward_only:
         outcome.update_successful, grad_norm, _ = optimizer.step()
         outcome.grad_norm = None if grad_norm is None else float(grad_norm)

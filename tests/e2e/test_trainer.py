@@ -18,7 +18,7 @@ import trainer_runs as runs
 
 @pytest.mark.parametrize("mixer", ["acodm"])  # the mixer with the most state; every mixer resumes: test_mixer_runs.py
 def test_sigkill_then_resume_continues_exactly(tmp_path, preprocessed_corpus, tokenizer_model, mixer):
-    steps = ["--train-iters", "12", "--mixer", mixer]
+    steps = ["--train-iters", "12", "--mixer", mixer, "--acodm-hidden", "64"]  # the reference's 5 layers, narrower
     reference = str(tmp_path / "reference")
     runs.train(tmp_path, runs.arguments(preprocessed_corpus, tokenizer_model, reference, *steps))
 
@@ -121,7 +121,8 @@ def test_resuming_on_other_domains_is_refused_unless_remapped(tmp_path, preproce
 
 def test_proxy_policy_drives_a_deeper_wider_target(tmp_path, preprocessed_corpus, tokenizer_model):
     policy = str(tmp_path / "policy.pt")
-    proxy = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "proxy"), "--train-iters", "8", "--mixer", "acodm")
+    proxy = runs.arguments(preprocessed_corpus, tokenizer_model, str(tmp_path / "proxy"), "--train-iters", "8", "--mixer", "acodm",
+                           "--acodm-hidden", "64")
     runs.train(tmp_path, proxy)
     # A finished run asked for its policy afterwards still writes it.
     resumed = runs.train(tmp_path, proxy + ["--load", str(tmp_path / "proxy"), "--acodm-export-policy", policy])

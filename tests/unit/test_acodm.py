@@ -1,6 +1,7 @@
-"""AC-ODM: the bounded policy in closed loops (no signal, noise, an interior optimum, a harmful
-domain), the DDPG agent, the state, proxy export/import (what every mixer shares, exact resume
-included: tests/unit/test_mixer_contract.py)."""
+"""AC-ODM: the published method's parts against hand computations (its state, exploration, warm-up
+teacher, learning-rate schedule, the actor the reference never trains), our bounded variant in closed
+loops (no signal, noise, an interior optimum, a harmful domain), the DDPG agent, proxy export/import
+(what every mixer shares, exact resume included: tests/unit/test_mixer_contract.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from megatron_acodm.errors import UserError
 from megatron_acodm.mixing import (
     DOMAIN_LOSSES,
     GRADIENT_GRAM,
+    LAYER_DRIFTS,
     LAYER_NORMS,
     ACODMMixer,
     StepSignals,
@@ -25,8 +27,8 @@ from megatron_acodm.mixing import (
     layers_at_depths,
 )
 from megatron_acodm.mixing.acodm import PolicyError
-from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig, Transitions
-from megatron_acodm.mixing.acodm.features import FeatureSpec, StateBuilder
+from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig, Transitions, learning_rate
+from megatron_acodm.mixing.acodm.features import FeatureSpec, StateBuilder, StepView
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.networks import NetworkConfig
 from megatron_acodm.mixing.acodm.policy import POLICY_FORMAT, load_policy
@@ -81,8 +83,13 @@ TRIANGLE = [[1.0, 0.0], [-0.5, 0.87], [-0.5, -0.87]]
 
 
 def make_mixer(total_steps: int = 400, seed: int = 7, names=NAMES, **options) -> ACODMMixer:
-    config = DDPGConfig(lr=1e-3, lr_warmup_steps=10)
-    return ACODMMixer(names, [1.0] * len(names), total_steps=total_steps, seed=seed, config=config, hidden=64, **options)
+    """Our bounded variant with a trained actor and the alignment reward, small networks and a
+    constant learning rate after a short warm-up (the closed loops below run in seconds)."""
+    config = DDPGConfig(gamma=0.0, lr=1e-3, min_lr=1e-3, lr_warmup_updates=10, total_updates=total_steps, weight_decay=0.0)
+    defaults = dict(
+        action="bounded", train_actor=True, score="alignment", config=config, hidden=64, depth=2, layer_depths=DEPTHS, warmup_fraction=0.1
+    )
+    return ACODMMixer(names, [1.0] * len(names), total_steps=total_steps, seed=seed, **{**defaults, **options})
 
 
 def run(mixer: ACODMMixer, problem: QuadraticDomains, steps: range) -> list[numpy.ndarray]:
@@ -169,7 +176,7 @@ def test_the_actor_learns_to_follow_a_consistent_signal_further():
 
 
 def test_state_layout_is_scale_free_and_absent_domains_age():
-    spec = FeatureSpec(3, DEPTHS)
+    spec = FeatureSpec(3, DEPTHS, layout="scale-free")
     assert spec.state_dim == 6 * 3 + 2 * 4 + 1 == sum(size for _, size in spec.blocks)
     assert spec.block("weight") == slice(6, 9) and spec.block("direction") == slice(12, 15)
     assert layers_at_depths(DEPTHS, 2) == [0, 0, 1, 1]
@@ -183,7 +190,8 @@ def test_state_layout_is_scale_free_and_absent_domains_age():
             counts = numpy.array(counts, dtype=float)
             memory.update(counts > 0, loss_scale * numpy.array([3.0, 2.0, 4.0 + step]) / (step + 1))
             weights, direction, snr = counts / 8, numpy.array([0.5, 0.0, -0.5]), numpy.array([1.0, 0.0, 3.0])
-            result.append(builder.state(memory, weights, direction, snr, norm_scale * numpy.array([1.0, 2.0, 3.0, 4.0 + step]), step))
+            norms = norm_scale * numpy.array([1.0, 2.0, 3.0, 4.0 + step])
+            result.append(builder.state(StepView(memory, step, norms, counts, weights=weights, direction=direction, snr=snr)))
         return result
 
     base, scaled = states(1.0, 1.0), states(7.0, 50.0)
@@ -208,7 +216,7 @@ def test_ddpg_update_moves_the_actor_and_raises_q_on_the_batch():
     ddpg = filled_mixer().agent
     replay = torch.Generator()
     replay.set_state(ddpg.generator.get_state())
-    batch_states = ddpg.buffer.states[torch.randint(ddpg.buffer.size, (ddpg.config.batch_size,), generator=replay)]
+    batch_states = ddpg.buffer.states[torch.randperm(ddpg.buffer.size, generator=replay)[: ddpg.config.batch_size]]
     actor_before = copy.deepcopy(ddpg.actor)
     ddpg.update(train_actor=True)
     assert moved(parameters(actor_before), ddpg.actor)
@@ -222,7 +230,7 @@ def test_the_actor_optimizer_updates_the_actor_even_with_the_critic_frozen():
     ddpg = filled_mixer().agent
     actor_ids = {id(parameter) for parameter in ddpg.actor.parameters()}
     assert {id(p) for group in ddpg.actor_optimizer.param_groups for p in group["params"]} == actor_ids
-    ddpg.critic_optimizer.step = lambda *args, **kwargs: None  # the published code's only step
+    ddpg.critic_optimizer.step = lambda *args, **kwargs: None  # the reference code's only step
     actor_before, critic_before = parameters(ddpg.actor), parameters(ddpg.critic)
     ddpg.update(train_actor=True)
     assert moved(actor_before, ddpg.actor)
@@ -270,23 +278,13 @@ def test_non_finite_signal_keeps_the_last_weights_and_warns_once():
     assert numpy.array_equal(mixer.weights(), reference.weights())
 
 
-def test_a_state_of_the_earlier_format_is_refused_with_what_to_do():
-    state = make_mixer().state_dict()
-    del state["format"]  # as the actor that chose the weights itself saved it
-    with pytest.raises(UserError, match="state has format 1, this version reads format 3.*start a new one"):
+@pytest.mark.parametrize("saved", [1, 2, 3])
+def test_a_state_of_an_earlier_format_is_refused_with_what_to_do(saved):
+    state = dict(make_mixer().state_dict(), format=saved)
+    if saved == 1:
+        del state["format"]  # as the actor that chose the weights itself saved it
+    with pytest.raises(UserError, match=f"state has format {saved}, this version reads format 4 \\(its default is the reference's method.*start a new one"):
         make_mixer().load_state_dict(state)
-
-
-def test_a_format_2_state_is_read_with_the_alignment_reward_and_refused_with_the_published_one():
-    trained = make_mixer()
-    run(trained, QuadraticDomains(TRIANGLE), range(5))
-    state = dict(trained.state_dict(), format=2)  # format 2's alignment mode saved the same fields
-    resumed = make_mixer()
-    resumed.load_state_dict(state)
-    assert numpy.array_equal(resumed.weights(), trained.weights())
-    published = dict(make_mixer(score="published").state_dict(), format=2)
-    with pytest.raises(UserError, match="state is of format 2 with --acodm-reward published, whose reward was one number"):
-        make_mixer(score="published").load_state_dict(published)
 
 
 def test_the_published_critic_regresses_each_domain_on_its_own_target():
@@ -337,6 +335,13 @@ def acodm_args(*argv: str) -> argparse.Namespace:
     return mixer_args("--mixer", "acodm", *argv)
 
 
+TOKENS = [600.0, 300.0, 100.0]  # the domains' token counts: the published start is their mixture
+
+
+def build_acodm(*argv: str, **kwargs) -> ACODMMixer:
+    return build_mixer("acodm", names=NAMES, initial_weights=INITIAL, domain_tokens=TOKENS, args=acodm_args(*argv, **kwargs))
+
+
 def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_path):
     proxy = make_mixer(total_steps=200, warmup_fraction=0.0)
     run(proxy, QuadraticDomains(TRIANGLE), range(60))
@@ -346,11 +351,13 @@ def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_pat
 
     policy = load_policy(path, NAMES, "alignment")
     for state in list(proxy.agent.buffer.states[:20].double().numpy()):
-        assert numpy.array_equal(policy.act(state, proxy.action_map), proxy.agent.act(state, explore=False))
+        expected = proxy.action_map(torch.from_numpy(state), proxy.agent.outputs(state))
+        assert numpy.array_equal(policy.act(state, proxy.action_map), expected.numpy())
 
     # A 4-layer target of another width reads its own state with the proxy's relative depths.
-    target = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args("--acodm-policy", path))
-    assert target.agent is None and target.norm_layer_depths == DEPTHS
+    options = ("--acodm-policy", path, "--acodm-action", "bounded", "--acodm-reward", "alignment")
+    target = build_acodm(*options)
+    assert target.agent is None and target.norm_layer_depths == DEPTHS and target.warmup_steps == 0
     assert target.needs == ACODMMixer.needs == {DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS}  # its own signal
     problem = QuadraticDomains([[1.0, 0.0], [0.8, 0.3], [-3.0, 0.0]])
     for step in range(40):
@@ -362,12 +369,10 @@ def test_exported_policy_reproduces_the_actor_and_drives_a_deeper_target(tmp_pat
         assert numpy.array_equal(weights, policy.act(target.last_state, target.action_map))  # no noise
 
     with pytest.raises(ValueError, match="differs from the policy's"):
-        build_mixer(
-            "acodm",
-            names=NAMES,
-            initial_weights=INITIAL,
-            args=acodm_args("--acodm-policy", path, "--acodm-feature-depths", "0.5,1.0"),
-        )
+        build_acodm(*options, "--acodm-feature-depths", "0.5,1.0")
+    with pytest.raises(UserError, match="the policy's actor was trained with --acodm-action bounded, this run has softmax; "
+                       "give this run --acodm-action bounded"):
+        build_acodm("--acodm-policy", path, "--acodm-reward", "alignment")
 
 
 def test_policy_for_other_domains_or_a_damaged_file_is_refused_naming_the_file(tmp_path):
@@ -386,9 +391,9 @@ def test_policy_for_other_domains_or_a_damaged_file_is_refused_naming_the_file(t
     with pytest.raises(PolicyError, match=f"{other}: not an AC-ODM policy file"):
         load_policy(str(other), NAMES, "alignment")
     old = tmp_path / "old.pt"
-    for version in (1, 2):  # 2 did not name its reward, and its published one is no longer this program's
+    for version in (1, 2, 3):  # 3's spec did not name its layout, and its default action is no longer this program's
         torch.save({"format": POLICY_FORMAT, "version": version, "domains": NAMES}, old)
-        with pytest.raises(PolicyError, match=f"{old}: policy format version {version}, this program reads version 3"):
+        with pytest.raises(PolicyError, match=f"{old}: policy format version {version}, this program reads version 4"):
             load_policy(str(old), NAMES, "alignment")
     with pytest.raises(PolicyError, match=f"{path}: the policy was trained with --acodm-reward alignment, this run has published; "
                        "give this run --acodm-reward alignment, or train its own policy"):
@@ -403,18 +408,143 @@ def test_policy_for_other_domains_or_a_damaged_file_is_refused_naming_the_file(t
         load_policy(str(tmp_path / "missing.pt"), NAMES, "alignment")
 
 
-def test_registry_builds_acodm_from_its_options():
-    argv = ["--acodm-hidden", "32", "--acodm-depth", "3", "--acodm-feature-depths", "0.5,1.0", "--acodm-max-step", "0.05",
-            "--mixing-prior", "data-path", "--mixing-objective", "prose,maths"]
-    mixer = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args(*argv))
-    assert isinstance(mixer, ACODMMixer)
-    assert (mixer.network.hidden, mixer.network.depth, mixer.norm_layer_depths) == (32, 3, (0.5, 1.0))
-    assert mixer.spec.state_dim == 6 * 3 + 2 * 2 + 1 and mixer.mirror.max_step == 0.05
+def test_registry_builds_the_published_method_by_default_and_ours_from_its_options():
+    default = build_acodm()
+    assert (default.action, default.signal.score, default.train_actor, default.noise) == ("softmax", "published", False, 1e-3)
+    assert (default.network.hidden, default.network.depth, default.spec.layout, default.norm_layer_depths) == (
+        1024, 5, "reference", (1 / 16, 2 / 16, 4 / 16, 6 / 16, 8 / 16, 10 / 16, 12 / 16, 14 / 16, 1.0))
+    assert default.spec.state_dim == 3 * 3 + 2 * 9 + 1 and default.agent.critic.reward_shape == (3,)
+    assert default.needs == {DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, LAYER_DRIFTS}
+    # ddpg.yml: gamma 0.95, tau 0.001, a pool of 10,000, batches of 32, lr 0.01 warmed up over 834 of
+    # 41,667 steps then cosine to 0.001; AdamW with the model configs' weight decay 0.1
+    assert default.config == DDPGConfig(gamma=0.95, tau=1e-3, buffer_size=10000, batch_size=32, lr=0.01, min_lr=0.001,
+                                        lr_warmup_updates=4, total_updates=200, weight_decay=0.1)
+    assert default.warmup_steps == 4 and default.teacher.update == "smoothed-mean" and default.teacher.smoothing == 0.5
+    assert numpy.allclose(default.weights(), [0.6, 0.3, 0.1])  # the corpus's own mixture, as the Pile's weights
+    assert isinstance(default.agent.actor_optimizer, torch.optim.AdamW)
+
+    argv = ["--acodm-action", "bounded", "--acodm-reward", "alignment", "--acodm-train-actor", "--acodm-hidden", "32",
+            "--acodm-depth", "3", "--acodm-feature-depths", "0.5,1.0", "--acodm-max-step", "0.05",
+            "--mixing-prior", "data-path", "--mixing-objective", "prose,maths", "--acodm-noise", "0.3"]
+    mixer = build_acodm(*argv)
+    assert (mixer.network.hidden, mixer.network.depth, mixer.norm_layer_depths, mixer.noise) == (32, 3, (0.5, 1.0), 0.3)
+    assert mixer.spec.state_dim == 6 * 3 + 2 * 2 + 1 and mixer.mirror.max_step == 0.05 and mixer.teacher is None
     assert numpy.allclose(mixer.weights(), INITIAL) and numpy.allclose(mixer.signal.objective, [0.5, 0, 0.5])
-    assert mixer.signal.score == "alignment" and mixer.warmup_steps == 20  # 10% of 200 steps
-    default = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args())
-    assert numpy.allclose(default.weights(), 1 / 3) and default.config.gamma == 0.0
-    published = build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args("--acodm-reward", "published"))
-    assert published.signal.score == "published" and published.agent.critic.reward_shape == (3,)
+    assert mixer.signal.score == "alignment" and mixer.needs == {DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS}
     with pytest.raises(UserError, match="--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"):
-        build_mixer("acodm", names=NAMES, initial_weights=INITIAL, args=acodm_args("--acodm-reward", "published", "--mixing-objective", "prose"))
+        build_acodm("--mixing-objective", "prose")
+    with pytest.raises(UserError, match="--acodm-feature-depths \\[1.0\\]: the reference state normalises the layer norms across the layers; give two or more depths"):
+        build_acodm("--acodm-feature-depths", "1.0")
+
+
+def normalised(values) -> numpy.ndarray:
+    """The reference's mean_std_norm, written out: sample std, 1e-8, clipped to +-3."""
+    values = numpy.asarray(values, dtype=float)
+    return numpy.clip((values - values.mean()) / (values.std(ddof=1) + 1e-8), -3, 3)
+
+
+def test_the_reference_state_by_hand():
+    spec = FeatureSpec(3, (0.5, 1.0))
+    assert [name for name, _ in spec.blocks] == ["loss", "loss_change", "samples", "norm", "norm_change", "progress"]
+    memory, builder = SignalMemory(3, 0.9), StateBuilder(spec, total_steps=50)
+    memory.update(numpy.array([True, True, False]), numpy.array([4.0, 3.0, numpy.nan]))
+    first = builder.state(StepView(memory, 0, numpy.array([2.0, 3.0]), numpy.array([5, 3, 0]), numpy.array([0.0, 0.0])))
+    # loss [4, 3, never seen: the mean 3.5]: deviations +-0.5 and 0, sample std 0.5; no change, no drift yet
+    assert first[:3] == pytest.approx([1.0, -1.0, 0.0], rel=1e-7) and numpy.array_equal(first[3:6], [0.0, 0.0, 0.0])
+    # samples [5, 3, 0]: mean 8/3, sample std sqrt(19/3)
+    assert first[6:9] == pytest.approx(numpy.array([7 / 3, 1 / 3, -8 / 3]) / math.sqrt(19 / 3), rel=1e-7)
+    # norms [2, 3]: deviations -+0.5, sample std sqrt(0.5)
+    assert first[9:11] == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], rel=1e-7)
+    assert numpy.array_equal(first[11:13], [0.0, 0.0]) and first[13] == 100 * 1 / 50
+
+    memory.update(numpy.array([True, True, True]), numpy.array([3.0, 3.5, 6.0]))
+    second = builder.state(StepView(memory, 9, numpy.array([2.5, 3.0]), numpy.array([4, 2, 2]), numpy.array([0.5, 0.25])))
+    # changes from each domain's first loss: [3 - 4, 3.5 - 3, 6 - 6]: mean -1/6, sample std sqrt(7/12)
+    assert second[3:6] == pytest.approx(numpy.array([-5 / 6, 2 / 3, 1 / 6]) / math.sqrt(7 / 12), rel=1e-7)
+    # drifts [0.5, 0.25]: deviations +-0.125, sample std 0.125 sqrt(2)
+    assert second[11:13] == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)], rel=1e-7)
+    assert second[13] == 100 * 10 / 50
+
+    # With more entries than (n - 1) / sqrt(n) < 3 allows, an outlier is clipped at 3.
+    wide = FeatureSpec(3, tuple((i + 1) / 12 for i in range(12)))
+    norms = numpy.array([1.0] * 11 + [100.0])
+    state = StateBuilder(wide, 10).state(StepView(memory, 0, norms, numpy.array([1, 1, 1]), numpy.zeros(12)))
+    assert state[wide.block("norm")][-1] == 3.0 and state[wide.block("norm")][0] == pytest.approx(normalised(norms)[0])
+
+
+def test_the_agents_learning_rate_is_the_references_schedule():
+    config = DDPGConfig(lr=0.01, min_lr=0.001, lr_warmup_updates=10, total_updates=100)
+    # warm-up: 0.01 n / 10; then 0.005 (cos(pi (min(n, 90) - 10) / 100) + 1), at least 0.001
+    expected = {0: 0.0, 5: 0.005, 10: 0.01, 55: 0.005 * (math.cos(math.pi * 0.45) + 1), 80: 0.005 * (math.cos(math.pi * 0.7) + 1), 95: 0.001}
+    for update, rate in expected.items():
+        assert learning_rate(config, update) == pytest.approx(rate, rel=1e-12), update
+    assert learning_rate(config, 80) == pytest.approx(0.0020611, rel=1e-4)
+
+
+def published_mixer(**options) -> ACODMMixer:
+    return ACODMMixer(NAMES, [1.0] * 3, total_steps=100, seed=3, hidden=32, depth=2, layer_depths=DEPTHS, **options)
+
+
+def published_signals(problem: QuadraticDomains, step: int, weights: numpy.ndarray) -> StepSignals:
+    signals = problem.step(step, weights)
+    signals.layer_weight_drifts = numpy.array([0.0, 0.1, 0.2, 0.3]) * step
+    return signals
+
+
+def test_the_warmup_follows_odms_smoothed_mean_by_hand_and_the_actor_never_learns():
+    mixer = published_mixer(warmup_fraction=0.06)  # 6 steps
+    problem = QuadraticDomains(TRIANGLE)
+    actor = parameters(mixer.agent.actor)
+    critic = parameters(mixer.agent.critic)
+    rewards, followed = numpy.zeros(3), []
+    for step in range(6):
+        followed.append(mixer.weights())
+        signals = published_signals(problem, step, mixer.weights())
+        mixer.observe(signals)
+        # R <- 0.5 R + 0.5 exp(L) (from R = 0); e = min(1/3, sqrt(ln 3 / (3 t))); w = (1 - 3 e') R / sum R + e'
+        rewards = 0.5 * rewards + 0.5 * numpy.exp(signals.domain_loss)
+        t = step + 1
+        exploration = min(1 / 3, math.sqrt(math.log(3) / (3 * t)))
+        if step < 5:
+            assert mixer.weights() == pytest.approx((1 - 3 * exploration) * rewards / rewards.sum() + exploration, rel=1e-12), step
+    assert numpy.allclose(followed[:4], 1 / 3)  # e = 1/3 until t > 3 ln 3
+    assert not numpy.allclose(followed[5], 1 / 3)
+    assert mixer.agent.buffer.size == 5 and numpy.allclose(mixer.agent.buffer.actions[:5].numpy(), followed[1:6])
+    assert not moved(actor, mixer.agent.actor) and moved(critic, mixer.agent.critic)
+    # After the warm-up: the targets are the online networks, and the weights the actor's explored softmax.
+    assert all(torch.equal(a, b) for a, b in zip(mixer.agent.target_critic.parameters(), mixer.agent.critic.parameters()))
+    for step in range(6, 30):
+        mixer.observe(published_signals(problem, step, mixer.weights()))
+    # The exploration of the next step, by hand: the softmax less 0.001 times uniform draws, renormalised.
+    generator = torch.Generator()
+    generator.set_state(mixer.generator.get_state())
+    explored = mixer._next_weights(mixer.last_state)
+    probabilities = torch.softmax(mixer.agent.outputs(mixer.last_state), -1).numpy()
+    expected = numpy.maximum(probabilities - 1e-3 * torch.rand(3, generator=generator, dtype=torch.float64).numpy(), 0.0)
+    assert explored == pytest.approx(expected / expected.sum(), rel=1e-12) and not numpy.allclose(explored, probabilities, rtol=1e-6)
+    assert not moved(actor, mixer.agent.actor)  # the reference's actor keeps its initial weights
+
+
+def test_with_train_actor_the_warmup_teaches_the_actor_the_teachers_weights():
+    mixer = published_mixer(warmup_fraction=0.3, train_actor=True)
+    problem = QuadraticDomains(TRIANGLE)
+    actor = copy.deepcopy(mixer.agent.actor)
+    for step in range(30):
+        mixer.observe(published_signals(problem, step, mixer.weights()))
+    buffer = mixer.agent.buffer
+    states, teacher = buffer.states[: buffer.size], buffer.actions[: buffer.size]
+    with torch.no_grad():
+        before = ((torch.softmax(actor(states), -1) - teacher) ** 2).mean()
+        after = ((torch.softmax(mixer.agent.actor(states), -1) - teacher) ** 2).mean()
+    assert after < 0.5 * before, (float(before), float(after))
+
+
+def test_the_samples_every_domain_gets_by_default():
+    from megatron_acodm.training.inputs import min_samples_per_domain
+
+    # one micro-batch of every domain for acodm, no more than half the global batch in all; none for the others
+    assert min_samples_per_domain(acodm_args("--micro-batch-size", "2", "--global-batch-size", "16"), 3) == 2
+    assert min_samples_per_domain(acodm_args("--micro-batch-size", "4", "--global-batch-size", "16"), 3) == 2  # 3 x 2 <= 8
+    assert min_samples_per_domain(acodm_args("--micro-batch-size", "8", "--global-batch-size", "1152"), 22) == 8  # the reference's
+    assert min_samples_per_domain(acodm_args("--micro-batch-size", "2", "--min-samples-per-domain", "0"), 3) == 0
+    assert min_samples_per_domain(mixer_args("--mixer", "odm", "--micro-batch-size", "2"), 3) == 0

@@ -167,5 +167,5 @@ def test_registry_builds_it_from_the_command_line():
     args = mixer_args("--mixer", "ado", "--ado-credit-exponent", "1", "--ado-fit-interval", "5", train_iters=100)
     mixer = build_mixer(args.mixer, names=THREE, initial_weights=[1, 1, 1], domain_tokens=[1e6, 4e6, 9e6], args=args)
     assert isinstance(mixer, ADOMixer)
-    assert (mixer.credit_exponent, mixer.fit_interval, mixer.warmup_steps) == (1.0, 5, 10)
+    assert (mixer.credit_exponent, mixer.fit_interval, mixer.warmup_steps) == (1.0, 5, 4)  # ceil(0.0322 x 100)
     assert (mixer.credit_smoothing, mixer.policy_smoothing, mixer.min_probability) == (0.1, 0.1, 0.01)

@@ -130,8 +130,8 @@ def build(*argv: str, train_iters: int = 100) -> AioliMixer:
 
 def test_state_of_another_schedule_is_refused():
     state = build().state_dict()
-    for other in (build(train_iters=120), build("--aioli-segment-steps", "1")):
-        with pytest.raises(UserError, match=r"rounds of 20 steps opening with 12-step sweeps, this run has"):
+    for other in (build(train_iters=120), build("--aioli-segment-steps", "2")):
+        with pytest.raises(UserError, match=r"rounds of 25 steps opening with 6-step sweeps, this run has"):
             other.load_state_dict(state)
     build("--aioli-eta", "0.2", "--seed", "9").load_state_dict(state)  # the step size and the sweep orders may change
 
@@ -146,5 +146,5 @@ def test_registry_builds_it_from_the_command_line():
     mixer = build_mixer(args.mixer, names=NAMES, initial_weights=[1, 1, 1], args=args)
     assert isinstance(mixer, AioliMixer)
     assert (mixer.eta, mixer.rounds, mixer.round_steps, mixer.seed) == (0.2, 4, 25, 5)
-    assert (mixer.sweeps, mixer.segment_steps, mixer.one_hot_factor, mixer.smoothing) == (2, 2, 0.75, 0.1)
+    assert (mixer.sweeps, mixer.segment_steps, mixer.one_hot_factor, mixer.smoothing) == (2, 1, 0.75, 0.1)
     assert math.isclose(mixer.weights().sum(), 1.0)

@@ -195,6 +195,20 @@ def test_each_transfer_reads_its_proxys_products_and_its_key_follows_them(quick_
     assert run("ado_proxy_replay").identity()["inputs"]["<root>/proxy_ado-seed3/schedule.json"] is not None
 
 
+def test_an_objective_goes_only_to_the_mixers_that_read_it_and_a_variant_runs_its_options(quick_runs):
+    runs, run, _ = quick_runs
+    objective = ["code", "prose"]
+    for mixer, reads in (("acodm", False), ("acodm_bounded", True), ("odm", False), ("aioli", True), ("ado", False)):
+        made = run(mixer)
+        made.args.mixing_objective = objective
+        arguments = made.mixer_arguments()
+        assert ("--mixing-objective" in arguments) == reads, mixer
+    bounded = run("acodm_bounded").mixer_arguments()
+    assert bounded[:2] == ["--mixer", "acodm"] and _option(bounded, "--acodm-action") == "bounded"
+    assert _option(bounded, "--acodm-reward") == "alignment" and "--acodm-train-actor" in bounded
+    assert _option(bounded, "--mixing-objective") == "code,prose"
+
+
 def test_parallel_runs_keep_each_proxy_with_its_transfers_and_share_the_steps(quick_runs):
     runs, run, _ = quick_runs
     mixers = ["uniform", "ado", "acodm", "acodm_proxy", "acodm_proxy_replay", "acodm_proxy_mean", "ado_proxy_replay", "ado_proxy_mean"]

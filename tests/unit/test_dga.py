@@ -98,8 +98,8 @@ def test_dga_measures_only_the_pass_steps_and_a_state_of_the_earlier_format_is_r
 
 
 def test_acodm_with_the_target_objective_measures_the_target_on_the_pass_steps_only():
-    args = mixer_args("--mixer", "acodm", "--mixing-objective", "target", "--target-data-path", "t.json", "--dga-interval", "3", train_iters=10)
-    acodm = build_mixer("acodm", names=NAMES, initial_weights=[1, 1, 1], args=args)
+    args = mixer_args("--mixer", "acodm", "--acodm-reward", "alignment", "--mixing-objective", "target", "--target-data-path", "t.json", "--dga-interval", "3", train_iters=10)
+    acodm = build_mixer("acodm", names=NAMES, initial_weights=[1, 1, 1], domain_tokens=[1e6, 2e6, 3e6], args=args)
     assert isinstance(acodm, ACODMMixer) and TARGET_GRADIENT in acodm.needs and acodm.signal.rows == 4
     assert [TARGET_GRADIENT in acodm.signals_wanted(step) for step in range(4)] == [True, False, False, True]
 

@@ -17,7 +17,7 @@ import torch
 from megatron_acodm.arguments import build_parser
 from megatron_acodm.data import load_manifest
 from megatron_acodm.errors import UserError
-from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_NORMS, MIXERS, TARGET_GRADIENT, StepSignals, build_mixer
+from megatron_acodm.mixing import GRADIENT_GRAM, LAYER_DRIFTS, LAYER_NORMS, MIXERS, TARGET_GRADIENT, StepSignals, build_mixer
 from megatron_acodm.mixing.registry import own_options
 from megatron_acodm.sketch import HALVES, sketch_rows
 from mixer_states import assert_decides_alike, mixer_args, through_checkpoint
@@ -30,8 +30,9 @@ BATCH, SEQ, SKETCH_DIM = 16, 32, 8
 VARIANTS = {
     "odm-exp3": ("odm", ["--odm-update", "exp3"]),
     "odm-smoothed-mean": ("odm", ["--odm-update", "smoothed-mean"]),
-    "acodm-target": ("acodm", ["--mixing-objective", "target"]),
-    "acodm-published": ("acodm", ["--acodm-reward", "published"]),
+    "acodm-target": ("acodm", ["--acodm-reward", "alignment", "--mixing-objective", "target", "--acodm-hidden", "64"]),
+    "acodm-trained": ("acodm", ["--acodm-train-actor", "--acodm-hidden", "64"]),
+    "acodm-bounded": ("acodm", ["--acodm-action", "bounded", "--acodm-reward", "alignment", "--acodm-train-actor", "--acodm-hidden", "64"]),
 }
 CASES = {**{name: (name, []) for name in MIXERS}, **VARIANTS}
 # What a mixer cannot be built without, beyond every run's options.
@@ -62,7 +63,7 @@ def signals(mixer, step: int, rng: numpy.random.Generator) -> StepSignals:
     tokens = counts * float(SEQ)
     losses = 6.0 - 0.01 * step + rng.normal(0.0, 0.3, len(weights))
     wanted = mixer.signals_wanted(step)
-    half_gram = half_tokens = norms = None
+    half_gram = half_tokens = norms = drifts = None
     if GRADIENT_GRAM in wanted:
         halves = numpy.stack([(counts + 1) // 2, counts // 2], axis=1).reshape(-1) * float(SEQ)
         target = [2.0 * SEQ] * HALVES if TARGET_GRADIENT in wanted else [0.0] * HALVES
@@ -74,9 +75,12 @@ def signals(mixer, step: int, rng: numpy.random.Generator) -> StepSignals:
         half_gram = sketch @ sketch.T
     if LAYER_NORMS in wanted:
         norms = 10.0 + 0.01 * step + rng.random(len(mixer.norm_layer_depths))
+    if LAYER_DRIFTS in wanted:
+        drifts = 0.01 * step * rng.random(len(mixer.norm_layer_depths))
     return StepSignals(
         step=step, domain_loss_sum=losses * tokens, domain_tokens=tokens, realised_counts=counts,
         followed_weights=weights, half_gram=half_gram, half_tokens=half_tokens, layer_weight_norms=norms,
+        layer_weight_drifts=drifts,
     )
 
 
@@ -173,8 +177,8 @@ BAD_OPTIONS = {
         (["--mixing-prior", "prose"], "--mixing-prior 'prose' gives ['code', 'multilingual'] no weight; every domain needs a positive prior weight"),
     ],
     "aioli": [
-        (["--aioli-rounds", "0"], "--aioli-rounds (0), --aioli-sweeps (2) and --aioli-segment-steps (2) must be >= 1"),
-        (["--aioli-rounds", "11"], "--aioli-rounds 11 leaves 10 steps per round of --train-iters 120, not more than a sweep's 12 "
+        (["--aioli-rounds", "0"], "--aioli-rounds (0), --aioli-sweeps (2) and --aioli-segment-steps (1) must be >= 1"),
+        (["--aioli-rounds", "21"], "--aioli-rounds 21 leaves 5 steps per round of --train-iters 120, not more than a sweep's 6 "
                                      "(--aioli-sweeps x 3 domains x --aioli-segment-steps); use fewer rounds, sweeps or segment steps"),
         (["--aioli-one-hot-factor", "0.3"], "--aioli-one-hot-factor must be in (1/K, 1] = (0.3333, 1] for 3 domains, got 0.3"),
         (["--aioli-eta", "-1.0"], "--aioli-eta must be >= 0, got -1.0"),
@@ -185,13 +189,19 @@ BAD_OPTIONS = {
     "acodm": [
         (["--acodm-warmup-fraction", "2"], "--acodm-warmup-fraction must be in [0, 1], got 2.0"),
         (["--acodm-gamma", "1"], "--acodm-gamma must be in [0, 1), got 1.0"),
-        (["--acodm-hidden", "0"], "--acodm-hidden and --acodm-depth must be >= 1, got 0 and 2"),
+        (["--acodm-hidden", "0"], "--acodm-hidden and --acodm-depth must be >= 1, got 0 and 5"),
+        (["--acodm-min-lr", "0.1"], "--acodm-min-lr must be in [0, --acodm-lr], got 0.1"),
+        (["--acodm-lr-warmup-fraction", "2"], "--acodm-lr-warmup-fraction must be in [0, 1], got 2.0"),
+        (["--acodm-noise", "-1"], "--acodm-noise must be >= 0, got -1.0"),
+        (["--acodm-feature-depths", "1.0"],
+         "--acodm-feature-depths [1.0]: the reference state normalises the layer norms across the layers; give two or more depths"),
         (["--mixing-score-ema", "1"], "--mixing-score-ema must be in [0, 1), got 1.0"),
         (["--mixing-objective", "target"], "--mixing-objective target needs --target-data-path: the target set whose loss the mixer lowers"),
-        (["--mixing-objective", "target", "--target-data-path", "{corpus}", "--dga-interval", "0"], "--dga-interval (0) must be >= 1"),
-        (["--mixing-objective", "target", "--target-data-path", "{corpus}", "--acodm-reward", "published"],
+        (["--acodm-reward", "alignment", "--mixing-objective", "target", "--target-data-path", "{corpus}", "--dga-interval", "0"],
+         "--dga-interval (0) must be >= 1"),
+        (["--mixing-objective", "target", "--target-data-path", "{corpus}"],
          "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"),
-        (["--mixing-objective", "tokens", "--acodm-reward", "published"],
+        (["--mixing-objective", "tokens"],
          "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"),
     ],
     "dga": [

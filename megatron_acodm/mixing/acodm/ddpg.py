@@ -1,18 +1,21 @@
 """DDPG (Lillicrap et al. 2015) for AC-ODM: replay buffer, actor and critic with target networks.
 
 The action is not the actor's output itself: `action_map(states, outputs)` turns the actor's
-per-domain outputs into the next weights (AC-ODM's bounded mirror step, see `mixer.py`), and the
-critic judges those weights. The reward R is a number, or with `--acodm-reward published` a vector
-of one value per domain, as the reference's; the critic then has as many outputs. Each update
-samples a batch of transitions (s, a, R, s') and
+per-domain outputs into the next weights (a softmax, or AC-ODM's bounded mirror step, see
+`mixer.py`), and the critic judges those weights. The reward R is a number, or with `--acodm-reward
+published` a vector of one value per domain, as the reference's; the critic then has as many
+outputs. Each update samples a batch of transitions (s, a, R, s') and
 - regresses the critic on y = R + gamma Q'(s', a'(s')) (primes: the target networks; per domain for
   a vector reward), by the mean squared error over the batch (and the domains);
 - when the actor trains, raises the mean of Q(s, action_map(s, mu(s))) (over the domains too): the
-  actor's loss, stepped by the ACTOR's optimizer (the published code steps the critic's there, so
-  its actor never learns);
+  actor's loss, stepped by the actor's optimizer (the reference code steps the critic's there, so
+  its actor never learns: `mixer.py` follows it unless told `--acodm-train-actor`);
 - moves the target networks towards the online ones by tau.
-Both optimizers are Adam with a linear learning-rate warm-up over the first updates. All
-randomness (initialisation, exploration noise, replay sampling) comes from one torch.Generator.
+`imitate` is the reference's warm-up update instead: the critic fitted to (1 + gamma) R and, when
+the actor trains, its weights to the batch's actions (the warm-up teacher's), by mean squared error.
+Both optimizers are AdamW with the reference's learning rate: a linear warm-up over the first
+updates, then a cosine decay over the run (`learning_rate`). All randomness (initialisation,
+replay sampling) comes from one torch.Generator.
 
 Whether the critic fits is measured, not assumed: before a transition enters the buffer, the
 critic's squared error on its target (a transition it has not trained on) and that of a constant
@@ -41,13 +44,17 @@ _FIT_DECAY = 0.98  # moving average of the held-out errors: about the last 50 tr
 
 @dataclass(frozen=True)
 class DDPGConfig:
-    gamma: float = 0.0
+    """The reference's constants by default (its ddpg.yml, and the weight decay of its model configs)."""
+
+    gamma: float = 0.95
     tau: float = 1e-3
     buffer_size: int = 10000
     batch_size: int = 32
-    lr: float = 1e-4
-    lr_warmup_steps: int = 100
-    noise: float = 0.2  # std of the Gaussian added to the actor's outputs while it trains
+    lr: float = 0.01
+    min_lr: float = 0.001
+    lr_warmup_updates: int = 0
+    total_updates: int = 1
+    weight_decay: float = 0.1
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,12 +63,25 @@ class DDPGConfig:
             (self.buffer_size >= 1, f"--acodm-buffer-size must be >= 1, got {self.buffer_size}"),
             (self.batch_size >= 1, f"--acodm-batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--acodm-lr must be > 0, got {self.lr}"),
-            (self.lr_warmup_steps >= 0, f"--acodm-lr-warmup-steps must be >= 0, got {self.lr_warmup_steps}"),
-            (self.noise >= 0, f"--acodm-noise must be >= 0, got {self.noise}"),
+            (0 <= self.min_lr <= self.lr, f"--acodm-min-lr must be in [0, --acodm-lr], got {self.min_lr}"),
+            (self.lr_warmup_updates >= 0, f"the AC-ODM learning-rate warm-up must be >= 0 updates, got {self.lr_warmup_updates}"),
+            (self.weight_decay >= 0, f"--acodm-weight-decay must be >= 0, got {self.weight_decay}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+
+def learning_rate(config: DDPGConfig, update: int) -> float:
+    """The rate of 0-based update `update`, as the reference's schedule (GPT-NeoX's AnnealingLR,
+    cosine) gives it: `lr * n' / W` while n <= W warm-up updates, then `lr / 2 (cos(pi (n' - W) / T) + 1)`,
+    with `n' = min(n, T - W)` and T the run's updates, never below `min_lr`. (Update 0 has rate 0.)"""
+    warmup, total = config.lr_warmup_updates, config.total_updates
+    progress = min(update, total - warmup)
+    if warmup > 0 and update <= warmup:
+        return config.lr * progress / warmup
+    decayed = config.lr / 2.0 * (math.cos(math.pi * (progress - warmup) / total) + 1.0)
+    return max(decayed, config.min_lr)
 
 
 class Transitions(NamedTuple):
@@ -72,7 +92,8 @@ class Transitions(NamedTuple):
 
 
 class ReplayBuffer:
-    """A ring of the last `capacity` transitions, sampled uniformly with replacement."""
+    """A ring of the last `capacity` transitions, sampled as the reference samples its pool: a batch
+    of distinct transitions once it holds one, before that all it holds and uniform draws for the rest."""
 
     def __init__(self, capacity: int, state_dim: int, num_domains: int, reward_shape: tuple[int, ...] = ()):
         self.capacity = capacity
@@ -93,7 +114,10 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Transitions:
-        rows = torch.randint(self.size, (batch_size,), generator=generator)
+        if self.size >= batch_size:
+            rows = torch.randperm(self.size, generator=generator)[:batch_size]
+        else:
+            rows = torch.cat([torch.arange(self.size), torch.randint(self.size, (batch_size - self.size,), generator=generator)])
         return Transitions(self.states[rows], self.actions[rows], self.rewards[rows], self.next_states[rows])
 
     def state_dict(self) -> dict[str, Any]:
@@ -141,22 +165,18 @@ class DDPGAgent:
         self.critic = Critic(network, generator, reward_shape)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.actor_optimizer = torch.optim.AdamW(self.actor.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.buffer = ReplayBuffer(config.buffer_size, network.state_dim, network.num_domains, reward_shape)
         self.updates = 0
         # moving averages: the critic's and a constant's squared error on unseen targets, the targets' mean
         # (one entry per reward component), and the averages' weight
         self.fit = torch.zeros(3 + math.prod(reward_shape), dtype=torch.float64)
 
-    def act(self, state: numpy.ndarray, explore: bool) -> numpy.ndarray:
-        """The next weights for `state`, float64 [K]; with `explore`, Gaussian noise on the actor's outputs first."""
-        state_tensor = torch.from_numpy(state)
+    def outputs(self, state: numpy.ndarray) -> torch.Tensor:
+        """The actor's outputs for `state`, float64 [K]."""
         with torch.no_grad():
-            outputs = self.actor(state_tensor.float()).double()
-            if explore and self.config.noise > 0:
-                outputs = outputs + self.config.noise * torch.randn(outputs.shape, generator=self.generator, dtype=torch.float64)
-            return self.action_map(state_tensor, outputs).numpy()
+            return self.actor(torch.from_numpy(state).float()).double()
 
     def remember(self, state: numpy.ndarray, action: numpy.ndarray, reward: Reward, next_state: numpy.ndarray) -> None:
         """Score the critic on the transition it has not seen, then store it."""
@@ -186,17 +206,44 @@ class DDPGAgent:
     def update(self, train_actor: bool) -> tuple[float, float]:
         """One critic step and, with `train_actor`, one actor step on a sampled batch; returns the
         critic's loss and the actor's (-Q, NaN when it did not train)."""
-        batch = self.buffer.sample(self.config.batch_size, self.generator)
-        learning_rate = self.config.lr * min(1.0, (self.updates + 1) / max(1, self.config.lr_warmup_steps))
-        for optimizer in (self.actor_optimizer, self.critic_optimizer):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
+        batch = self._sample()
         critic_loss = self._update_critic(batch)
         actor_loss = self._improve_actor(batch) if train_actor else float("nan")
         _soft_update(self.target_actor, self.actor, self.config.tau)
         _soft_update(self.target_critic, self.critic, self.config.tau)
-        self.updates += 1
         return critic_loss, actor_loss
+
+    def imitate(self, train_actor: bool) -> tuple[float, float]:
+        """The reference's warm-up update on a sampled batch: the critic fitted to (1 + gamma) R and,
+        with `train_actor`, the actor's weights to the batch's actions; the target networks stay.
+        Returns both losses (the actor's NaN when it did not train)."""
+        batch = self._sample()
+        target = (1.0 + self.config.gamma) * batch.rewards
+        critic_loss = self._step(self.critic_optimizer, nn.functional.mse_loss(self.critic(batch.states, batch.actions), target))
+        if not train_actor:
+            return critic_loss, float("nan")
+        return critic_loss, self._step(self.actor_optimizer, nn.functional.mse_loss(self._action(self.actor, batch.states), batch.actions))
+
+    def copy_to_targets(self) -> None:
+        """The target networks become the online ones (the reference's end of its warm-up)."""
+        self.target_actor.load_state_dict(self.actor.state_dict())
+        self.target_critic.load_state_dict(self.critic.state_dict())
+
+    def _sample(self) -> Transitions:
+        """A batch, with this update's learning rate set on both optimizers."""
+        rate = learning_rate(self.config, self.updates)
+        for optimizer in (self.actor_optimizer, self.critic_optimizer):
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+        self.updates += 1
+        return self.buffer.sample(self.config.batch_size, self.generator)
+
+    @staticmethod
+    def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # the actor's loss also leaves gradients on the critic; its next step zeroes them first
+        optimizer.step()
+        return loss.item()
 
     def _action(self, actor: nn.Module, states: torch.Tensor) -> torch.Tensor:
         return self.action_map(states.double(), actor(states).double()).float()
@@ -210,18 +257,10 @@ class DDPGAgent:
     def _update_critic(self, batch: Transitions) -> float:
         with torch.no_grad():
             target = self._targets(batch.rewards, batch.next_states)
-        loss = nn.functional.mse_loss(self.critic(batch.states, batch.actions), target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_optimizer.step()
-        return loss.item()
+        return self._step(self.critic_optimizer, nn.functional.mse_loss(self.critic(batch.states, batch.actions), target))
 
     def _improve_actor(self, batch: Transitions) -> float:
-        loss = -self.critic(batch.states, self._action(self.actor, batch.states)).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # also leaves gradients on the critic; its next update zeroes them first
-        self.actor_optimizer.step()
-        return loss.item()
+        return self._step(self.actor_optimizer, -self.critic(batch.states, self._action(self.actor, batch.states)).mean())
 
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact continuation needs except the generator (its owner saves that)."""

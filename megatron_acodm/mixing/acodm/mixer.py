@@ -1,31 +1,47 @@
 """`--mixer acodm`: AC-ODM (arXiv 2505.23878), a DDPG actor-critic deciding each step's domain weights.
 
-The paper's agent, with its action bounded (docs/DESIGN.md, "AC-ODM"). Each global step t, in `observe`:
-1. the step's half-sketch Gram matrix enters the alignment signal (`mixing/alignment.py`): per
-   domain a smoothed, scale-free score r_k = <g_k, g_obj> with its standard error, from which
-   `direction` in [-1, 1]^K proposes where to move (zero where the score is within its error);
-2. the state s_t (`features.py`) holds the losses, the weights w_t the step used, the direction,
-   the scores' signal-to-noise, layer norms and progress;
-3. the transition (s_{t-1}, w_t, R_t, s_t) enters the replay buffer, R_t = sum_k w_t,k r_t,k the
-   alignment of the step's training gradient with the objective's (its first-order decrease),
-   and DDPG makes one update (the actor only after the warm-up);
-4. the next weights: w_{t+1} = M(w_t, max_step * sigmoid(mu(s_t)) * direction), M the bounded
-   mirror step towards the prior (`mixing/mirror_step.py`): the actor decides how far to follow
-   the signal on each domain, never more than `max_step` per step nor outside the KL ball.
-A zero or pure-noise signal gives a zero direction, so the weights stay at the prior.
+At its defaults, the method as the paper and its reference code (github.com/DANG-ai/AC-ODM) run it
+(docs/DESIGN.md, "AC-ODM"). Each global step t, in `observe`:
+1. the step's half-sketch Gram matrix gives the reward R_t (`alignment.published_rewards`): per
+   domain, the off-diagonal row sum of the Gram of the domains' mean gradients over their mean
+   norm, z-scored across the domains; the critic has one output per domain;
+2. the state s_t (`features.py`, the reference layout) holds the step's losses and their change
+   since the first step, the samples per domain, the norms of chosen layers and of their change
+   since the run began, and progress;
+3. the transition (s_{t-1}, w_t, R_t, s_t) enters the replay buffer and the agent makes one update;
+4. the next weights: the actor's softmax w = mu(s_t), explored as the reference does: each weight
+   less `noise` times a uniform draw in [0, 1) (clipped at 0 here, where the reference would let a
+   weight go negative), renormalised.
+Warm-up (the first `--acodm-warmup-fraction` of the steps): the weights are those of a teacher, ODM's
+smoothed mean of exp(loss) with smoothing 0.5 (`ODMMixer`, `--odm-update smoothed-mean`, as the
+reference's run configuration has it); each step's update fits the actor's weights to the teacher's
+and the critic to (1 + gamma) R (`DDPGAgent.imitate`); at its end the target networks take the online
+ones. Every step trains on at least one micro-batch of every domain, as the reference's does (the
+default of `--min-samples-per-domain` under this mixer). The reference's actor never learns: both
+its warm-up and its updates step the critic's optimizer after the actor's loss, so its weights are
+the softmax of its initial network's reading of each state. That is the default here too (the
+critic still learns, and `critic_fit` reports it).
 
-`--acodm-reward published` takes the reward of the reference code instead: R_t is the vector of
-per-domain rewards `alignment.published_rewards` computes from the step's Gram (the off-diagonal
-row sums, z-scored across the domains), the critic has one output per domain and regresses each on
-its own target, and the actor's loss is the mean of those outputs. It reads no objective. The step
-stays the bounded one, and its direction comes from the same reward: the per-domain reward smoothed
-over the steps each domain was present, less the mixture's mean, in standard errors
-(`AlignmentSignal.direction`), so the direction follows what the reward pays for. (The reward's
-z-score across domains has mean zero whatever the weights, so, as in the reference, the actor's
-objective barely depends on its action: the direction does the work.)
+Ours, as options:
+- `--acodm-train-actor`: the actor learns as the paper describes, by its own optimizer: its
+  warm-up fits it to the teacher's weights, and afterwards each update raises the critic's value of
+  its action;
+- `--acodm-reward alignment`: R_t = sum_k w_t,k r_t,k, the alignment of the step's training
+  gradient with the objective's (`--mixing-objective`; its first-order decrease), with a critic of
+  one output, in place of the published reward;
+- `--acodm-action bounded`: the actor does not choose the weights but how far to follow the
+  alignment signal (`mixing/alignment.py`): w_{t+1} = M(w_t, max_step * sigmoid(mu(s_t)) *
+  direction), M the bounded mirror step towards the prior (`mixing/mirror_step.py`), so the weights
+  never move more than `max_step` per step nor leave the KL ball, and a zero or pure-noise signal
+  leaves them at the prior. Its state is the scale-free layout (`features.py`), which holds the
+  weights and the direction the action is computed from; exploration is Gaussian noise of std
+  `noise` on the actor's outputs, and during the warm-up the untrained actor acts and only the
+  critic learns. With the published reward the direction comes from that reward, smoothed over
+  the steps each domain was present, less the mixture's mean, in standard errors.
 
 Proxy mode (`--acodm-policy FILE`): an actor another run exported decides the steps, frozen (no
-critic, training or noise); the target still measures its own alignment signal.
+critic, training or noise), after the same warm-up teacher as a trained run's for the softmax
+action, from the first step for the bounded one; the target still measures its own signals.
 
 Every rank runs the same arithmetic on the same all-reduced signals, with all randomness drawn
 from one generator seeded with the run's seed and saved in the state, and on one CPU thread (a
@@ -45,16 +61,25 @@ import torch
 from megatron_acodm.errors import UserError
 from megatron_acodm.output_paths import check_output_file
 from megatron_acodm.mixing.acodm.ddpg import DDPGAgent, DDPGConfig, Reward
-from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, DEFAULT_STALE_DECAY, FeatureSpec, StateBuilder
+from megatron_acodm.mixing.acodm.features import DEFAULT_LAYER_DEPTHS, DEFAULT_STALE_DECAY, FeatureSpec, StateBuilder, StepView
 from megatron_acodm.mixing.acodm.memory import SignalMemory
 from megatron_acodm.mixing.acodm.networks import NetworkConfig
-from megatron_acodm.mixing.acodm.policy import FrozenPolicy, load_policy, save_policy
+from megatron_acodm.mixing.acodm.policy import ACTIONS, FrozenPolicy, load_policy, save_policy
 from megatron_acodm.mixing.alignment import SCORES, AlignmentSignal
-from megatron_acodm.mixing.base import DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals, run_length
+from megatron_acodm.mixing.base import (
+    DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_DRIFTS, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals, run_length,
+)
 from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
+from megatron_acodm.mixing.odm import ODMMixer
 from megatron_acodm.mixing.weighting import mixing_prior, objective_weighting
 from megatron_acodm.mixing.dga import check_target_interval
 from megatron_acodm.sketch.segments import sketch_rows
+
+# The reference's exploration: each weight less this times a uniform draw; our bounded action's Gaussian std.
+DEFAULT_NOISE = {"softmax": 1e-3, "bounded": 0.2}
+TEACHER_SMOOTHING = 0.5  # the reference's data_sampling_smoothing_factor for its warm-up's ODM
+# The reference's 834 of 41,667 steps: the warm-up and the learning rate's warm-up.
+DEFAULT_WARMUP_FRACTION = 0.02
 
 
 @contextlib.contextmanager
@@ -77,19 +102,18 @@ def _relative_depths(text: str) -> tuple[float, ...]:
 
 class ACODMMixer(Mixer):
     """AC-ODM; see the module's docstring. The trainer provides, with every step's signals,
-    `half_gram` and `half_tokens` and `layer_weight_norms` at `norm_layer_depths`."""
+    `half_gram` and `half_tokens`, and `layer_weight_norms` (with the reference state also
+    `layer_weight_drifts`) at `norm_layer_depths`."""
 
     needs = frozenset({DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS})
     reads = frozenset({
         "mixing_prior", "mixing_objective", "mixing_prior_pull", "mixing_kl_radius", "mixing_score_ema",
         "sketch_layers", "sketch_dim", "dga_interval",  # the target pass's interval, with --mixing-objective target
     })
-    # 3: --acodm-reward published is the reference's per-domain reward with a critic of K outputs;
-    # 2: the actor scales the alignment signal's bounded step (read: its states are as format 3's,
-    # but for the published reward, which was one number); 1: the actor chose the weights itself.
-    state_format = 3
-    state_change = "its actor scales the alignment signal's bounded step"
-    older_state_formats = (2,)
+    # 4: the reference's method by default (softmax actor, its state, the warm-up teacher);
+    # 3: the actor scaled the alignment signal's bounded step, with the reference's per-domain reward.
+    state_format = 4
+    state_change = "its default is the reference's method: the actor's softmax is the mixture, the state the reference's"
 
     def __init__(
         self,
@@ -98,15 +122,18 @@ class ACODMMixer(Mixer):
         *,
         total_steps: int,
         seed: int,
+        action: str = "softmax",
         prior: Optional[Sequence[float]] = None,
         objective: Optional[Sequence[float]] = None,
         config: Optional[DDPGConfig] = None,
-        hidden: int = 256,
-        depth: int = 2,
+        hidden: int = 1024,
+        depth: int = 5,
         layer_depths: Optional[Sequence[float]] = None,
         stale_decay: Optional[float] = None,
-        warmup_fraction: float = 0.1,
-        score: str = "alignment",
+        warmup_fraction: float = DEFAULT_WARMUP_FRACTION,
+        noise: Optional[float] = None,
+        train_actor: bool = False,
+        score: str = "published",
         score_decay: float = 0.9,
         pull: float = 0.02,
         kl_radius: float = 0.25,
@@ -116,11 +143,14 @@ class ACODMMixer(Mixer):
         target_interval: int = 10,
         floor: float = 0.0,
     ):
-        """`prior` (p0) and `objective` (pi) default to uniform; `score` "published" takes no
-        objective. `policy` switches to proxy mode: the network, feature depths and stale decay are
-        then the policy's, `hidden`, `depth` unused. `export_path`: where the actor goes at the end
-        of the run (`end_of_run`)."""
+        """`prior` (p0, where the weights start) and `objective` (pi) default to uniform; `score`
+        "published" takes no objective. `config` defaults to the reference's constants, with the
+        run's length as its schedule's. `policy` switches to proxy mode: the network, feature depths
+        and stale decay are then the policy's, `hidden`, `depth` unused. `export_path`: where the
+        actor goes at the end of the run (`end_of_run`)."""
         super().__init__(names, initial_weights, floor)
+        if action not in ACTIONS:
+            raise UserError(f"--acodm-action must be one of {', '.join(ACTIONS)}, got {action!r}")
         if score == "published" and objective is not None:
             raise UserError("--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective")
         if export_path is not None:
@@ -128,33 +158,50 @@ class ACODMMixer(Mixer):
         self.export_path = export_path
         if not 0.0 <= warmup_fraction <= 1.0:
             raise UserError(f"--acodm-warmup-fraction must be in [0, 1], got {warmup_fraction}")
+        self.noise = DEFAULT_NOISE[action] if noise is None else noise
+        if self.noise < 0:
+            raise UserError(f"--acodm-noise must be >= 0, got {self.noise}")
+        self.action = action
+        self.train_actor = train_actor
         uniform = numpy.full(self.num_domains, 1.0 / self.num_domains)
         self.prior = uniform if prior is None else numpy.asarray(prior, dtype=numpy.float64)
         objective = uniform if objective is None else objective
         # The target's |g_target|^2 comes from one pair of halves of a few examples: averaged over passes, as DGA's.
         self.signal = AlignmentSignal(objective, score_decay, score, num_domains=self.num_domains, smoothed_scale=len(objective) > self.num_domains)
         if self.signal.rows > self.num_domains:  # the objective is the target's row: measure it
-            self.needs = type(self).needs | {TARGET_GRADIENT}
+            self.needs = self.needs | {TARGET_GRADIENT}
         self.target_interval = check_target_interval(target_interval)
         self.mirror = BoundedMirrorStep(self.prior, pull, kl_radius, max_step)
-        self.config = config or DDPGConfig()
         self.policy = policy
         self.generator = torch.Generator().manual_seed(seed)
+        self.warmup_steps = math.ceil(warmup_fraction * total_steps)
         if policy is None:
             self.spec = FeatureSpec(
                 self.num_domains,
                 tuple(layer_depths or DEFAULT_LAYER_DEPTHS),
                 DEFAULT_STALE_DECAY if stale_decay is None else stale_decay,
+                ACTIONS[action],
             )
             self.network = NetworkConfig(self.spec.state_dim, self.num_domains, hidden, depth)
+            self.config = config or DDPGConfig(
+                lr_warmup_updates=math.ceil(DEFAULT_WARMUP_FRACTION * total_steps), total_updates=total_steps
+            )
             reward_shape = (self.num_domains,) if score == "published" else ()
             with _one_thread():
                 self.agent: Optional[DDPGAgent] = DDPGAgent(self.network, self.config, self.generator, self.action_map, reward_shape)
-            self.warmup_steps = math.ceil(warmup_fraction * total_steps)
         else:
-            self._check_policy_fits(policy, layer_depths, stale_decay)
-            self.spec, self.network = policy.spec, policy.network
-            self.agent, self.warmup_steps = None, 0
+            self._check_policy_fits(policy, action, layer_depths, stale_decay)
+            self.spec, self.network, self.agent = policy.spec, policy.network, None
+        if self.spec.layout == "reference":
+            self.needs = self.needs | {LAYER_DRIFTS}
+        # The reference's warm-up: its weights are those of ODM's smoothed mean, which the actor learns to imitate.
+        self.teacher = (
+            ODMMixer(names, self.prior, total_steps=total_steps, update="smoothed-mean", smoothing=TEACHER_SMOOTHING, warmup_fraction=0.0)
+            if action == "softmax" and self.warmup_steps > 0
+            else None
+        )
+        if action == "bounded" and policy is not None:
+            self.warmup_steps = 0  # the frozen actor follows the signal from the first step
         self.norm_layer_depths = self.spec.layer_depths
         self.memory = SignalMemory(self.num_domains, self.spec.stale_decay)
         self.features = StateBuilder(self.spec, total_steps)
@@ -164,8 +211,14 @@ class ACODMMixer(Mixer):
 
     @staticmethod
     def _check_policy_fits(
-        policy: FrozenPolicy, layer_depths: Optional[Sequence[float]], stale_decay: Optional[float]
+        policy: FrozenPolicy, action: str, layer_depths: Optional[Sequence[float]], stale_decay: Optional[float]
     ) -> None:
+        trained_with = next(name for name, layout in ACTIONS.items() if layout == policy.spec.layout)
+        if trained_with != action:
+            raise UserError(
+                f"the policy's actor was trained with --acodm-action {trained_with}, this run has {action}; "
+                f"give this run --acodm-action {trained_with}"
+            )
         if layer_depths is not None and tuple(layer_depths) != policy.spec.layer_depths:
             raise UserError(
                 f"--acodm-feature-depths {list(layer_depths)} differs from the policy's "
@@ -177,8 +230,10 @@ class ACODMMixer(Mixer):
             )
 
     def action_map(self, states: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-        """The next weights from states `[..., S]` and the actor's outputs `[..., K]`: the bounded
-        mirror step from the state's weights, `max_step * sigmoid(output)` along its direction."""
+        """The next weights from states `[..., S]` and the actor's outputs `[..., K]`: their softmax,
+        or the bounded mirror step from the state's weights, `max_step * sigmoid(output)` along its direction."""
+        if self.action == "softmax":
+            return torch.softmax(outputs.double(), dim=-1)
         weights, direction = states[..., self.spec.block("weight")], states[..., self.spec.block("direction")]
         return self.mirror(weights.double(), self.mirror.max_step * torch.sigmoid(outputs.double()) * direction.double())
 
@@ -187,26 +242,29 @@ class ACODMMixer(Mixer):
         defaults = DDPGConfig()
         add = group.add_argument
         add(
+            "--acodm-action",
+            choices=list(ACTIONS),
+            default="softmax",
+            help="AC-ODM: softmax, the reference's: the actor's softmax is the next mixture, its state the reference's; "
+            "bounded (ours): the actor scales the alignment signal's bounded mirror step from the last mixture "
+            "(--acodm-max-step, --mixing-kl-radius, --mixing-prior-pull), with a scale-free state",
+        )
+        add(
             "--acodm-reward",
             choices=SCORES,
-            default="alignment",
-            help="AC-ODM: the per-domain score behind its step and reward; alignment: <g_k, g_obj> of mean "
-            "gradients with an unbiased diagonal; published: the reference code's reward, per domain the z-scored "
-            "off-diagonal row sum of the mean gradients' Gram, with a critic of one output per domain (reads no --mixing-objective)",
+            default="published",
+            help="AC-ODM: published, the reference code's reward: per domain the z-scored off-diagonal row sum of the "
+            "mean gradients' Gram, with a critic of one output per domain (reads no --mixing-objective); alignment "
+            "(ours): <g_k, g_obj> of mean gradients with an unbiased diagonal, weighted by the mixture",
         )
         add(
             "--acodm-max-step",
             type=float,
             default=0.1,
-            help="AC-ODM: the largest change of any log-weight in one step",
+            help="AC-ODM with --acodm-action bounded: the largest change of any log-weight in one step",
         )
-        add("--acodm-hidden", type=int, default=256, help="AC-ODM: width of the actor's and critic's hidden layers")
-        add(
-            "--acodm-depth",
-            type=int,
-            default=2,
-            help="AC-ODM: hidden layers of the actor and the critic (the paper's: --acodm-hidden 1024 --acodm-depth 5)",
-        )
+        add("--acodm-hidden", type=int, default=1024, help="AC-ODM: width of the actor's and critic's hidden layers")
+        add("--acodm-depth", type=int, default=5, help="AC-ODM: hidden layers of the actor and the critic")
         add(
             "--acodm-gamma",
             type=float,
@@ -216,38 +274,49 @@ class ACODMMixer(Mixer):
         add("--acodm-tau", type=float, default=defaults.tau, help="AC-ODM: soft update rate of the target networks")
         add("--acodm-buffer-size", type=int, default=defaults.buffer_size, help="AC-ODM: replay buffer capacity")
         add("--acodm-batch-size", type=int, default=defaults.batch_size, help="AC-ODM: transitions per update")
-        add("--acodm-lr", type=float, default=defaults.lr, help="AC-ODM: Adam learning rate of actor and critic")
+        add("--acodm-lr", type=float, default=defaults.lr, help="AC-ODM: the agent's peak learning rate (AdamW)")
+        add("--acodm-min-lr", type=float, default=defaults.min_lr, help="AC-ODM: the floor of the learning rate's cosine decay")
         add(
-            "--acodm-lr-warmup-steps",
-            type=int,
-            default=defaults.lr_warmup_steps,
-            help="AC-ODM: updates over which the learning rate rises linearly to --acodm-lr",
+            "--acodm-lr-warmup-fraction",
+            type=float,
+            default=DEFAULT_WARMUP_FRACTION,
+            help="AC-ODM: the fraction of --train-iters over which the agent's learning rate rises linearly to --acodm-lr",
         )
+        add("--acodm-weight-decay", type=float, default=defaults.weight_decay, help="AC-ODM: AdamW's weight decay of the agent")
         add(
             "--acodm-noise",
             type=float,
-            default=defaults.noise,
-            help="AC-ODM: std of the Gaussian exploration noise on the actor's outputs",
+            default=None,
+            help=f"AC-ODM: exploration; softmax: each weight less this times a uniform draw in [0, 1), renormalised "
+            f"(default {DEFAULT_NOISE['softmax']}); bounded: the std of Gaussian noise on the actor's outputs "
+            f"(default {DEFAULT_NOISE['bounded']})",
+        )
+        add(
+            "--acodm-train-actor",
+            action="store_true",
+            help="AC-ODM (ours): the actor learns, by its own optimizer, as the paper describes; the reference code's "
+            "actor never changes (its updates step the critic's optimizer), so by default it does not",
         )
         add(
             "--acodm-warmup-fraction",
             type=float,
-            default=0.1,
-            help="AC-ODM: fraction of --train-iters in which only the critic learns (the actor acts, untrained)",
+            default=DEFAULT_WARMUP_FRACTION,
+            help="AC-ODM: the first fraction of --train-iters; softmax: ODM's smoothed mean decides the weights and the "
+            "actor learns to imitate it; bounded: only the critic learns (the actor acts, untrained)",
         )
         add(
             "--acodm-feature-depths",
             type=_relative_depths,
             default=None,
-            help=f"AC-ODM: relative depths of the layers whose linear_fc2 weight norms the state reads; "
-            f"default {','.join(map(str, DEFAULT_LAYER_DEPTHS))}, or the policy's with --acodm-policy",
+            help=f"AC-ODM: relative depths of the layers whose linear_fc2 weights the state reads; "
+            f"default {','.join(map(str, DEFAULT_LAYER_DEPTHS))} (the reference's 9 of 16 layers), or the policy's with --acodm-policy",
         )
         add(
             "--acodm-stale-decay",
             type=float,
             default=None,
-            help=f"AC-ODM: per-step decay in the staleness feature of a domain not sampled, in [0, 1); "
-            f"default {DEFAULT_STALE_DECAY}, or the policy's with --acodm-policy",
+            help=f"AC-ODM with --acodm-action bounded: per-step decay in the staleness feature of a domain not "
+            f"sampled, in [0, 1); default {DEFAULT_STALE_DECAY}, or the policy's with --acodm-policy",
         )
         add(
             "--acodm-export-policy",
@@ -263,6 +332,11 @@ class ACODMMixer(Mixer):
         )
 
     @classmethod
+    def samples_per_domain(cls, args: argparse.Namespace) -> int:
+        """One micro-batch of every domain in every step, as the reference trains."""
+        return args.micro_batch_size
+
+    @classmethod
     def from_args(
         cls,
         *,
@@ -272,17 +346,21 @@ class ACODMMixer(Mixer):
         args: argparse.Namespace,
         **_: Any,
     ) -> Mixer:
-        total_steps = run_length(args, "acodm", "the state holds progress t/T, the warm-up is part of T")
+        total_steps = run_length(args, "acodm", "the state holds progress t/T, the warm-up and the agent's schedule are parts of T")
         weighting = dict(names=names, data_path_weights=initial_weights, domain_tokens=domain_tokens)
         has_target = bool(getattr(args, "target_data_path", None))
         # --mixing-objective at its default (uniform) is no objective given; the published reward reads none
         objective_given = args.mixing_objective != "uniform"
+        if not 0.0 <= args.acodm_lr_warmup_fraction <= 1.0:
+            raise UserError(f"--acodm-lr-warmup-fraction must be in [0, 1], got {args.acodm_lr_warmup_fraction}")
         return cls(
             names,
             initial_weights,
             total_steps=total_steps,
             seed=args.seed,
-            prior=mixing_prior(args, names, initial_weights, domain_tokens),
+            action=args.acodm_action,
+            # the reference starts from the corpus's own mixture (the Pile's weights)
+            prior=mixing_prior(args, names, initial_weights, domain_tokens, published="tokens"),
             objective=(
                 objective_weighting(args.mixing_objective, **weighting, has_target=has_target)
                 if objective_given or args.acodm_reward != "published"
@@ -294,14 +372,18 @@ class ACODMMixer(Mixer):
                 buffer_size=args.acodm_buffer_size,
                 batch_size=args.acodm_batch_size,
                 lr=args.acodm_lr,
-                lr_warmup_steps=args.acodm_lr_warmup_steps,
-                noise=args.acodm_noise,
+                min_lr=args.acodm_min_lr,
+                lr_warmup_updates=math.ceil(args.acodm_lr_warmup_fraction * total_steps),
+                total_updates=total_steps,
+                weight_decay=args.acodm_weight_decay,
             ),
             hidden=args.acodm_hidden,
             depth=args.acodm_depth,
             layer_depths=args.acodm_feature_depths,
             stale_decay=args.acodm_stale_decay,
             warmup_fraction=args.acodm_warmup_fraction,
+            noise=args.acodm_noise,
+            train_actor=args.acodm_train_actor,
             score=args.acodm_reward,
             score_decay=args.mixing_score_ema,
             pull=args.mixing_prior_pull,
@@ -322,9 +404,6 @@ class ACODMMixer(Mixer):
         if self.export_path is not None:
             self.export_policy(self.export_path)
             log(f"wrote the AC-ODM policy to {self.export_path}")
-
-    def _warming_up(self) -> bool:
-        return self.steps_observed < self.warmup_steps
 
     def _policy(self) -> numpy.ndarray:
         return self.next_weights
@@ -349,28 +428,50 @@ class ACODMMixer(Mixer):
         halves = f"two halves per domain of {self.names}" + (" and the target's" if self.signal.rows > self.num_domains else "")
         gram = self._signal(signals.half_gram, "half_gram", (rows, rows), halves)
         tokens = self._signal(signals.half_tokens, "half_tokens", (rows,), halves)
-        norms = self._signal(
-            signals.layer_weight_norms,
-            "layer_weight_norms",
-            (self.spec.num_layers,),
-            f"one norm per relative depth of norm_layer_depths {list(self.norm_layer_depths)}",
-        )
+        layers = f"one per relative depth of norm_layer_depths {list(self.norm_layer_depths)}"
+        norms = self._signal(signals.layer_weight_norms, "layer_weight_norms", (self.spec.num_layers,), layers)
+        drifts = None
+        if LAYER_DRIFTS in self.needs:
+            drifts = self._signal(signals.layer_weight_drifts, "layer_weight_drifts", (self.spec.num_layers,), layers)
         used = self.next_weights
         present = (signals.realised_counts > 0) & (signals.domain_tokens > 0)
+        warming_up = self.steps_observed < self.warmup_steps
         with _one_thread():
             step_scores = self.signal.observe(gram, tokens)
             self.memory.update(present, signals.domain_loss)
-            direction = self.signal.direction(used)
-            state = self.features.state(self.memory, used, direction, self.signal.signal_to_noise(), norms, signals.step)
-            if self.agent is not None:
-                if self.last_state is not None and step_scores is not None:
-                    self.agent.remember(self.last_state, used, self._reward(used, step_scores), state)
-                    self.agent.update(train_actor=not self._warming_up())
-                self.next_weights = self.agent.act(state, explore=True)
-            else:
-                self.next_weights = self.policy.act(state, self.action_map)
+            view = StepView(self.memory, signals.step, norms, signals.realised_counts, drifts)
+            if self.spec.layout == "scale-free":
+                view.weights, view.direction, view.snr = used, self.signal.direction(used), self.signal.signal_to_noise()
+            state = self.features.state(view)
+            if self.teacher is not None and warming_up:
+                self.teacher.observe(signals)
+            if self.agent is not None and self.last_state is not None and step_scores is not None:
+                self.agent.remember(self.last_state, used, self._reward(used, step_scores), state)
+                if warming_up and self.teacher is not None:
+                    self.agent.imitate(train_actor=self.train_actor)
+                else:
+                    self.agent.update(train_actor=self.train_actor and not warming_up)
             self.steps_observed += 1
             self.last_state = state
+            self.next_weights = self._next_weights(state)
+
+    def _next_weights(self, state: numpy.ndarray) -> numpy.ndarray:
+        """The mixture of the step after `steps_observed` steps: the teacher's during the warm-up,
+        then the actor's (explored while it trains)."""
+        if self.teacher is not None and self.steps_observed < self.warmup_steps:
+            return self.teacher.weights()
+        if self.agent is None:
+            return self.policy.act(state, self.action_map)
+        if self.teacher is not None and self.steps_observed == self.warmup_steps:
+            self.agent.copy_to_targets()
+        outputs = self.agent.outputs(state)
+        state_tensor = torch.from_numpy(state)
+        if self.action == "bounded":
+            noise = torch.randn(outputs.shape, generator=self.generator, dtype=torch.float64)
+            return self.action_map(state_tensor, outputs + self.noise * noise).numpy()
+        weights = self.action_map(state_tensor, outputs)
+        explored = torch.clamp(weights - self.noise * torch.rand(weights.shape, generator=self.generator, dtype=torch.float64), min=0.0)
+        return (explored / explored.sum()).numpy()
 
     def _reward(self, used: numpy.ndarray, step_scores: numpy.ndarray) -> Reward:
         """The step's reward: the published per-domain vector as it is, or the alignment of the
@@ -383,6 +484,7 @@ class ACODMMixer(Mixer):
 
         return {
             "mode": "train" if self.policy is None else "proxy",
+            "action": self.action,
             "feature_spec": self.spec.to_dict(),
             "network": self.network.to_dict(),
             "steps_observed": self.steps_observed,
@@ -392,22 +494,17 @@ class ACODMMixer(Mixer):
             "memory": self.memory.state_dict(),
             "features": self.features.state_dict(),
             "generator": self.generator.get_state(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "agent": None if self.agent is None else self.agent.state_dict(),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state["format"] == 2 and state["signal"]["score"] == "published":
-            raise UserError(
-                "the checkpoint's AC-ODM state is of format 2 with --acodm-reward published, whose reward was one "
-                "number; this version's is the reference's, one per domain with a critic of as many outputs: finish "
-                "that run with the version that wrote it, or start a new one"
-            )
         mode = "train" if self.policy is None else "proxy"
         if state["mode"] != mode:
             raise UserError(
                 f"the AC-ODM state is from {state['mode']} mode, this run's is {mode} (see --acodm-policy)"
             )
-        for key, current in (("feature_spec", self.spec.to_dict()), ("network", self.network.to_dict())):
+        for key, current in (("action", self.action), ("feature_spec", self.spec.to_dict()), ("network", self.network.to_dict())):
             if state[key] != current:
                 raise UserError(
                     f"the AC-ODM state has {key} {state[key]}, this run has {current}; "
@@ -420,5 +517,7 @@ class ACODMMixer(Mixer):
         self.memory.load_state_dict(state["memory"])
         self.features.load_state_dict(state["features"])
         self.generator.set_state(state["generator"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
         if self.agent is not None:
             self.agent.load_state_dict(state["agent"])

@@ -1,12 +1,13 @@
-"""AC-ODM's networks: the actor mu(s) (one output per domain: the logit of how far to follow the
-alignment signal on it, see `mixer.py`) and the critic Q(s, a), a the next weights: one value, or
-with `--acodm-reward published` one per domain, as the reference's critic has (its reward is a vector).
+"""AC-ODM's networks: the actor mu(s) (one output per domain: the logits of the next weights, or
+with `--acodm-action bounded` of how far to follow the alignment signal on each domain, see
+`mixer.py`) and the critic Q(s, a), a the next weights: one value, or with `--acodm-reward
+published` one per domain, as the reference's critic has (its reward is a vector).
 
-Both are MLPs of `depth` hidden layers of width `hidden`, each Linear -> LayerNorm -> ReLU. The
-initialisation draws from a given generator, and from nothing else: every rank builds the same
+Both are the reference's MLPs: `depth` hidden layers of width `hidden` (5 of 1024), each Linear ->
+LayerNorm -> ReLU, every Linear initialised as PyTorch's default does (uniform within 1/sqrt(fan_in)).
+The initialisation draws from a given generator, and from nothing else: every rank builds the same
 networks, and building them leaves torch's global generator (the model's initialisation, the
-dropout masks) where it was, so a run's model is the same whatever its mixer. The output layer
-starts near zero, so the actor starts at half the largest step and the critic near 0.
+dropout masks) where it was, so a run's model is the same whatever its mixer.
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ from torch.nn.utils import skip_init
 
 from megatron_acodm.errors import UserError
 
-OUTPUT_INIT_BOUND = 3e-3  # DDPG's choice for the last layer (Lillicrap et al. 2015)
-
-
 @dataclass(frozen=True)
 class NetworkConfig:
     state_dim: int
     num_domains: int
-    hidden: int = 256
-    depth: int = 2
+    hidden: int = 1024
+    depth: int = 5
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.depth < 1:
@@ -50,11 +48,10 @@ def _mlp(inputs: int, outputs: int, hidden: int, depth: int) -> nn.Sequential:
 
 
 def _initialise(network: nn.Sequential, generator: torch.Generator) -> None:
-    """PyTorch's default bound 1/sqrt(fan_in) for hidden layers, drawn from `generator`."""
-    linears = [layer for layer in network if isinstance(layer, nn.Linear)]
+    """PyTorch's default distribution, uniform within 1/sqrt(fan_in), drawn from `generator`."""
     with torch.no_grad():
-        for layer in linears:
-            bound = OUTPUT_INIT_BOUND if layer is linears[-1] else 1.0 / math.sqrt(layer.in_features)
+        for layer in (layer for layer in network if isinstance(layer, nn.Linear)):
+            bound = 1.0 / math.sqrt(layer.in_features)
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
 

@@ -2,9 +2,9 @@
 
 The file (torch.save of plain values and tensors, read back with `weights_only=True`) holds:
 `format`, `version`, `domains` (names, in order), `reward` (the `--acodm-reward` it was trained
-with: the state's direction block is that reward's), `feature_spec` (`FeatureSpec.to_dict`:
+with), `feature_spec` (`FeatureSpec.to_dict`: the layout, which says the `--acodm-action`,
 relative depths, normalisations, K, L, state dimension), `network` (`NetworkConfig.to_dict`) and
-`actor` (the actor's state dict). Features are scale-free and layers are chosen by relative depth,
+`actor` (the actor's state dict). Features are normalised and layers are chosen by relative depth,
 so a target of another depth or width reads its own state with the proxy's spec; the domains must
 be the same, in the same order, and the reward the same.
 """
@@ -25,9 +25,10 @@ from megatron_acodm.mixing.acodm.ddpg import ActionMap
 from megatron_acodm.mixing.acodm.networks import Actor, NetworkConfig
 
 POLICY_FORMAT = "megatron-acodm/acodm-policy"
-# 3: the file names its reward (2's did not, and its published reward is no longer this program's);
-# 2: the actor scales the alignment signal's step; 1: softmax weights
-POLICY_VERSION = 3
+# 4: the spec names its layout, and so the action (the reference's softmax by default); 3: the file
+# names its reward; 2: the actor scales the alignment signal's step; 1: softmax weights
+POLICY_VERSION = 4
+ACTIONS = {"softmax": "reference", "bounded": "scale-free"}  # --acodm-action: the state layout its actor reads
 _EXPORT_FIX = "re-export it with --mixer acodm --acodm-export-policy"
 
 
