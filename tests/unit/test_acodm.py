@@ -431,7 +431,7 @@ def test_registry_builds_the_published_method_by_default_and_ours_from_its_optio
     assert mixer.spec.state_dim == 6 * 3 + 2 * 2 + 1 and mixer.mirror.max_step == 0.05 and mixer.teacher is None
     assert numpy.allclose(mixer.weights(), INITIAL) and numpy.allclose(mixer.signal.objective, [0.5, 0, 0.5])
     assert mixer.signal.score == "alignment" and mixer.needs == {DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_NORMS}
-    with pytest.raises(UserError, match="--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"):
+    with pytest.raises(UserError, match="--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective, or give --acodm-reward alignment"):
         build_acodm("--mixing-objective", "prose")
     with pytest.raises(UserError, match="--acodm-feature-depths \\[1.0\\]: the reference state normalises the layer norms across the layers; give two or more depths"):
         build_acodm("--acodm-feature-depths", "1.0")

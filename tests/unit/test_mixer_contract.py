@@ -200,9 +200,9 @@ BAD_OPTIONS = {
         (["--acodm-reward", "alignment", "--mixing-objective", "target", "--target-data-path", "{corpus}", "--dga-interval", "0"],
          "--dga-interval (0) must be >= 1"),
         (["--mixing-objective", "target", "--target-data-path", "{corpus}"],
-         "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"),
+         "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective, or give --acodm-reward alignment"),
         (["--mixing-objective", "tokens"],
-         "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective"),
+         "--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective, or give --acodm-reward alignment"),
     ],
     "dga": [
         ([], "--mixer dga needs --target-data-path: the target set whose gradient it aligns the mixture with"),

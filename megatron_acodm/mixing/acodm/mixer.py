@@ -152,7 +152,7 @@ class ACODMMixer(Mixer):
         if action not in ACTIONS:
             raise UserError(f"--acodm-action must be one of {', '.join(ACTIONS)}, got {action!r}")
         if score == "published" and objective is not None:
-            raise UserError("--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective")
+            raise UserError("--acodm-reward published scores the domains against each other and reads no objective; drop --mixing-objective, or give --acodm-reward alignment")
         if export_path is not None:
             check_output_file(export_path, "--acodm-export-policy", "policy.pt")
         self.export_path = export_path
