@@ -8,11 +8,12 @@
 Three mixers on the same model, seed and data, at two GPT sizes (small 4 x 128, large 8 x 256; seq
 128, global batch 16, micro batch 8, the demo corpus's 8 domains):
 - static: the corpus-proportional weights; no sketches, no layer norms, nothing observed;
-- acodm:  training mode, the DDPG agent learns online from per-domain gradient sketches (top3 layers, k 256,
-          two halves per domain: 2K rows) and the layer norms, one update a step;
+- acodm:  training mode at its defaults (the reference's method), the DDPG agent updated online from
+          per-domain gradient sketches (top3 layers, k 256, two halves per domain: 2K rows), the
+          layer norms and their drift from the run's start, one update a step;
 - proxy:  `--acodm-policy`, a frozen actor exported by a short small-size acodm run
-          (`--acodm-export-policy`); the same sketches and layer norms (the frozen actor scales the
-          target's own alignment signal), no agent training. The same file drives both sizes.
+          (`--acodm-export-policy`); the same sketches, norms and drifts (the frozen actor reads the
+          target's own state), no agent training. The same file drives both sizes.
 
 Every measured run is a fresh `python pretrain_acodm.py` with the same OMP_NUM_THREADS (default 1:
 on a few shared cores a team of 2 OpenMP threads stalls whenever another job holds a core, and step
