@@ -2,9 +2,11 @@
 
 Under torchrun every rank of a job may meet the same bad input, or only one rank may (a sample it
 alone reads). The line is printed once for the whole job: the first rank to report claims it in
-torchrun's own key-value store, which outlives any rank; the others stay silent. Each rank also
-writes the line to the error file torchrun gives it (`TORCHELASTIC_ERROR_FILE`, the file its
-`@record` writes), so torchrun's failure summary names the line rather than a documentation link.
+torchrun's own key-value store, which outlives any rank, and leaves its line there; the others
+stay silent. Each rank writes that line, the job's, to the error file torchrun gives it
+(`TORCHELASTIC_ERROR_FILE`, the file its `@record` writes), so torchrun's failure summary names the
+line printed, rather than a documentation link or another rank's own line (ranks that read
+different samples may each find another bad one), whichever rank torchrun saw exit first.
 """
 
 import contextlib
@@ -35,8 +37,9 @@ class UserError(ValueError):
         self.rank_local = rank_local
 
 
-def _claim_in_torchrun_store() -> bool | None:
-    """Whether this rank is the first of its job to report an error; None without torchrun's store."""
+def _claim_in_torchrun_store(line: str) -> tuple[bool, str] | None:
+    """Whether this rank is the first of its job to report an error, and the job's line: this rank's
+    when it is, the first one's otherwise; None without torchrun's store."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     try:
@@ -49,7 +52,11 @@ def _claim_in_torchrun_store() -> bool | None:
             timeout=datetime.timedelta(seconds=_STORE_TIMEOUT_S),
         )
         # A restarted job (torchrun --max-restarts) reports again: the key names the attempt.
-        return store.add(f"megatron_acodm/error_reported/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
+        key = f"megatron_acodm/error_reported/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        if store.add(key, 1) == 1:
+            store.set(f"{key}/line", line)
+            return True, line
+        return False, store.get(f"{key}/line").decode("utf-8")  # waits for the first rank's set
     except Exception:  # the store is gone or unreachable: fall back to rank 0
         return None
 
@@ -68,10 +75,11 @@ def _leave_for_torchrun(line: str) -> None:
         pass  # the summary then shows torchrun's own words; the line is printed all the same
 
 
-def _print_once(line: str, rank_local: bool) -> None:
-    first = _claim_in_torchrun_store()
-    if first is None:
-        first = rank_local or int(os.environ.get("RANK", "0")) == 0
+def _report_once(line: str, rank_local: bool) -> None:
+    """Print `line` once for the whole job, and leave the job's line for torchrun."""
+    claimed = _claim_in_torchrun_store(line)
+    first, job_line = claimed if claimed is not None else (rank_local or int(os.environ.get("RANK", "0")) == 0, line)
+    _leave_for_torchrun(job_line)
     if first:
         print(line, file=sys.stderr, flush=True)
     else:
@@ -79,9 +87,8 @@ def _print_once(line: str, rank_local: bool) -> None:
 
 
 def report_error(line: str, rank_local: bool = False) -> int:
-    """Print `line` once for the whole job; return the exit status."""
-    _leave_for_torchrun(line)
-    _print_once(line, rank_local)
+    """Print `line` once for the whole job, leave the job's line for torchrun; return the exit status."""
+    _report_once(line, rank_local)
     return EXIT_STATUS
 
 
@@ -114,6 +121,5 @@ def run_reporting_errors(body: Callable[[], Optional[int]], interrupted: str) ->
     except UserError as error:
         return report_error(f"error: {error}", rank_local=error.rank_local)
     except KeyboardInterrupt:
-        _leave_for_torchrun(interrupted)
-        _print_once(interrupted, rank_local=False)
+        _report_once(interrupted, rank_local=False)
         return INTERRUPTED_STATUS

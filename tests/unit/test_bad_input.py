@@ -151,3 +151,29 @@ def test_argument_errors_fail_at_start_like_megatron(argv, message, capsys):
         parse_args(["--data-path", "d.json", "--tokenizer-model", "t.model", "--train-iters", "4", *argv], world_size=2)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_under_torchrun_every_rank_leaves_the_printed_line_for_torchrun(tmp_path, monkeypatch, capsys):
+    """Two ranks that found different bad samples: the first to report prints its line, and both
+    error files (what torchrun's failure summary shows, for whichever rank it saw exit first) hold it."""
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    from megatron_acodm import errors
+    from megatron_acodm.compat.distributed import free_port
+
+    port = free_port()
+    store = TCPStore("127.0.0.1", port, is_master=True, timeout=datetime.timedelta(seconds=5))  # the agent's
+    monkeypatch.setattr(errors, "_SILENT_RANK_GRACE_S", 0.0)
+    for name, value in (("TORCHELASTIC_USE_AGENT_STORE", "True"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(name, value)
+    for rank, line in ((1, "error: sample 87 is bad"), (0, "error: sample 11 is bad")):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / f"rank{rank}.json"))
+        assert errors.report_error(line, rank_local=True) == errors.EXIT_STATUS
+    assert capsys.readouterr().err == "error: sample 87 is bad\n"  # rank 1 reported first
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record["message"]["message"] == "error: sample 87 is bad", rank
+    assert store.get("megatron_acodm/error_reported/0/line") == b"error: sample 87 is bad"
