@@ -33,6 +33,7 @@ code changed is searched again alone.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -144,9 +145,10 @@ def summarise(args: argparse.Namespace, runs: list[TuningRun], results: dict[str
     return summary
 
 
-def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float) -> str:
-    """The search as a page (`summary`: the results document): per mixer, the commit its runs ran
-    at and every setting's mean criterion, the chosen one marked."""
+def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float, kept: Sequence[str] = ()) -> str:
+    """The search as a page (`summary`: the results document, with the mixers `kept` from an earlier
+    search): per mixer, the commit its runs ran at and every setting's mean criterion, the chosen one marked."""
+    earlier = f" The results of {', '.join(kept)} are kept from an earlier search of the same protocol." if kept else ""
     uniform = [final["lm_loss_uniform"] for final in summary["uniform"].values() if final]
     lines = [
         "# Tuning the mixers' free constants",
@@ -155,7 +157,7 @@ def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float)
         f"seeds ({', '.join(map(str, args.seeds))}) per mixer, {args.steps} steps each, on the tuning corpus "
         f"({', '.join(DOMAINS)} and noise; target set {TARGET}); the runs of this search took {clock(run_wall)} in all. The criterion: the "
         "final validation loss, uniform mean over the real domains (DGA: plus the target's held-out loss), mean over "
-        "the seeds; lower is better. The first setting of each mixer is its default before the search.",
+        f"the seeds; lower is better. The first setting of each mixer is its default before the search.{earlier}",
         "",
         f"uniform: {statistics.mean(uniform):.4f}" if uniform else "uniform: not run",
         "",
@@ -186,8 +188,9 @@ def keep_earlier(document: dict[str, Any], earlier: Optional[dict[str, Any]]) ->
     mixer the same ranges. Returns the mixers kept."""
     if not earlier or any(earlier.get(key) != document[key] for key in ("mode", "seeds", "configurations", "draw_seed")):
         return []
+    search = json.loads(json.dumps(document["search"]))  # as the file holds it: its ranges are lists
     kept = [mixer for mixer, entry in earlier.get("mixers", {}).items()
-            if mixer not in document["mixers"] and earlier["search"].get(mixer) == document["search"].get(mixer)]
+            if mixer not in document["mixers"] and earlier["search"].get(mixer) == search.get(mixer)]
     commits = document["code"]["commits"]
     for commit, names in earlier.get("code", {}).get("commits", {}).items():
         names = [name for name in names if _mixer_of(name) in kept]
@@ -226,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if kept:
         say(f"kept the earlier search's results of {', '.join(kept)} (their runs' commits are in the file)")
     write_json(f"{stem}.json", document)
-    report = markdown(args, document, run_wall)
+    report = markdown(args, document, run_wall, kept)
     write_text(f"{stem}.md", report)
     print(report)
     say(f"wrote {stem}.{{json,md}} (runs: {root})")

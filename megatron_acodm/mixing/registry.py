@@ -11,6 +11,7 @@ from megatron_acodm.mixing.ado import ADOMixer
 from megatron_acodm.mixing.aioli import AioliMixer
 from megatron_acodm.mixing.base import Mixer
 from megatron_acodm.mixing.dga import DGAMixer
+from megatron_acodm.mixing.mirror_step import DEFAULT_KL_RADIUS, DEFAULT_PRIOR_PULL
 from megatron_acodm.mixing.importance import ImportanceMixer
 from megatron_acodm.mixing.odm import ODMMixer
 from megatron_acodm.mixing.schedule import ScheduleMixer
@@ -64,13 +65,13 @@ def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group.add_argument(
         "--mixing-prior-pull",
         type=float,
-        default=0.02,
+        default=DEFAULT_PRIOR_PULL,
         help="each step, this fraction of the log-weights returns to the prior's; in [0, 1]",
     )
     group.add_argument(
         "--mixing-kl-radius",
         type=float,
-        default=0.25,
+        default=DEFAULT_KL_RADIUS,
         help="the weights never leave KL(w || prior) <= this (under a uniform prior: at least K e^-radius effective domains)",
     )
     group.add_argument(

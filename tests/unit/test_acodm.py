@@ -84,10 +84,12 @@ TRIANGLE = [[1.0, 0.0], [-0.5, 0.87], [-0.5, -0.87]]
 
 def make_mixer(total_steps: int = 400, seed: int = 7, names=NAMES, **options) -> ACODMMixer:
     """Our bounded variant with a trained actor and the alignment reward, small networks and a
-    constant learning rate after a short warm-up (the closed loops below run in seconds)."""
+    constant learning rate after a short warm-up (the closed loops below run in seconds), and the
+    bounds these loops were written for: a largest step of 0.1, a pull of 0.02, a KL radius of 0.25."""
     config = DDPGConfig(gamma=0.0, lr=1e-3, min_lr=1e-3, lr_warmup_updates=10, total_updates=total_steps, weight_decay=0.0)
     defaults = dict(
-        action="bounded", train_actor=True, score="alignment", config=config, hidden=64, depth=2, layer_depths=DEPTHS, warmup_fraction=0.1
+        action="bounded", train_actor=True, score="alignment", config=config, hidden=64, depth=2, layer_depths=DEPTHS,
+        warmup_fraction=0.1, max_step=0.1, pull=0.02, kl_radius=0.25,
     )
     return ACODMMixer(names, [1.0] * len(names), total_steps=total_steps, seed=seed, **{**defaults, **options})
 

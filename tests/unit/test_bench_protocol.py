@@ -7,6 +7,7 @@ registered under its own name for the test's duration (the ones it imports first
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 import math
 import os
@@ -232,6 +233,7 @@ def test_a_search_of_some_mixers_keeps_the_others_results_from_the_same_protocol
     protocol = {"mode": "full", "seeds": [101, 102], "configurations": 5, "draw_seed": tune.DRAW_SEED, "search": dict(tune.SEARCH)}
     earlier = {**protocol, "mixers": {"dga": {"chosen": "d"}, "ado": {"chosen": "a-old"}, "aioli": {"chosen": "i"}},
                "code": {"commits": {"old": ["uniform-seed101", "dga-c0-seed101", "ado-c1-seed102", "aioli-c4-seed101"]}}}
+    earlier = json.loads(json.dumps(earlier))  # as the file gives it back: the ranges are lists
     document = lambda: {**protocol, "mixers": {"ado": {"chosen": "a-new"}}, "code": {"commits": {"new": ["uniform-seed101", "ado-c0-seed101"]}}}
 
     merged = document()

@@ -69,7 +69,7 @@ from megatron_acodm.mixing.alignment import SCORES, AlignmentSignal
 from megatron_acodm.mixing.base import (
     DOMAIN_LOSSES, GRADIENT_GRAM, LAYER_DRIFTS, LAYER_NORMS, TARGET_GRADIENT, Mixer, StepSignals, run_length,
 )
-from megatron_acodm.mixing.mirror_step import BoundedMirrorStep
+from megatron_acodm.mixing.mirror_step import DEFAULT_KL_RADIUS, DEFAULT_PRIOR_PULL, BoundedMirrorStep
 from megatron_acodm.mixing.odm import ODMMixer
 from megatron_acodm.mixing.weighting import mixing_prior, objective_weighting
 from megatron_acodm.mixing.dga import check_target_interval
@@ -80,6 +80,7 @@ DEFAULT_NOISE = {"softmax": 1e-3, "bounded": 0.2}
 TEACHER_SMOOTHING = 0.5  # the reference's data_sampling_smoothing_factor for its warm-up's ODM
 # The reference's 834 of 41,667 steps: the warm-up and the learning rate's warm-up.
 DEFAULT_WARMUP_FRACTION = 0.02
+DEFAULT_MAX_STEP = 0.257  # --acodm-action bounded: chosen on the tuning corpus (bench/results/tuning.md)
 
 
 @contextlib.contextmanager
@@ -135,9 +136,9 @@ class ACODMMixer(Mixer):
         train_actor: bool = False,
         score: str = "published",
         score_decay: float = 0.9,
-        pull: float = 0.02,
-        kl_radius: float = 0.25,
-        max_step: float = 0.1,
+        pull: float = DEFAULT_PRIOR_PULL,
+        kl_radius: float = DEFAULT_KL_RADIUS,
+        max_step: float = DEFAULT_MAX_STEP,
         policy: Optional[FrozenPolicy] = None,
         export_path: Optional[str] = None,
         target_interval: int = 10,
@@ -260,7 +261,7 @@ class ACODMMixer(Mixer):
         add(
             "--acodm-max-step",
             type=float,
-            default=0.1,
+            default=DEFAULT_MAX_STEP,
             help="AC-ODM with --acodm-action bounded: the largest change of any log-weight in one step",
         )
         add("--acodm-hidden", type=int, default=1024, help="AC-ODM: width of the actor's and critic's hidden layers")
