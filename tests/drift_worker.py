@@ -72,16 +72,19 @@ def steps(folder: str, out: str) -> None:
 
     *batches, after_reload, after_second_reload = global_batches(args, STEPS + 2)
     drift = WeightDrift(LAYERS)
+    drift.take_start(model)  # as the trainer's loop does before its first step
     measured = [step(drift, samples) for samples in batches]
     with_start, without_start = os.path.join(folder, "with_start"), os.path.join(folder, "without_start")
     save_checkpoint(with_start, STEPS, model, optimizer, {"iteration": STEPS}, args.use_distributed_optimizer, drift)
     save_checkpoint(without_start, STEPS, model, optimizer, {"iteration": STEPS}, args.use_distributed_optimizer)
     reloaded = WeightDrift(LAYERS)
     load_checkpoint(*open_checkpoint(with_start), model, optimizer, args.use_distributed_optimizer, reloaded)
+    reloaded.take_start(model)  # keeps the loaded W_0
     measured.append(step(reloaded, after_reload))
     # Back to the weights of step STEPS, with nothing to take W_0 from but them.
     without = WeightDrift(LAYERS)
     load_checkpoint(*open_checkpoint(without_start), model, optimizer, args.use_distributed_optimizer, without)
+    without.take_start(model)
     results = {
         "drifts": [drifts for drifts, _ in measured],
         "expected": [expected for _, expected in measured],

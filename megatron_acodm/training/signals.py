@@ -57,6 +57,5 @@ class WeightDrift:
                 self.start[index] = fc2.weight.detach().clone()
 
     def squares(self, model_chunks, device: torch.device) -> torch.Tensor:
-        """This rank's part of ||W - W_0||^2 of each chosen layer; W_0 is taken now where there is none."""
-        self.take_start(model_chunks)
+        """This rank's part of ||W - W_0||^2 of each chosen layer (`take_start` has run: W_0 is there)."""
         return _local_squares(model_chunks, self.layer_indices, device, lambda index, weight: weight - self.start[index])

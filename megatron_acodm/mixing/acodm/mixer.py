@@ -454,6 +454,8 @@ class ACODMMixer(Mixer):
                     self.agent.update(train_actor=self.train_actor and not warming_up)
             self.steps_observed += 1
             self.last_state = state
+            if self.agent is not None and self.teacher is not None and self.steps_observed == self.warmup_steps:
+                self.agent.copy_to_targets()  # the warm-up ends: the reference's start of its targets
             self.next_weights = self._next_weights(state)
 
     def _next_weights(self, state: numpy.ndarray) -> numpy.ndarray:
@@ -463,8 +465,6 @@ class ACODMMixer(Mixer):
             return self.teacher.weights()
         if self.agent is None:
             return self.policy.act(state, self.action_map)
-        if self.teacher is not None and self.steps_observed == self.warmup_steps:
-            self.agent.copy_to_targets()
         outputs = self.agent.outputs(state)
         state_tensor = torch.from_numpy(state)
         if self.action == "bounded":
