@@ -360,8 +360,10 @@ class ACODMMixer(Mixer):
             total_steps=total_steps,
             seed=args.seed,
             action=args.acodm_action,
-            # the reference starts from the corpus's own mixture (the Pile's weights)
-            prior=mixing_prior(args, names, initial_weights, domain_tokens, published="tokens"),
+            # the reference starts from the corpus's own mixture (the Pile's weights); our bounded step
+            # is pulled back to its prior all run, and a corpus's own mixture may be mostly noise
+            prior=mixing_prior(args, names, initial_weights, domain_tokens,
+                               published="tokens" if args.acodm_action == "softmax" else "uniform"),
             objective=(
                 objective_weighting(args.mixing_objective, **weighting, has_target=has_target)
                 if objective_given or args.acodm_reward != "published"
