@@ -58,9 +58,9 @@ def add_mixer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group.add_argument(
         "--mixing-prior",
         default=None,
-        help="the mixture the online mixers start from (and the gradient-based ones are pulled back to): uniform, "
+        help="the mixture the online mixers start from (and AC-ODM's bounded step is pulled back to): uniform, "
         "tokens, data-path, or a blend file (BLEND.json, e.g. from tools/mergemix.py); default: each mixer's "
-        "published start, tokens for odm and ado, uniform for the others",
+        "published start, tokens for odm, ado and acodm, uniform for the others and for acodm's bounded action",
     )
     group.add_argument(
         "--mixing-prior-pull",

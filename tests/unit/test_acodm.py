@@ -423,10 +423,11 @@ def test_registry_builds_the_published_method_by_default_and_ours_from_its_optio
                                         lr_warmup_updates=4, total_updates=200, weight_decay=0.1)
     assert default.warmup_steps == 4 and default.teacher.update == "smoothed-mean" and default.teacher.smoothing == 0.5
     assert numpy.allclose(default.weights(), [0.6, 0.3, 0.1])  # the corpus's own mixture, as the Pile's weights
+    assert isinstance(default.agent.actor_optimizer, torch.optim.AdamW)
     # ours starts from, and is pulled back to, equal weights unless --mixing-prior says otherwise
     bounded = build_acodm("--acodm-action", "bounded", "--acodm-reward", "alignment")
-    assert numpy.allclose(bounded.weights(), [1 / 3] * 3) and numpy.allclose(bounded.mirror.log_prior.exp().numpy(), [1 / 3] * 3)
-    assert isinstance(default.agent.actor_optimizer, torch.optim.AdamW)
+    assert numpy.allclose(bounded.weights(), [1 / 3] * 3)
+    assert numpy.allclose(bounded.mirror.log_prior.exp().numpy(), [1 / 3] * 3)
 
     argv = ["--acodm-action", "bounded", "--acodm-reward", "alignment", "--acodm-train-actor", "--acodm-hidden", "32",
             "--acodm-depth", "3", "--acodm-feature-depths", "0.5,1.0", "--acodm-max-step", "0.05",
