@@ -8,9 +8,10 @@ The evaluations (`mixing_quality.py`, `target_quality.py`) never read the tuning
 constants chosen here are not fitted to the numbers those benchmarks report. The search was
 declared before it ran and is the same for every mixer with free constants:
 
-- budget: `CONFIGURATIONS` settings of its constants (the current defaults first, then draws from
-  the ranges below, seeded), each trained with `SEEDS` seeds for the benchmarks' 450 steps on the
-  benchmarks' GPT; uniform trains with the same seeds as the reference;
+- budget: `CONFIGURATIONS` settings of its constants (its defaults before its first search, kept
+  so that a repeated search tries the same settings, then draws from the ranges below, seeded),
+  each trained with `SEEDS` seeds for the benchmarks' 450 steps on the benchmarks' GPT; uniform
+  trains with the same seeds as the reference;
 - what is chosen: the setting with the lowest mean over seeds of the final validation loss (the
   uniform mean over the real domains; the noise is left out, and the mixers that read an objective
   are given the real domains) or, for DGA, of the held-out target loss plus that validation loss
@@ -53,7 +54,7 @@ from tuning_corpus import DOMAINS, TARGET, ensure_tuning_corpus
 CONFIGURATIONS = 5
 SEEDS = (101, 102)  # not the evaluations' seeds either
 DRAW_SEED = 20261206
-# Per mixer: each constant's option, its current default and its log-uniform range; integers are rounded.
+# Per mixer: each constant's option, its default before the first search and its log-uniform range; integers are rounded.
 SEARCH = {
     "acodm_bounded": {"--acodm-max-step": (0.1, 0.02, 0.5), "--mixing-kl-radius": (0.25, 0.05, 1.0), "--mixing-prior-pull": (0.02, 0.002, 0.1)},
     "dga": {"--dga-step-size": (1.0, 0.1, 10.0)},
@@ -157,7 +158,7 @@ def markdown(args: argparse.Namespace, summary: dict[str, Any], run_wall: float,
         f"seeds ({', '.join(map(str, args.seeds))}) per mixer, {args.steps} steps each, on the tuning corpus "
         f"({', '.join(DOMAINS)} and noise; target set {TARGET}); the runs of this search took {clock(run_wall)} in all. The criterion: the "
         "final validation loss, uniform mean over the real domains (DGA: plus the target's held-out loss), mean over "
-        f"the seeds; lower is better. The first setting of each mixer is its default before the search.{earlier}",
+        f"the seeds; lower is better. The first setting of each mixer is its default before its first search.{earlier}",
         "",
         f"uniform: {statistics.mean(uniform):.4f}" if uniform else "uniform: not run",
         "",

@@ -28,8 +28,8 @@ from megatron_acodm.errors import UserError
 _BISECTIONS = 60
 # The bounds our bounded AC-ODM runs with, chosen on the tuning corpus (bench/tune_mixers.py,
 # bench/results/tuning.md) with its largest step (`acodm.mixer.DEFAULT_MAX_STEP`).
-DEFAULT_PRIOR_PULL = 0.0419
-DEFAULT_KL_RADIUS = 0.102
+DEFAULT_PRIOR_PULL = 0.02
+DEFAULT_KL_RADIUS = 0.25
 
 
 def _log(weights: torch.Tensor) -> torch.Tensor:

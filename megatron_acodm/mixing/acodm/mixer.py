@@ -80,7 +80,7 @@ DEFAULT_NOISE = {"softmax": 1e-3, "bounded": 0.2}
 TEACHER_SMOOTHING = 0.5  # the reference's data_sampling_smoothing_factor for its warm-up's ODM
 # The reference's 834 of 41,667 steps: the warm-up and the learning rate's warm-up.
 DEFAULT_WARMUP_FRACTION = 0.02
-DEFAULT_MAX_STEP = 0.257  # --acodm-action bounded: chosen on the tuning corpus (bench/results/tuning.md)
+DEFAULT_MAX_STEP = 0.1  # --acodm-action bounded: chosen on the tuning corpus (bench/results/tuning.md)
 
 
 @contextlib.contextmanager
