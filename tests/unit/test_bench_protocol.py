@@ -342,3 +342,27 @@ def test_beyond_the_other_curve_only_dominance_decides(monkeypatch):
     for general, target, position, end in cases:
         found = analysis.against_curve(_point("q", general, target), other)
         assert (found["position"], found["between"]) == (position, [end])
+
+
+def test_a_target_runs_blend_is_handed_over_absolute_and_its_content_keys_the_run(monkeypatch, tmp_path):
+    # The benchmark's work folder is relative by default, and each run starts in its own folder.
+    target_quality = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis",
+                           "runs", "result_files", "corpora", "target_quality_analysis", "target_quality_plots",
+                           "target_quality_report", "target_quality")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blends").mkdir()
+    blend = tmp_path / "blends" / "importance-quiz-a0.5.json"
+    args = target_quality.parse_args(["--quick", "--work-dir", "work"])
+    args.data_path, args.tokenizer_model = str(tmp_path / "domains.json"), str(tmp_path / "tok.model")
+    args.target_prefixes = {"quiz": str(tmp_path / "quiz_text_document")}
+    row = target_quality.Row("importance x 0.5", "blend", "importance-blend0.5", share=0.5)
+    run = target_quality.TargetRun(str(tmp_path / "work" / "root"), row, 1, args, ["quiz"], os.path.join("blends", blend.name))
+
+    arguments = run.arguments()
+    last = len(arguments) - 1 - arguments[::-1].index("--data-path")
+    assert arguments[last + 1] == str(blend) and _option(arguments, "--mixer") == "static"
+    keys = []
+    for text in ('{"domains": [1]}', '{"domains": [2]}'):
+        blend.write_text(text, encoding="utf-8")
+        keys.append(run.keys()["key"])
+    assert keys[0] != keys[1]
