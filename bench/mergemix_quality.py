@@ -285,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ensure_corpus(args)
     mode = "quick" if args.quick else "full"
     config = settings(args)
-    root = os.path.join(os.path.abspath(args.work_dir), f"{mode}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]}")
+    root = os.path.join(args.work_dir, f"{mode}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]}")
     folder = os.path.join(root, f"mergemix-e{args.expert_iters}-b{args.base_steps}")
     os.makedirs(folder, exist_ok=True)
     write_json(os.path.join(root, "settings.json"), config)

@@ -423,7 +423,8 @@ def add_run_options(parser: argparse.ArgumentParser, work_dir: str) -> None:
         help="OMP_NUM_THREADS of each run (1 by default: the cores are shared, and a second thread "
              "that waits on a busy core slows a step by 10x)")
     add("--jobs", type=positive_int, default=1, help="runs at a time (one core each at --threads 1)")
-    add("--work-dir", default=work_dir, help="scratch folder of the runs")
+    # absolute: each run starts in its own folder, and a key holds the content of absolute inputs only
+    add("--work-dir", type=os.path.abspath, default=work_dir, help="scratch folder of the runs")
     add("--output-dir", default="bench/results")
     add("--fresh", action="store_true", help="rerun every run, even complete ones")
 

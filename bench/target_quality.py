@@ -170,9 +170,7 @@ class TargetRun(Run):
 
     def mixer_arguments(self) -> list[str]:
         paths = [self.args.target_prefixes[name] for name in self.targets]
-        # absolute: the run starts in its own folder, and the key holds the content of absolute inputs only
-        blend = ["--data-path", os.path.abspath(self.blend), "--mixer", "static"] if self.blend else None
-        mixer = blend or MIXER_FLAGS.get(self.mixer, ["--mixer", self.mixer])
+        mixer = ["--data-path", self.blend, "--mixer", "static"] if self.blend else MIXER_FLAGS.get(self.mixer, ["--mixer", self.mixer])
         return [*mixer, *self.options, "--target-data-path", *paths]  # a blend's --data-path comes last: argparse keeps it
 
 

@@ -344,19 +344,20 @@ def test_beyond_the_other_curve_only_dominance_decides(monkeypatch):
         assert (found["position"], found["between"]) == (position, [end])
 
 
-def test_a_target_runs_blend_is_handed_over_absolute_and_its_content_keys_the_run(monkeypatch, tmp_path):
-    # The benchmark's work folder is relative by default, and each run starts in its own folder.
+def test_a_relative_work_folder_reaches_the_runs_absolute_and_a_blends_content_keys_its_run(monkeypatch, tmp_path):
+    # The benchmarks' work folder is relative by default, and each run starts in its own folder.
     target_quality = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis",
                            "runs", "result_files", "corpora", "target_quality_analysis", "target_quality_plots",
                            "target_quality_report", "target_quality")
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "blends").mkdir()
-    blend = tmp_path / "blends" / "importance-quiz-a0.5.json"
+    (tmp_path / "work" / "blends").mkdir(parents=True)
+    blend = tmp_path / "work" / "blends" / "importance-quiz-a0.5.json"
     args = target_quality.parse_args(["--quick", "--work-dir", "work"])
+    assert args.work_dir == str(tmp_path / "work")
     args.data_path, args.tokenizer_model = str(tmp_path / "domains.json"), str(tmp_path / "tok.model")
     args.target_prefixes = {"quiz": str(tmp_path / "quiz_text_document")}
     row = target_quality.Row("importance x 0.5", "blend", "importance-blend0.5", share=0.5)
-    run = target_quality.TargetRun(str(tmp_path / "work" / "root"), row, 1, args, ["quiz"], os.path.join("blends", blend.name))
+    run = target_quality.TargetRun(os.path.join(args.work_dir, "root"), row, 1, args, ["quiz"], os.path.join(args.work_dir, "blends", blend.name))
 
     arguments = run.arguments()
     last = len(arguments) - 1 - arguments[::-1].index("--data-path")
