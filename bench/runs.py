@@ -11,7 +11,11 @@ blend, an AC-ODM policy, the checkpoint it starts from). A run whose `result.jso
 current key and whose records reach the last step is complete and reused; any other is run again
 from scratch, so a table never mixes code versions or settings. A benchmark interrupted and
 started again reuses every complete run, and a run whose training finished keeps it and only
-evaluates again.
+evaluates again. A complete run's records (not its checkpoint) are also archived under the output
+folder (`run_archive`: `<output-dir>/runs/<work folder>/<root>/<run>.tar.gz`, committed with the
+reports), and a run missing from the work folder is restored from its archive where that holds the
+run's current keys: a benchmark run in parts on machines that do not keep their scratch folders
+loses no complete run.
 
 The final evaluation: after training, a second child loads the final checkpoint with
 `--skip-train` and evaluates it once on `final_eval_iters` global batches of held-out samples (many
@@ -50,6 +54,7 @@ from megatron_acodm.metrics.reader import read_metrics
 from megatron_acodm.mixing import MIXERS
 from megatron_acodm.training.checkpoint import open_checkpoint
 from mixing_quality_analysis import clock, eval_interval, log_interval
+import run_archive
 from significance import combined_error
 from transfers import POLICY, PROXIES, TRANSFERS, proxy_products, transfer_arguments, transfer_corpus, write_exports
 
@@ -263,14 +268,16 @@ class Run:
         ends = bool(valid) and valid[-1]["iteration"] == self.last_step
         return ends and (not train_too or (bool(train) and train[-1]["iteration"] == self.last_step))
 
-    def _trained(self, key: str) -> bool:
-        """The training finished under `key`: its record, its metrics to the last step, its checkpoint (a proxy: its products)."""
+    def _logged(self, key: str) -> bool:
+        """The training finished under `key`: its record, its metrics to the last step (a proxy: its products)."""
         record = read_json(self.training_path)
         if record is None or record.get("key") != key or not self._reaches_end(self.metrics, train_too=True):
             return False
-        if self.is_proxy:
-            return all(os.path.exists(path) for path in proxy_products(self.mixer, self.folder))
-        return not self.saves_checkpoint or self.checkpoint_at_last_step()
+        return not self.is_proxy or all(os.path.exists(path) for path in proxy_products(self.mixer, self.folder))
+
+    def _trained(self, key: str) -> bool:
+        """The training finished under `key` and left what comes after it needs: its checkpoint, where it saves one."""
+        return self._logged(key) and (not self.saves_checkpoint or self.checkpoint_at_last_step())
 
     def checkpoint_at_last_step(self) -> bool:
         opened = open_checkpoint(self.checkpoint) if os.path.isdir(self.checkpoint) else None
@@ -290,10 +297,45 @@ class Run:
         keys = self.keys()
         if result.get("key") != keys["key"] or result.get("final_key") != keys["final_key"]:
             return False
-        return self._trained(keys["key"]) and (not self.final_evaluation or self._final_complete())
+        if self.final_evaluation:  # its checkpoint served that evaluation only: a run restored from its archive has none
+            return self._logged(keys["key"]) and self._final_complete()
+        return self._trained(keys["key"])
 
     def result(self) -> dict[str, Any]:
         return read_json(self.result_path)
+
+    # ---------------------------------------------------------------- its archive
+
+    @property
+    def archive(self) -> Optional[str]:
+        """Where a complete run's records are kept (`run_archive`): under the output folder, at the
+        place of its folder in the work folder. None for a run whose checkpoint is what it is for (the
+        MergeMix base, which other runs start from): an archive keeps no checkpoint."""
+        if self.saves_checkpoint and not self.final_evaluation:
+            return None
+        work = os.path.abspath(self.args.work_dir)
+        place = os.path.join(os.path.basename(work), os.path.relpath(self.folder, work))
+        return os.path.join(os.path.abspath(self.args.output_dir), "runs", f"{place}.tar.gz")
+
+    def records(self) -> list[str]:
+        """The files of its folder that its archive keeps."""
+        paths = [self.training_path, self.result_path, self.metrics, *([self.final_metrics] if self.final_evaluation else []),
+                 *(proxy_products(self.mixer, self.folder) if self.is_proxy else [])]
+        return [os.path.relpath(path, self.folder) for path in paths]
+
+    def keep(self) -> None:
+        """Archive a complete run's records."""
+        if self.archive is not None:
+            run_archive.pack(self.archive, self.folder, self.records())
+
+    def restore(self) -> bool:
+        """Whether its folder, which held no complete run, now holds the one its archive kept under its current keys."""
+        if self.archive is None or not os.path.exists(self.archive) or self.complete():
+            return False
+        if run_archive.keys(self.archive) != self.keys():
+            return False
+        self._start_over()
+        return run_archive.unpack(self.archive, self.folder) and self.complete()
 
     def progress(self) -> int:
         """The last train iteration logged so far (0 when none)."""
@@ -460,6 +502,7 @@ def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing qualit
                 os.remove(run.result_path)
             if os.path.exists(run.training_path):
                 os.remove(run.training_path)
+    restored = set() if fresh else {run.name for run in runs if run.restore()}  # in order: a proxy before its transfers
     proxies_to_run = {run.name for run in runs if run.is_proxy and not run.complete()}
     pending = {run.name for run in runs if not run.complete() or run.reads in proxies_to_run}
     results: dict[str, dict[str, Any]] = {}
@@ -477,7 +520,8 @@ def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing qualit
                 continue
             if run.complete():
                 results[run.name] = run.result()
-                say(f"{label}: complete already, skipped ({run.folder})")
+                run.keep()  # the same bytes where its archive is current; written where it is missing or stale
+                say(f"{label}: complete already, skipped ({run.folder}{', restored from ' + run.archive if run.name in restored else ''})")
                 if planned:
                     bar.total -= run.last_step
                     bar.refresh()
@@ -502,6 +546,7 @@ def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing qualit
             if result["returncode"] != 0:
                 say(f"{label}: FAILED (exit {result['returncode']}), see {run.folder}:\n{result.get('stderr_tail', '')[-1500:]}")
                 continue
+            run.keep()
             evaluation = result.get("final_evaluation")
             say(f"{label}: done in {clock(result['wall_s'])} ({1000 * result['wall_s'] / run.last_step:.0f} ms/step "
                 f"with start-up), peak RSS {result['peak_rss_mib']:.0f} MiB"

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -158,12 +159,13 @@ def _option(arguments: list[str], flag: str) -> str:
 @pytest.fixture
 def quick_runs(monkeypatch, tmp_path):
     """(runs.py, a Run factory `run(mixer, seed=3)` of the quick preset under tmp_path/root, the corpus path)."""
-    runs = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis", "runs")
+    runs = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis", "run_archive", "runs")
     corpus = tmp_path / "domains.json"
     corpus.write_text("{}", encoding="utf-8")
     args = argparse.Namespace(**runs.PRESETS["quick"], data_path=str(corpus), tokenizer_type="SentencePieceTokenizer",
                               tokenizer_model=str(tmp_path / "tok.model"), work_dir=str(tmp_path), threads=1,
-                              lr=1e-3, min_lr=1e-4, temperature=2.0, mixing_objective=None, quick=True)
+                              lr=1e-3, min_lr=1e-4, temperature=2.0, mixing_objective=None, quick=True,
+                              output_dir=str(tmp_path / "results"), evaluated=["a", "b"])
     return runs, lambda mixer, seed=3: runs.Run(str(tmp_path / "root"), mixer, seed, args), corpus
 
 
@@ -228,8 +230,8 @@ def test_parallel_runs_keep_each_proxy_with_its_transfers_and_share_the_steps(qu
 
 
 def test_a_search_of_some_mixers_keeps_the_others_results_from_the_same_protocol(monkeypatch):
-    tune = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis", "runs",
-                 "corpora", "tuning_corpus", "tune_mixers")
+    tune = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis", "run_archive",
+                 "runs", "corpora", "tuning_corpus", "tune_mixers")
     protocol = {"mode": "full", "seeds": [101, 102], "configurations": 5, "draw_seed": tune.DRAW_SEED, "search": dict(tune.SEARCH)}
     earlier = {**protocol, "mixers": {"dga": {"chosen": "d"}, "ado": {"chosen": "a-old"}, "aioli": {"chosen": "i"}},
                "code": {"commits": {"old": ["uniform-seed101", "dga-c0-seed101", "ado-c1-seed102", "aioli-c4-seed101"]}}}
@@ -347,7 +349,7 @@ def test_beyond_the_other_curve_only_dominance_decides(monkeypatch):
 def test_a_relative_work_folder_reaches_the_runs_absolute_and_a_blends_content_keys_its_run(monkeypatch, tmp_path):
     # The benchmarks' work folder is relative by default, and each run starts in its own folder.
     target_quality = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis",
-                           "runs", "result_files", "corpora", "target_quality_analysis", "target_quality_plots",
+                           "run_archive", "runs", "result_files", "corpora", "target_quality_analysis", "target_quality_plots",
                            "target_quality_report", "target_quality")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "work" / "blends").mkdir(parents=True)
@@ -367,3 +369,75 @@ def test_a_relative_work_folder_reaches_the_runs_absolute_and_a_blends_content_k
         blend.write_text(text, encoding="utf-8")
         keys.append(run.keys()["key"])
     assert keys[0] != keys[1]
+
+
+# ------------------------------------------------------------------------------------------ archived runs
+
+
+def _fake_child(runs, children: list):
+    """A stand-in for `pretrain_acodm.py` that writes the records a run of domains a and b leaves:
+    its training's (loss 5.0 at the last step) or, with --skip-train, its final evaluation's (loss 4.0 and 4.5)."""
+    def child(argv, *, cwd, env, log, error_log, on_poll=None):
+        arguments = argv[2:]
+        children.append("evaluation" if "--skip-train" in arguments else "training")
+        step = int(runs._option_value(arguments, "--train-iters"))
+        domains = {"a": {"loss": 4.0, "loss_se": 0.1, "corpus_tokens": 300}, "b": {"loss": 4.5, "loss_se": 0.2, "corpus_tokens": 100}}
+        records = [{"kind": "run", "domains": ["a", "b"]}, {"kind": "valid", "iteration": step, "domains": domains}]
+        if "--skip-train" not in arguments:
+            shares = {name: {"weight": 0.5, "share": 0.5} for name in domains}
+            records.insert(1, {"kind": "train", "iteration": step, "lm_loss": 5.0, "iteration_ms": 9.0, "domains": shares})
+        with open(runs._option_value(arguments, "--metrics-path"), "w", encoding="utf-8") as stream:
+            stream.writelines(json.dumps(record) + "\n" for record in records)
+        return {"returncode": 0, "wall_s": 1.5, "peak_rss_mib": 10.0}
+    return child
+
+
+def test_a_complete_run_is_archived_and_a_machine_without_it_restores_it_under_the_same_keys_only(quick_runs, monkeypatch, tmp_path):
+    runs, run, corpus = quick_runs
+    children = []
+    monkeypatch.setattr(runs, "run_process", _fake_child(runs, children))
+    archive = tmp_path / "results" / "runs" / tmp_path.name / "root" / "uniform-seed3.tar.gz"
+    first = runs.execute_runs([run("uniform")], fresh=False)["uniform-seed3"]
+    assert children == ["training", "evaluation"]
+    with tarfile.open(archive) as stream:  # the records, not the checkpoint
+        assert sorted(stream.getnames()) == ["final_eval.jsonl", "metrics.jsonl", "result.json", "training.json"]
+    packed = archive.read_bytes()
+    run("uniform").keep()
+    assert archive.read_bytes() == packed  # archiving it again changes no byte
+
+    # A machine without the work folder: the run comes back from its archive, not from a child.
+    shutil.rmtree(tmp_path / "root")
+    again = runs.execute_runs([run("uniform")], fresh=False)["uniform-seed3"]
+    assert children == ["training", "evaluation"] and again == first and again["commit"] == first["commit"]
+    final = run("uniform").curves()[1]["final"]
+    assert math.isclose(final["lm_loss"], (4.0 * 300 + 4.5 * 100) / 400) and math.isclose(final["lm_loss_uniform"], 4.25)
+
+    # Another corpus is another key: the archive is not restored, the run runs and its archive is replaced.
+    shutil.rmtree(tmp_path / "root")
+    corpus.write_text('{"other": 1}', encoding="utf-8")
+    changed = run("uniform")
+    runs.execute_runs([changed], fresh=False)
+    assert children == ["training", "evaluation"] * 2
+    assert runs.run_archive.keys(str(archive)) == changed.keys() != {"key": first["key"], "final_key": first["final_key"]}
+
+    # A damaged archive, or one whose member would land outside the run's folder, reads as none: the run runs again.
+    for damage in ("garbage", "escape"):
+        shutil.rmtree(tmp_path / "root")
+        if damage == "garbage":
+            archive.write_bytes(b"not an archive")
+        else:
+            with tarfile.open(archive, "w:gz") as stream:
+                stream.add(str(corpus), arcname="../result.json")
+        assert runs.run_archive.keys(str(archive)) is None
+        runs.execute_runs([run("uniform")], fresh=False)
+        assert not (tmp_path / "root" / "result.json").exists() and runs.run_archive.keys(str(archive)) == changed.keys()
+    assert children == ["training", "evaluation"] * 4
+
+
+def test_a_run_whose_checkpoint_others_start_from_keeps_no_archive(monkeypatch, tmp_path):
+    mergemix_quality = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis",
+                             "run_archive", "runs", "result_files", "corpora", "mixing_quality_plots", "mixing_quality_report",
+                             "mixing_quality", "mergemix_quality")
+    args = argparse.Namespace(work_dir=str(tmp_path), output_dir=str(tmp_path / "results"), steps=30, base_steps=10)
+    base = mergemix_quality.BaseRun(str(tmp_path / "root"), args)
+    assert base.saves_checkpoint and base.archive is None
