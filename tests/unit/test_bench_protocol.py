@@ -434,6 +434,39 @@ def test_a_complete_run_is_archived_and_a_machine_without_it_restores_it_under_t
     assert children == ["training", "evaluation"] * 4
 
 
+def test_an_acodm_proxy_archive_keeps_no_actor_so_the_proxy_runs_again_and_its_transfer_is_restored(quick_runs, monkeypatch, tmp_path):
+    runs, run, _ = quick_runs
+    children = []
+    fake = _fake_child(runs, children)
+
+    def child(argv, **kwargs):  # a proxy's training writes the same actor every time
+        outcome = fake(argv, **kwargs)
+        arguments = argv[2:]
+        if "--acodm-export-policy" in arguments:
+            with open(runs._option_value(arguments, "--acodm-export-policy"), "wb") as stream:
+                stream.write(b"actor weights")
+        return outcome
+
+    def exports(metrics_path, folder):  # the mixtures it followed, the same every time
+        for name in ("schedule.json", "mean_blend.json"):
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as stream:
+                stream.write(name)
+    monkeypatch.setattr(runs, "run_process", child)
+    monkeypatch.setattr(runs, "write_exports", exports)
+    first = runs.execute_runs([run("proxy"), run("acodm_proxy")], fresh=False)
+    assert children == ["training", "training", "evaluation"]
+    archives = tmp_path / "results" / "runs" / tmp_path.name / "root"
+    with tarfile.open(archives / "proxy-seed3.tar.gz") as stream:  # the mixtures its transfers read, not the actor
+        assert sorted(stream.getnames()) == ["mean_blend.json", "metrics.jsonl", "result.json", "schedule.json", "training.json"]
+
+    # A machine without the work folder: the proxy runs again (its actor was not kept); the transfer reads the
+    # same actor, so its key is unchanged and it comes back from its archive, with no training or evaluation.
+    shutil.rmtree(tmp_path / "root")
+    again = runs.execute_runs([run("proxy"), run("acodm_proxy")], fresh=False)
+    assert children == ["training", "training", "evaluation", "training"]
+    assert again["acodm_proxy-seed3"] == first["acodm_proxy-seed3"]
+
+
 def test_a_run_whose_checkpoint_others_start_from_keeps_no_archive(monkeypatch, tmp_path):
     mergemix_quality = _load(monkeypatch, "common", "code_version", "significance", "transfers", "mixing_quality_analysis",
                              "run_archive", "runs", "result_files", "corpora", "mixing_quality_plots", "mixing_quality_report",
