@@ -4,10 +4,10 @@ last part stopped and its report still reads every run.
 
 An archive holds the records only, not the checkpoint (a run whose final evaluation is done needs
 none): its training and result records (keys, commit, wall time), its metrics, its final
-evaluation's metrics and a proxy's products but its actor (`runs.Run.records`). Its bytes depend on those files alone (no times, no
-owners), so archiving a run again changes nothing. `runs.Run` restores one only into a folder whose
-run is incomplete and only under the run's current keys; a damaged archive reads as none, and the
-run runs again and replaces it.
+evaluation's metrics and a proxy's exported mixtures (`runs.Run.records`; not the AC-ODM actor).
+Its bytes depend on those files alone (no times, no owners), so archiving a run again changes
+nothing. `runs.Run` restores one only into a folder whose run is incomplete and only under the
+run's current keys; a damaged archive reads as none, and the run runs again and replaces it.
 """
 
 from __future__ import annotations

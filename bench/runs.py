@@ -56,7 +56,7 @@ from megatron_acodm.training.checkpoint import open_checkpoint
 from mixing_quality_analysis import clock, eval_interval, log_interval
 import run_archive
 from significance import combined_error
-from transfers import POLICY, PROXIES, TRANSFERS, proxy_products, transfer_arguments, transfer_corpus, write_exports
+from transfers import POLICY, PROXIES, TRANSFERS, proxy_exports, proxy_products, transfer_arguments, transfer_corpus, write_exports
 
 ENTRY_POINT = "pretrain_acodm.py"
 SPLIT = "969,30,1"  # train, validation (periodic and final evaluations), test: shares of each domain's documents
@@ -318,12 +318,12 @@ class Run:
         return os.path.join(os.path.abspath(self.args.output_dir), "runs", f"{place}.tar.gz")
 
     def records(self) -> list[str]:
-        """The files of its folder that its archive keeps. Not the AC-ODM proxy's actor: at the
-        reference's size (5 x 1024) it is 17 MB of weights per seed, too much to commit, so a proxy
-        restored without it is incomplete and runs again (about 2 minutes), to the same bytes."""
+        """The files of its folder that its archive keeps. A proxy's exports but not the AC-ODM actor:
+        at the reference's size (5 x 1024) it is 17 MB of weights per seed, too much to commit, so a
+        proxy restored without it is incomplete and runs again (about 2 minutes), to the same bytes."""
         paths = [self.training_path, self.result_path, self.metrics, *([self.final_metrics] if self.final_evaluation else []),
-                 *(proxy_products(self.mixer, self.folder) if self.is_proxy else [])]
-        return [os.path.relpath(path, self.folder) for path in paths if os.path.basename(path) != POLICY]
+                 *(proxy_exports(self.folder) if self.is_proxy else [])]
+        return [os.path.relpath(path, self.folder) for path in paths]
 
     def keep(self) -> None:
         """Archive a complete run's records."""
@@ -492,8 +492,8 @@ def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing qualit
     """The runs in order (seed by seed, so partial results cover every mixer), with a progress bar
     over the steps still to run; a complete run is not run again unless `fresh`. With `jobs` > 1,
     `jobs` threads each take a shard (`shards`: a transfer in its proxy's); each child does its own
-    work. A run's completeness is checked again when its turn comes: the proxy it reads from may
-    have run meanwhile."""
+    work. A run's archive and completeness are checked again when its turn comes: the proxy it
+    reads from may have run meanwhile."""
     if jobs > 1:
         with ThreadPoolExecutor(jobs) as pool:
             done = pool.map(lambda shard: execute_runs(shard, fresh, description), shards(runs, jobs))
@@ -520,7 +520,7 @@ def execute_runs(runs: list[Run], fresh: bool, description: str = "mixing qualit
                     bar.total -= run.last_step
                     bar.refresh()
                 continue
-            if not fresh and run.restore():  # a transfer whose proxy has just run again: its inputs are back, and its key with them
+            if not fresh and run.restore():  # a transfer whose proxy ran just now: its inputs, and so its key, are back
                 restored.add(run.name)
             if run.complete():
                 results[run.name] = run.result()

@@ -48,9 +48,14 @@ TRANSFERS = {
 FAMILY_REFERENCE = {"proxy": "acodm_proxy", "proxy_ado": "ado"}
 
 
+def proxy_exports(folder: str) -> list[str]:
+    """The mixtures a proxy run followed, as its transfers read them (small: its archive keeps them)."""
+    return [os.path.join(folder, name) for name in (SCHEDULE, BLEND)]
+
+
 def proxy_products(proxy: str, folder: str) -> list[str]:
-    """The files a proxy run leaves for its transfers."""
-    return [os.path.join(folder, name) for name in (SCHEDULE, BLEND, *([POLICY] if PROXIES[proxy] == "acodm" else []))]
+    """The files a proxy run leaves for its transfers: its exports and, for AC-ODM, its actor."""
+    return proxy_exports(folder) + ([os.path.join(folder, POLICY)] if PROXIES[proxy] == "acodm" else [])
 
 
 def write_exports(metrics_path: str, folder: str) -> None:
