@@ -220,9 +220,14 @@ class Run:
 
     # ---------------------------------------------------------------- the key
 
+    @property
+    def places(self) -> tuple[tuple[str, str], ...]:
+        """Where the key and the archive write a path from: the run's folder, else the root, else the repository."""
+        return (self.folder, "<run>"), (self.root, "<root>"), (REPO, "<repo>")
+
     def _portable(self, word: str) -> str:
-        """A path as the key holds it: relative to the run's folder, else the root, else the repository."""
-        return portable(word, ((self.folder, "<run>"), (self.root, "<root>"), (REPO, "<repo>")))
+        """A path as the key holds it (`places`)."""
+        return portable(word, self.places)
 
     def _inputs(self, arguments: Sequence[str]) -> dict[str, Optional[str]]:
         """The content of what the command reads from outside its folder: files by sha256, checkpoints
@@ -328,7 +333,7 @@ class Run:
     def keep(self) -> None:
         """Archive a complete run's records."""
         if self.archive is not None:
-            run_archive.pack(self.archive, self.folder, self.records())
+            run_archive.pack(self.archive, self.folder, self.records(), self.places)
 
     def restore(self) -> bool:
         """Whether its folder, which held no complete run, now holds the one its archive kept under its current keys."""
@@ -337,7 +342,7 @@ class Run:
         if run_archive.keys(self.archive) != self.keys():
             return False
         self._start_over()
-        return run_archive.unpack(self.archive, self.folder) and self.complete()
+        return run_archive.unpack(self.archive, self.folder, self.places) and self.complete()
 
     def progress(self) -> int:
         """The last train iteration logged so far (0 when none)."""

@@ -62,7 +62,8 @@ def write_exports(metrics_path: str, folder: str) -> None:
     """The proxy run's followed mixture as a replayable schedule and as a mean blend, beside its metrics."""
     document = schedule_document(metrics_path, "weights", REPLAY_PHASES)
     write_text_atomically(os.path.join(folder, SCHEDULE), json.dumps(document, indent=2) + "\n")
-    blend_manifest(metrics_path, "weights").save(os.path.join(folder, BLEND))
+    blend = os.path.join(folder, BLEND)
+    blend_manifest(metrics_path, blend, "weights").save(blend)
 
 
 def transfers_of(proxy: str, mixers: list[str]) -> list[str]:

@@ -38,7 +38,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def export(args: argparse.Namespace) -> None:
     check_output_file(args.output, "--output", "schedule.json")
     if args.phases == 1:
-        blend_manifest(args.metrics, args.source).save(args.output)
+        blend_manifest(args.metrics, args.output, args.source).save(args.output)
         print(f"wrote the static blend {args.output}: use it as --data-path {args.output} --mixer static")
         return
     document = schedule_document(args.metrics, args.source, args.phases)

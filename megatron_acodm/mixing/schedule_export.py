@@ -11,6 +11,7 @@ the mean mixture over its steps.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import numpy
@@ -65,8 +66,10 @@ def schedule_document(metrics_path: str, source: str = "weights", phases: Option
     return {"interpolation": "step", "points": points}
 
 
-def blend_manifest(metrics_path: str, source: str = "weights") -> Manifest:
-    """The run's mean mixture over its steps as a blend over its corpus (the domains of its --data-path)."""
+def blend_manifest(metrics_path: str, output: str, source: str = "weights") -> Manifest:
+    """The run's mean mixture over its steps as a blend over its corpus (the domains of its --data-path),
+    to be saved at `output`: its provenance names the metrics file relative to the blend's folder, as
+    the blend's prefixes are, so that the two move together and the blend's bytes do not say where they lie."""
     names, per_step = followed_mixture(metrics_path, source)
     headers, _, _ = read_metrics(metrics_path)
     data_path = headers[-1].get("config", {}).get("data_path")
@@ -77,5 +80,6 @@ def blend_manifest(metrics_path: str, source: str = "weights") -> Manifest:
         raise UserError(f"{metrics_path}: the run's --data-path now holds domains {corpus.names}, the run trained on {names}; "
                         f"export from the corpus the run used")
     mean = per_step.mean(axis=0)
-    provenance = {"method": f"mean {source} of a run (tools/export_schedule.py)", "metrics": metrics_path, "steps": len(per_step)}
+    metrics = os.path.relpath(os.path.abspath(metrics_path), os.path.dirname(os.path.abspath(output)))
+    provenance = {"method": f"mean {source} of a run (tools/export_schedule.py)", "metrics": metrics, "steps": len(per_step)}
     return corpus.with_weights(dict(zip(names, map(float, mean / mean.sum()))), provenance)

@@ -434,6 +434,43 @@ def test_a_complete_run_is_archived_and_a_machine_without_it_restores_it_under_t
     assert children == ["training", "evaluation"] * 4
 
 
+def test_an_archive_names_paths_from_their_places_and_a_run_restored_elsewhere_names_its_own(monkeypatch, tmp_path):
+    run_archive = _load(monkeypatch, "run_archive")
+
+    def place(machine):  # a repository, a benchmark root in it, a run folder in that
+        repo = tmp_path / machine / "repo"
+        return {"repo": str(repo), "root": str(repo / "data" / "root"), "run": str(repo / "data" / "root" / "uniform-seed1")}
+
+    def places(where):
+        return ((where["run"], "<run>"), (where["root"], "<root>"), (where["repo"], "<repo>"))
+
+    def header(where):  # what a run header logs: paths in each place, one outside all, one only looking like the run's folder
+        config = {"metrics_path": f"{where['run']}/metrics.jsonl", "save": where["run"], "data_path": [f"{where['root']}/blend.json"],
+                  "tokenizer_model": f"{where['repo']}/data/tokenizer.model", "data_cache_path": "/elsewhere/cache",
+                  "load": f"{where['run']}-old/checkpoint"}
+        return json.dumps({"kind": "run", "config": config}) + "\n"
+
+    archives = []
+    for machine in ("first", "second"):
+        where = place(machine)
+        os.makedirs(where["run"])
+        with open(os.path.join(where["run"], "metrics.jsonl"), "w", encoding="utf-8") as stream:
+            stream.write(header(where))
+        archives.append(str(tmp_path / f"{machine}.tar.gz"))
+        run_archive.pack(archives[-1], where["run"], ["metrics.jsonl"], places(where))
+    first, second = (open(path, "rb").read() for path in archives)
+    assert first == second  # the same records at two places: the same bytes
+    with tarfile.open(archives[0]) as stream:
+        kept = json.loads(stream.extractfile("metrics.jsonl").read())["config"]
+    assert kept == {"metrics_path": "<run>/metrics.jsonl", "save": "<run>", "data_path": ["<root>/blend.json"],
+                    "tokenizer_model": "<repo>/data/tokenizer.model", "data_cache_path": "/elsewhere/cache",
+                    "load": "<root>/uniform-seed1-old/checkpoint"}
+    third = place("third")
+    assert run_archive.unpack(archives[0], third["run"], places(third))
+    with open(os.path.join(third["run"], "metrics.jsonl"), encoding="utf-8") as stream:
+        assert stream.read() == header(third)
+
+
 def test_an_acodm_proxy_archive_keeps_no_actor_so_the_proxy_runs_again_and_its_transfer_is_restored(quick_runs, monkeypatch, tmp_path):
     runs, run, _ = quick_runs
     children = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy
 import pytest
@@ -178,9 +179,11 @@ def test_a_run_is_exported_as_points_where_its_mixture_changes_at_fractions_of_t
 def test_one_phase_is_the_mean_mixture_as_a_blend_and_another_domain_set_is_refused(tmp_path, preprocessed_corpus):
     names = ["code", "multilingual", "prose"]
     metrics = _metrics(tmp_path, [[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]], [1, 4], corpus=preprocessed_corpus, names=names)
-    blend = blend_manifest(metrics, "weights")
+    blend = blend_manifest(metrics, str(tmp_path / "blends" / "mean.json"), "weights")
     assert [domain.weight for domain in blend.domains] == pytest.approx([0.3, 0.2, 0.5])  # (0.6 + 3 x 0.2) / 4, ...
     assert blend.names == names and blend.provenance["steps"] == 4
+    # the metrics file is named from the blend's folder, as its prefixes are: the blend names no machine's path
+    assert blend.provenance["metrics"] == os.path.join("..", os.path.relpath(metrics, tmp_path))
     with open(metrics, "a") as stream:  # a resumed run on other domains, appended to the same file
         stream.write(json.dumps({"kind": "run", "start_iteration": 4, "domains": ["code", "prose"], "config": {}}) + "\n")
     with pytest.raises(UserError, match=r"holds runs over different domain sets \(\['code', 'multilingual', 'prose'\] and \['code', 'prose'\]\)"):
