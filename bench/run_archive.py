@@ -5,12 +5,13 @@ last part stopped and its report still reads every run.
 An archive holds the records only, not the checkpoint (a run whose final evaluation is done needs
 none): its training and result records (keys, commit, wall time), its metrics, its final
 evaluation's metrics and a proxy's exported mixtures (`runs.Run.records`; not the AC-ODM actor).
-Its bytes depend on those files alone (no times, no owners, no file name), so archiving a run again changes
-nothing, and not on where they lie: the paths its records name (the run header logs the command's
-paths) are kept from a mark for the place that holds them, `<run>/metrics.jsonl`, the same
-`places` the run's key writes them from (`code_version.portable`), and are written back from where
-the run is restored. A path under none of them is kept as it is. `runs.Run` restores one only into a folder whose run is incomplete and only under the
-run's current keys; a damaged archive reads as none, and the run runs again and replaces it.
+Its bytes depend on those files alone (no times, no owners, no file name), so archiving a run again
+changes nothing, and not on where they lie: the paths its records name (the run header logs the
+command's paths) are kept from a mark for the place that holds them, `<run>/metrics.jsonl`, the
+same `places` the run's key writes them from (`code_version.portable`), and are written back from
+where the run is restored. A path under none of them is kept as it is. `runs.Run` restores one only
+into a folder whose run is incomplete and only under the run's current keys; a damaged archive
+reads as none, and the run runs again and replaces it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ mixer (or variant) and seed, its final evaluation, and the loop that runs the mi
 A run lives in `<root>/<label or mixer>-seed<S>/` (`root` names the settings every run of a
 benchmark shares by their hash): `metrics.jsonl`, the final checkpoint (`checkpoint/`),
 `final_eval.jsonl`, `result.json` and the logs. Its key is a hash of the code it runs (`code_version`:
-the package and the entry point, of mixing/ only what its mixer imports), its whole command line
+the package and the entry point, of mixing/ only what its mixer imports; a proxy's also
+`transfers.py`, which writes its exports, and what that imports), its whole command line
 (paths inside the benchmark's root written relative to it, other repository paths relative to the
 repository) and the content of every file it names outside its own folder (a corpus manifest, a
 blend, an AC-ODM policy, the checkpoint it starts from). A run whose `result.json` holds its
@@ -59,6 +60,7 @@ from significance import combined_error
 from transfers import POLICY, PROXIES, TRANSFERS, proxy_exports, proxy_products, transfer_arguments, transfer_corpus, write_exports
 
 ENTRY_POINT = "pretrain_acodm.py"
+EXPORTER = "bench/transfers.py"  # writes a proxy's exports after its training: part of the proxy's code
 SPLIT = "969,30,1"  # train, validation (periodic and final evaluations), test: shares of each domain's documents
 SELECTION_SPLIT = "953,16,31"  # its validation documents (95.3%-96.9%) are what a search may select on
 TUNED_TEMPERATURE = 5.59  # the temperature mixer's T the benchmarks run, chosen by bench/tune_mixers.py
@@ -250,7 +252,8 @@ class Run:
     def identity(self) -> dict[str, Any]:
         """What decides the run's numbers: the code, the command line and the content of its inputs."""
         arguments = self.arguments()
-        return {"code": code_hash(REPO, [ENTRY_POINT], self.mixer_module()),
+        entry_points = [ENTRY_POINT, EXPORTER] if self.is_proxy else [ENTRY_POINT]
+        return {"code": code_hash(REPO, entry_points, self.mixer_module()),
                 "command": ["python", ENTRY_POINT, *map(self._portable, arguments)],
                 "inputs": self._inputs(arguments)}
 

@@ -198,6 +198,24 @@ def test_each_transfer_reads_its_proxys_products_and_its_key_follows_them(quick_
     assert run("ado_proxy_replay").identity()["inputs"]["<root>/proxy_ado-seed3/schedule.json"] is not None
 
 
+def test_a_proxys_key_counts_the_code_that_writes_its_exports(quick_runs, monkeypatch):
+    runs, run, _ = quick_runs
+    hashed = {}
+
+    def code_hash(repo, entry_points, module):
+        hashed[module] = list(entry_points)
+        return "hash"
+    monkeypatch.setattr(runs, "code_hash", code_hash)
+    run("proxy_ado").identity(), run("ado_proxy_mean").identity()
+    assert hashed == {"megatron_acodm.mixing.ado": ["pretrain_acodm.py", "bench/transfers.py"],
+                      "megatron_acodm.mixing.static": ["pretrain_acodm.py"]}
+    # and so the module it writes them with, which no mixer imports
+    run_files = sys.modules["code_version"].run_files
+    assert {"bench/transfers.py", "megatron_acodm/mixing/schedule_export.py"} <= set(
+        run_files(runs.REPO, ["pretrain_acodm.py", "bench/transfers.py"], "megatron_acodm.mixing.ado"))
+    assert "megatron_acodm/mixing/schedule_export.py" not in run_files(runs.REPO, ["pretrain_acodm.py"], "megatron_acodm.mixing.ado")
+
+
 def test_an_objective_goes_only_to_the_mixers_that_read_it_and_a_variant_runs_its_options(quick_runs):
     runs, run, _ = quick_runs
     objective = ["code", "prose"]
