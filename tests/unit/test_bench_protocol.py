@@ -206,7 +206,8 @@ def test_a_proxys_key_counts_the_code_that_writes_its_exports(quick_runs, monkey
         hashed[module] = list(entry_points)
         return "hash"
     monkeypatch.setattr(runs, "code_hash", code_hash)
-    run("proxy_ado").identity(), run("ado_proxy_mean").identity()
+    for mixer in ("proxy_ado", "ado_proxy_mean"):  # ADO on the proxy, and a transfer of its mean blend
+        run(mixer).identity()
     assert hashed == {"megatron_acodm.mixing.ado": ["pretrain_acodm.py", "bench/transfers.py"],
                       "megatron_acodm.mixing.static": ["pretrain_acodm.py"]}
     # and so the module it writes them with, which no mixer imports
